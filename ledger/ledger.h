@@ -1,0 +1,113 @@
+// Ledger: the append-only, hash-chained SQLite event log of one run directory.
+//
+// Contract:
+//  - open() creates (or initialises a zero-length file), refuses anything that is not a ckptledger
+//    ledger (not SQLite, truncated, another application's database, a newer schema) without writing
+//    a byte, applies pending migrations in one transaction, and verifies the chain's tail.
+//  - One writer at a time: a read-write open takes an exclusive lock that dies with the process
+//    (an OFD lock on the database file) and records the holder (pid, host, since) in the `writer`
+//    table; a second writer gets Error(kBusy) naming the holder. Read-only opens take no lock and
+//    never block the writer (WAL).
+//  - append()/append_batch() assign seq, ts_us, run_id, prev_hash and hash, and are durable when
+//    they return (WAL, synchronous=FULL). Triggers refuse UPDATE and DELETE on events.
+// Thread safety: one Ledger is used by one thread at a time (the caller serialises: the writer
+// pool appends from its strand). Distinct read-only Ledgers may live on any threads.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "ledger/error.h"
+#include "ledger/event.h"
+#include "ledger/event_handler.h"
+
+struct sqlite3;
+
+namespace ckptledger {
+
+inline constexpr const char* kDefaultLedgerName = "ckptledger.sqlite";
+
+enum class OpenMode { kReadWrite, kReadOnly };
+
+struct LedgerOptions {
+  OpenMode mode = OpenMode::kReadWrite;
+  bool create_if_missing = true;  // read-write only
+  int busy_timeout_ms = 5000;
+  std::string run_id;  // empty: a fresh id (time + pid + random)
+  // Stop migrating at this version (tests: build a ledger "as written by" an older binary).
+  int migrate_to = -1;
+};
+
+struct WriterInfo {
+  int64_t pid = 0;
+  std::string host;
+  int64_t since_us = 0;
+};
+
+struct VerifyReport {
+  int64_t events_checked = 0;
+  int64_t first_bad_seq = 0;  // 0 when the chain is intact
+  std::string problem;        // empty when the chain is intact
+  bool ok() const { return first_bad_seq == 0 && problem.empty(); }
+};
+
+// <work_dir>/ckptledger.sqlite when `file_or_work_dir` is a directory, else the path itself.
+std::string resolve_ledger_path(const std::string& file_or_work_dir);
+
+class Ledger {
+ public:
+  // Opens the ledger file <path> (a directory is refused: see resolve_ledger_path).
+  static std::unique_ptr<Ledger> open(const std::string& path, const LedgerOptions& options = {});
+  ~Ledger();
+  Ledger(const Ledger&) = delete;
+  Ledger& operator=(const Ledger&) = delete;
+
+  const std::string& path() const { return path_; }
+  const std::string& run_id() const { return run_id_; }
+  bool read_only() const { return read_only_; }
+  int schema_version() const;
+
+  // Appends durably; fills the assigned fields of `e`. Returns the new seq.
+  int64_t append(Event& e);
+  // Appends every event in one transaction: all are durable, or none is.
+  void append_batch(std::vector<Event>& events);
+
+  // Events with after_seq < seq <= up_to_seq, in order. `fn` returns false to stop. The Event
+  // reference is reused between calls (copy what you keep). Without hashes, prev_hash/hash are
+  // left empty (faster; folds do not need them).
+  void for_each(const std::function<bool(const Event&)>& fn, int64_t after_seq = 0,
+                int64_t up_to_seq = std::numeric_limits<int64_t>::max(),
+                bool with_hashes = true) const;
+  // Folds events with seq <= up_to_seq into `handler` (without hashes); returns the number of
+  // events applied.
+  int64_t replay(EventHandler& handler,
+                 int64_t up_to_seq = std::numeric_limits<int64_t>::max()) const;
+
+  int64_t last_seq() const { return last_seq_; }
+  // Recomputes the whole hash chain and checks seq continuity.
+  VerifyReport verify() const;
+  // The recorded writer (the current holder while it runs, or the last one after it exits).
+  std::optional<WriterInfo> writer_info() const;
+
+  // The raw handle, for the catalog's queries. Owned by the Ledger.
+  sqlite3* handle() const { return db_; }
+
+ private:
+  Ledger() = default;
+  void refresh_tail();
+
+  std::string path_;
+  std::string run_id_;
+  bool read_only_ = false;
+  sqlite3* db_ = nullptr;
+  int lock_fd_ = -1;  // holds the OFD writer lock; closed only after db_ (POSIX lock semantics)
+  int64_t last_seq_ = 0;
+  std::string last_hash_;
+};
+
+}  // namespace ckptledger
