@@ -1,0 +1,74 @@
+// Checkpoint file format: the PyTorch zip archive that Python `torch.load` reads as a plain dict,
+// as MMEngine checkpoints are (`meta`, `state_dict`, `optimizer`, `param_schedulers`,
+// `message_hub`).
+//
+// FORMAT (what write_checkpoint produces; Python's torch.save writes the same shape)
+//   A zip archive. Every entry is stored (method 0, no compression), carries its CRC-32, has its
+//   data aligned to 64 bytes by an "FB" padding extra field, and has DOS time and date 0; the
+//   archive ends with zip64 end records. All entries live under one top directory, the archive
+//   name ("archive" for ours, the file's stem for Python's); readers take the first path
+//   component of the first entry as that name. Entries, in this order:
+//     archive/data.pkl    The object, pickle protocol 2. Containers are plain Python dict, list
+//                         and tuple (no TorchScript type tags, so `torch.load(weights_only=True)`
+//                         reads it). A tensor is `torch._utils._rebuild_tensor_v2(storage,
+//                         storage_offset, size, stride, requires_grad, OrderedDict())` whose
+//                         storage is the persistent id `('storage', torch.<Scalar>Storage, key,
+//                         location, numel)`.
+//     archive/byteorder   "little" (as torch.save has written since PyTorch 2.1).
+//     archive/data/<key>  The storage's numel * element_size bytes, little-endian. Keys are
+//                         "0", "1", ... in order of first appearance in data.pkl; tensors that
+//                         view one storage share one key and one record, which holds the whole
+//                         storage (as torch.save does).
+//     archive/version     "3\n", the archive format version libtorch 1.13 writes.
+//
+// Determinism: equal content gives identical bytes, so the file's SHA-256 addresses its content.
+// "Equal" includes dict insertion order and which tensors share a storage; it excludes the
+// container static types (an IntList and a generic list of the same ints write the same bytes),
+// reference counts, and the wall clock.
+//
+// Thread safety: the functions are reentrant; the caller must not mutate `obj` or its tensors
+// while write_checkpoint runs.
+#pragma once
+
+#include <ATen/core/ivalue.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+
+namespace ckptledger {
+
+// Receives the archive as consecutive chunks; throws to abort the write. Chunks of tensor data
+// point straight into the tensors' memory and are as large as the tensor's storage.
+using CheckpointSink = std::function<void(const void* data, size_t size)>;
+
+// Streams `obj` (normally a c10::impl::GenericDict with string keys) into `sink` as a checkpoint
+// archive and returns the number of bytes written. Memory use beyond the tensors is the pickle of
+// the metadata and the zip central directory, never the tensor data (CUDA tensors are copied to
+// the host one storage at a time).
+//
+// Supported values: None, bool, int, double, string, dict (string, int, bool or double keys),
+// list, tuple, and strided CPU or CUDA tensors of dtype float, double, half, bfloat16, int8/16/
+// 32/64, uint8 or bool. Anything else throws Error(kInvalidArgument) naming its path in `obj`
+// before the sink sees a byte. An exception thrown by `sink` propagates unchanged, and the sink
+// is not called again.
+uint64_t write_checkpoint(const c10::IValue& obj, const CheckpointSink& sink);
+
+// Reads a checkpoint written by write_checkpoint or by Python torch.save (zip format, pickle
+// protocol <= 5 without custom classes) into CPU tensors and GenericDict/GenericList/Tuple
+// values. Python's OrderedDict (a module's state_dict) reads as a dict; its `_metadata` and
+// nn.Parameter-ness are dropped. Dict key types are String or Int when all keys are, else Any;
+// element and value types are Any. Every record's CRC-32 is verified.
+//
+// Throws Error naming `path`: kNotFound (no such file), kIOError (the OS refused), kCorruption
+// (not a zip archive, truncated, CRC mismatch, malformed pickle, a tensor outside its storage),
+// kInvalidArgument (a valid archive holding what this reader does not support: a compressed
+// record, a big-endian archive, a pickled class such as mmengine's HistoryBuffer).
+c10::IValue read_checkpoint(const std::string& path);
+
+// As read_checkpoint, from an archive in memory; `name` stands for the path in error messages.
+c10::IValue read_checkpoint_bytes(std::string_view bytes, const std::string& name = "<memory>");
+
+}  // namespace ckptledger

@@ -1,0 +1,67 @@
+// CheckpointHook: MMEngine's CheckpointHook (spec/mmengine-checkpointhook.md) on the ledger.
+//
+// Contract: construction validates the config (Error(kInvalidArgument) before anything touches the
+// disk, §17.1). Call the stages in MMEngine's runner order (the reference loops in hook/loops.h do):
+// resume() (optional), before_train, after_train_iter / after_train_epoch / after_val_epoch,
+// after_train, after_run. The hook's state (the message hub values of §12) is the fold of the ledger's
+// committed events; resume() rebuilds it by replay (§17.3). Every save, prune, best update,
+// validation and publish is a ledger event.
+// Thread safety: one training thread calls the hook; checkpoint bytes are written per `sync`.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "hook/hook_config.h"
+#include "hook/hook_state.h"
+#include "hook/runner.h"
+
+namespace ckptledger {
+
+class CheckpointHook {
+ public:
+  explicit CheckpointHook(const HookConfig& config, LogSink log = {});
+  ~CheckpointHook();
+  CheckpointHook(const CheckpointHook&) = delete;
+  CheckpointHook& operator=(const CheckpointHook&) = delete;
+
+  // Before before_train. resume && !load_from: auto-resume from the newest committed regular
+  // checkpoint in the ledger of runner.work_dir() whose digest verifies (falls back to the previous
+  // one). resume && load_from: resume from that file. !resume && load_from: load weights only; the
+  // hook state starts fresh. Returns the absolute path loaded, or nullopt.
+  std::optional<std::string> resume(Runner& runner, bool resume = true,
+                                    const std::optional<std::string>& load_from = std::nullopt);
+
+  void before_train(Runner& runner);
+  void after_train_iter(Runner& runner, int64_t batch_idx);
+  void after_train_epoch(Runner& runner);
+  void after_val_epoch(Runner& runner, const Metrics& metrics);
+  void after_train(Runner& runner);
+  void after_run(Runner& runner);  // drains pending writes, records run_finished
+
+  // Waits until every accepted save is committed (or failed). The stages above call it when they
+  // need to; tools call it before looking at the disk.
+  void wait_idle();
+
+  // Hub values of §12 that are set: best_score*, best_ckpt*, last_ckpt, keep_ckpt_ids.
+  nlohmann::json hub_info() const;
+  const std::string& out_dir() const;  // absolute, after before_train
+  const ValidatedConfig& config() const;
+  // Absolute paths of the checkpoint files written by the most recent stage call, in order.
+  const std::vector<std::string>& last_stage_saves() const;
+  // Absolute paths of the files published so far by this instance, in order.
+  const std::vector<std::string>& published() const;
+  std::string ledger_path() const;
+  // The live state (the fold of every event this hook appended or replayed).
+  const HookState& state() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ckptledger

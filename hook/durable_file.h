@@ -1,0 +1,38 @@
+// Durable file operations: the only way ckptledger puts bytes under a checkpoint's name.
+//
+// write_durably: temp file beside the destination -> stream + SHA-256 on the fly -> fdatasync ->
+// rename over the destination -> fsync the directory (LevelDB SetCurrentFile, PyTorch DCP). A
+// failure removes the temp file and leaves the destination as it was.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+namespace ckptledger {
+
+// Receives the file's bytes in order; returns when they are written (throws on failure).
+using ByteSink = std::function<void(const void* data, size_t size)>;
+
+struct WrittenFile {
+  uint64_t bytes = 0;
+  std::string sha256;  // lowercase hex
+};
+
+// Suffix of temp files; a file ending in it is never a checkpoint (reconciliation removes them).
+inline constexpr const char* kTempSuffix = ".ckptledger-tmp";
+
+// Creates missing parent directories of `path`. Throws Error(kIOError) naming the directory.
+void make_parent_dirs(const std::string& path);
+
+// `produce` writes the content into the sink it is given. Throws Error(kIOError) naming `path`.
+WrittenFile write_durably(const std::string& path, const std::function<void(const ByteSink&)>& produce);
+
+// write_durably of a small text (last_checkpoint).
+void write_text_durably(const std::string& path, const std::string& text);
+
+// Removes a file (a directory recursively, as MMEngine does for DeepSpeed layouts) and fsyncs its
+// directory. Returns false when there was nothing to remove.
+bool remove_durably(const std::string& path);
+
+}  // namespace ckptledger

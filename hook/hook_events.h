@@ -1,0 +1,155 @@
+// The hook's event payloads (the `detail` JSON of each event kind it appends; ledger/payload.h).
+//
+// FROZEN once released: fields are only added, with a version bump; old rows keep loading.
+// json_extract(detail, '$.<field>') reads every field below from SQL.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "ledger/payload.h"
+
+namespace ckptledger {
+
+// run_started: a process opened the ledger to train.
+struct RunStartedPayload {
+  uint32_t v = 1;
+  std::string config;  // the hook config as JSON text (HookConfig::to_json)
+  std::string work_dir;
+  std::string out_dir;
+  int64_t pid = 0;
+  std::string host;
+  bool resume = false;  // false: the hook state starts fresh (MMEngine: a new message hub)
+  std::string version;  // ckptledger version
+  template <class A>
+  void serialize(A& ar) {
+    ar(CEREAL_NVP(v), CEREAL_NVP(config), CEREAL_NVP(work_dir), CEREAL_NVP(out_dir),
+       CEREAL_NVP(pid), CEREAL_NVP(host), CEREAL_NVP(resume), CEREAL_NVP(version));
+  }
+};
+
+// config_changed: this run's config differs from the previous run's.
+struct ConfigChangedPayload {
+  uint32_t v = 1;
+  std::vector<std::string> changed;  // option names
+  std::string previous;              // JSON text
+  std::string current;               // JSON text
+  template <class A>
+  void serialize(A& ar) {
+    ar(CEREAL_NVP(v), CEREAL_NVP(changed), CEREAL_NVP(previous), CEREAL_NVP(current));
+  }
+};
+
+// save_begun / save_committed / save_failed.
+struct SavePayload {
+  uint32_t v = 1;
+  std::string role;  // "regular" | "best"
+  std::string key;   // best: the metric key
+  // regular: rotation is on (max_keep_ckpts > 0) and keep_ckpt_ids is the hub list after the save.
+  bool keep_tracked = false;
+  std::vector<int64_t> keep_ckpt_ids;
+  std::string error;  // save_failed
+  template <class A>
+  void serialize(A& ar) {
+    ar(CEREAL_NVP(v), CEREAL_NVP(role), CEREAL_NVP(key), CEREAL_NVP(keep_tracked),
+       CEREAL_NVP(keep_ckpt_ids), CEREAL_NVP(error));
+  }
+};
+
+// pruned: a file was removed (after what supersedes it was committed).
+struct PrunePayload {
+  uint32_t v = 1;
+  std::string reason;         // "rotation" | "best_replaced" | "keep_trim"
+  std::string superseded_by;  // the committed file that made it redundant ("" for keep_trim)
+  bool keep_tracked = false;  // keep_trim: keep_ckpt_ids is the hub list after the trim
+  std::vector<int64_t> keep_ckpt_ids;
+  bool existed = true;  // false: the file was already gone
+  template <class A>
+  void serialize(A& ar) {
+    ar(CEREAL_NVP(v), CEREAL_NVP(reason), CEREAL_NVP(superseded_by), CEREAL_NVP(keep_tracked),
+       CEREAL_NVP(keep_ckpt_ids), CEREAL_NVP(existed));
+  }
+};
+
+// best_updated: metric improved; the event's path is the new best file (committed in the same
+// transaction), metric/score its key and value.
+struct BestPayload {
+  uint32_t v = 1;
+  std::string rule;           // "greater" | "less"
+  std::string previous_path;  // "" when there was none
+  bool had_previous_score = false;
+  double previous_score = 0;
+  template <class A>
+  void serialize(A& ar) {
+    ar(CEREAL_NVP(v), CEREAL_NVP(rule), CEREAL_NVP(previous_path), CEREAL_NVP(had_previous_score),
+       CEREAL_NVP(previous_score));
+  }
+};
+
+// validated: a validation ran. metrics: the dict in evaluator order (numbers; None as "None",
+// non-finite as "nan"/"inf"/"-inf"). auto_key: what 'auto' resolved to at this validation.
+struct ValidatedPayload {
+  uint32_t v = 1;
+  std::vector<std::pair<std::string, std::optional<double>>> metrics;  // written, not read back
+  std::string auto_key;
+  template <class A>
+  void save(A& ar) const {
+    ar(CEREAL_NVP(v));
+    ar.setNextName("metrics");
+    ar.startNode();
+    for (const auto& [key, value] : metrics) {
+      if (!value) {
+        ar(cereal::make_nvp(key.c_str(), std::string("None")));
+      } else if (std::isnan(*value)) {
+        ar(cereal::make_nvp(key.c_str(), std::string("nan")));
+      } else if (std::isinf(*value)) {
+        ar(cereal::make_nvp(key.c_str(), std::string(*value > 0 ? "inf" : "-inf")));
+      } else {
+        ar(cereal::make_nvp(key.c_str(), *value));
+      }
+    }
+    ar.finishNode();
+    ar(CEREAL_NVP(auto_key));
+  }
+  template <class A>
+  void load(A& ar) {
+    ar(CEREAL_NVP(v), CEREAL_NVP(auto_key));
+  }
+  template <class A>
+  void serialize(A& ar) {
+    if constexpr (A::is_saving::value) {
+      save(ar);
+    } else {
+      load(ar);
+    }
+  }
+};
+
+// resumed: the process loaded this checkpoint (the event's path) to continue training.
+struct ResumedPayload {
+  uint32_t v = 1;
+  std::string source;    // "auto" | "load_from"
+  std::string rejected;  // newer candidates that failed verification, and why
+  template <class A>
+  void serialize(A& ar) {
+    ar(CEREAL_NVP(v), CEREAL_NVP(source), CEREAL_NVP(rejected));
+  }
+};
+
+// published: a slim copy (the event's path) of `source` with only `keys`.
+struct PublishedPayload {
+  uint32_t v = 1;
+  std::string source;
+  std::vector<std::string> keys;
+  bool already_present = false;  // the same content was published before: no second file
+  template <class A>
+  void serialize(A& ar) {
+    ar(CEREAL_NVP(v), CEREAL_NVP(source), CEREAL_NVP(keys), CEREAL_NVP(already_present));
+  }
+};
+
+}  // namespace ckptledger

@@ -1,0 +1,111 @@
+#include "hook/hook_state.h"
+
+#include <algorithm>
+
+#include "hook/hook_events.h"
+
+namespace ckptledger {
+
+nlohmann::json HookState::hub_info(bool single, const std::vector<std::string>& keys) const {
+  nlohmann::json j = nlohmann::json::object();
+  for (const std::string& indicator : keys) {
+    std::string key = indicator == "auto" ? auto_key : indicator;
+    auto it = best.find(key);
+    if (key.empty() || it == best.end()) continue;
+    j[single ? "best_score" : "best_score_" + key] = it->second.score;
+    j[single ? "best_ckpt" : "best_ckpt_" + key] = it->second.path;
+  }
+  if (keep_tracked) j["keep_ckpt_ids"] = keep_ckpt_ids;
+  if (!last_ckpt.empty()) j["last_ckpt"] = last_ckpt;
+  return j;
+}
+
+bool operator==(const HookState& a, const HookState& b) {
+  auto best_eq = [](const std::map<std::string, BestState>& x,
+                    const std::map<std::string, BestState>& y) {
+    return x.size() == y.size() &&
+           std::equal(x.begin(), x.end(), y.begin(), [](const auto& p, const auto& q) {
+             return p.first == q.first && p.second.score == q.second.score &&
+                    p.second.path == q.second.path;
+           });
+  };
+  auto live_eq = [](const std::map<std::string, LiveFile>& x,
+                    const std::map<std::string, LiveFile>& y) {
+    return x.size() == y.size() &&
+           std::equal(x.begin(), x.end(), y.begin(), [](const auto& p, const auto& q) {
+             return p.first == q.first && p.second.role == q.second.role &&
+                    p.second.step == q.second.step && p.second.digest == q.second.digest &&
+                    p.second.bytes == q.second.bytes;
+           });
+  };
+  return best_eq(a.best, b.best) && a.auto_key == b.auto_key && a.keep_tracked == b.keep_tracked &&
+         a.keep_ckpt_ids == b.keep_ckpt_ids && a.last_ckpt == b.last_ckpt &&
+         live_eq(a.live, b.live) && a.regular_path_by_step == b.regular_path_by_step &&
+         a.regular_order == b.regular_order && a.config == b.config && a.runs == b.runs;
+}
+
+void HookStateFold::on_run_started(const Event& e) {
+  auto p = from_detail<RunStartedPayload>(e.detail, e.seq);
+  ++s_.runs;
+  s_.config = p.config;
+  if (!p.resume) {
+    // MMEngine without resume starts with an empty message hub; the files stay known.
+    s_.best.clear();
+    s_.auto_key.clear();
+    s_.keep_tracked = false;
+    s_.keep_ckpt_ids.clear();
+    s_.last_ckpt.clear();
+  }
+}
+
+void HookStateFold::on_save_committed(const Event& e) {
+  auto p = from_detail<SavePayload>(e.detail, e.seq);
+  LiveFile f{p.role, e.step.value_or(0), e.epoch.value_or(0), e.iter.value_or(0),
+             e.bytes.value_or(0), e.digest, e.seq};
+  s_.live[e.path] = f;
+  if (p.role == "regular") {
+    s_.last_ckpt = e.path;
+    s_.regular_path_by_step[f.step] = e.path;
+    s_.regular_order.erase(std::remove(s_.regular_order.begin(), s_.regular_order.end(), e.path),
+                           s_.regular_order.end());
+    s_.regular_order.push_back(e.path);
+    if (p.keep_tracked) {
+      s_.keep_tracked = true;
+      s_.keep_ckpt_ids = p.keep_ckpt_ids;
+    }
+  }
+}
+
+void HookStateFold::on_pruned(const Event& e) {
+  auto p = from_detail<PrunePayload>(e.detail, e.seq);
+  s_.live.erase(e.path);
+  s_.regular_order.erase(std::remove(s_.regular_order.begin(), s_.regular_order.end(), e.path),
+                         s_.regular_order.end());
+  for (auto it = s_.regular_path_by_step.begin(); it != s_.regular_path_by_step.end();) {
+    it = it->second == e.path ? s_.regular_path_by_step.erase(it) : std::next(it);
+  }
+  if (p.keep_tracked) {
+    s_.keep_tracked = true;
+    s_.keep_ckpt_ids = p.keep_ckpt_ids;
+  }
+}
+
+void HookStateFold::on_best_updated(const Event& e) {
+  s_.best[e.metric] = BestState{e.score.value_or(0), e.path};
+}
+
+void HookStateFold::on_published(const Event& e) {
+  LiveFile f;
+  f.role = "published";
+  f.bytes = e.bytes.value_or(0);
+  f.digest = e.digest;
+  f.seq = e.seq;
+  s_.live[e.path] = f;
+}
+
+void HookStateFold::on_validated(const Event& e) {
+  auto p = from_detail<ValidatedPayload>(e.detail, e.seq);
+  if (!p.auto_key.empty()) s_.auto_key = p.auto_key;
+}
+
+}  // namespace ckptledger

@@ -1,0 +1,69 @@
+// HookState: what MMEngine keeps in its message hub for CheckpointHook (spec §12), plus what the
+// ledger knows about files; HookStateFold builds it from events (one handler per kind).
+//
+// The live hook applies the same fold to the events it appends, so "live state == replayed
+// state" holds by construction and is checked by a property test.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "ledger/event_handler.h"
+
+namespace ckptledger {
+
+struct BestState {
+  double score = 0;
+  std::string path;  // the best file
+};
+
+struct LiveFile {
+  std::string role;  // "regular" | "best" | "published"
+  int64_t step = 0;
+  int64_t epoch = 0;
+  int64_t iter = 0;
+  int64_t bytes = 0;
+  std::string digest;
+  int64_t seq = 0;  // the save_committed / published event
+};
+
+struct HookState {
+  // --- the message hub (spec §12) ---
+  std::map<std::string, BestState> best;  // by metric key
+  std::string auto_key;                   // what 'auto' resolved to ("" = not yet)
+  bool keep_tracked = false;              // keep_ckpt_ids is in the hub
+  std::vector<int64_t> keep_ckpt_ids;
+  std::string last_ckpt;  // "" = None
+  // --- what the ledger knows ---
+  std::map<std::string, LiveFile> live;               // committed files not pruned
+  std::map<int64_t, std::string> regular_path_by_step;  // newest committed regular file per step
+  std::vector<std::string> regular_order;             // committed regular files, oldest first
+  std::string config;                                 // the current run's config (JSON text)
+  int64_t runs = 0;
+
+  // Hub keys of spec §12 for this state. `single` selects best_score/best_ckpt naming; `keys` are
+  // the indicator keys in order (their entries are shown when set).
+  nlohmann::json hub_info(bool single, const std::vector<std::string>& keys) const;
+  friend bool operator==(const HookState& a, const HookState& b);
+};
+
+class HookStateFold : public EventHandler {
+ public:
+  explicit HookStateFold(HookState& state) : s_(state) {}
+  void on_run_started(const Event& e) override;
+  void on_save_committed(const Event& e) override;
+  void on_pruned(const Event& e) override;
+  void on_best_updated(const Event& e) override;
+  void on_published(const Event& e) override;
+  void on_validated(const Event& e) override;
+
+ private:
+  HookState& s_;
+};
+
+}  // namespace ckptledger
