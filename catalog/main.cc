@@ -2,12 +2,17 @@
 //
 // Exit codes: 0 ok; 1 problems found (verify); 2 usage error; 3 ledger not found;
 // 4 corrupt or foreign ledger; 5 ledger of a newer version; 6 I/O error; 7 busy.
+#include <unistd.h>
+
+#include <climits>
 #include <cstdio>
+#include <optional>
 #include <string>
 
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>
 
+#include "catalog/simulate.h"
 #include "ledger/ledger.h"
 
 namespace {
@@ -43,6 +48,14 @@ int run_verify(const std::string& target) {
   return 1;
 }
 
+// The running binary, for `simulate` to start its runs with.
+std::string self_exe(const char* argv0) {
+  char buf[PATH_MAX];
+  ssize_t n = ::readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+  if (n <= 0) return argv0;
+  return std::string(buf, static_cast<size_t>(n));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -54,6 +67,24 @@ int main(int argc, char** argv) {
   auto* verify = app.add_subcommand("verify", "Recompute the ledger's hash chain");
   verify->add_option("ledger", verify_target, "ledger file or work_dir")->required();
 
+  std::string sim_scenario, sim_root, sim_output;
+  auto* simulate = app.add_subcommand(
+      "simulate", "Run a scenario through the real hook (one process per run) and write its trace");
+  simulate->add_option("scenario", sim_scenario, "SCENARIO.json, or a case file")->required();
+  simulate->add_option("--root", sim_root, "scenario root: created if missing, must be empty")
+      ->required();
+  simulate->add_option("-o,--output", sim_output, "trace file (default: stdout)");
+
+  // Hidden: one run of a scenario, started by `simulate` in the scenario root.
+  std::string run_scenario, run_root, run_out;
+  int run_index = 0;
+  auto* simulate_run = app.add_subcommand("simulate-run", "");
+  simulate_run->group("");
+  simulate_run->add_option("scenario", run_scenario)->required();
+  simulate_run->add_option("--root", run_root)->required();
+  simulate_run->add_option("--run", run_index)->required();
+  simulate_run->add_option("--out", run_out)->required();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -62,10 +93,25 @@ int main(int argc, char** argv) {
   }
   try {
     if (*verify) return run_verify(verify_target);
+    if (*simulate) {
+      ckptledger::SimulateOptions o;
+      o.scenario_path = sim_scenario;
+      o.root = sim_root;
+      if (!sim_output.empty()) o.output = sim_output;
+      o.self_exe = self_exe(argv[0]);
+      ckptledger::simulate(o);
+      return 0;
+    }
+    if (*simulate_run) {
+      return ckptledger::simulate_run(run_scenario, run_root, run_index, run_out);
+    }
     std::fputs(app.help().c_str(), stdout);
     return 0;
   } catch (const ckptledger::Error& e) {
     fmt::print(stderr, "ckptledger: error: {}\n", e.what());
     return exit_code_for(e);
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "ckptledger: error: {}\n", e.what());
+    return 6;
   }
 }

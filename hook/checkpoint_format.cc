@@ -181,7 +181,7 @@ uint64_t write_checkpoint(const c10::IValue& obj, const CheckpointSink& sink) {
         /*memoized_class_types=*/nullptr, /*get_tensor_id=*/nullptr,
         /*tag_aggregates=*/false);
     pickler.protocol();
-    pickler.pushIValue(obj);
+    pickler.pushIValue(plain);
     pickler.stop();
     storages = pickler.tensorData();
   } catch (const c10::Error& e) {
@@ -191,9 +191,10 @@ uint64_t write_checkpoint(const c10::IValue& obj, const CheckpointSink& sink) {
 
   SinkForwarder forward;
   forward.sink = &sink;
-  auto writer = std::make_unique<caffe2::serialize::PyTorchStreamWriter>(
-      [&forward](const void* data, size_t size) { return forward.write(data, size); });
+  std::unique_ptr<caffe2::serialize::PyTorchStreamWriter> writer;
   try {
+    writer = std::make_unique<caffe2::serialize::PyTorchStreamWriter>(
+        [&forward](const void* data, size_t size) { return forward.write(data, size); });
     writer->writeRecord("data.pkl", pickle.data(), pickle.size());
     static constexpr char kByteOrder[] = "little";
     writer->writeRecord("byteorder", kByteOrder, sizeof(kByteOrder) - 1);
@@ -561,6 +562,7 @@ class PickleReader {
     c10::ScalarType dtype = c10::ScalarType::Undefined;  // kStorage; kGlobal kStorageType
     c10::Storage storage;                                // kStorage
     std::vector<Item> tuple;                             // kTuple
+    int tuple_depth = 0;  // kTuple: nesting depth, bounded to bound as_value()'s recursion
   };
 
   static Item value_item(c10::IValue v) {
@@ -636,9 +638,12 @@ class PickleReader {
     bad("a class or storage is used as a value");
   }
 
-  static Item make_tuple(std::vector<Item> items) {
+  Item make_tuple(std::vector<Item> items) const {
     Item it;
     it.kind = Item::Kind::kTuple;
+    for (const auto& e : items) it.tuple_depth = std::max(it.tuple_depth, e.tuple_depth);
+    if (++it.tuple_depth > kMaxNesting)
+      bad("tuples nested deeper than " + std::to_string(kMaxNesting));
     it.tuple = std::move(items);
     return it;
   }
@@ -1100,8 +1105,14 @@ c10::IValue read_from(const ByteSource& src) {
                               " bytes, not " + std::to_string(numel) + " elements of " +
                               std::to_string(element_size));
     }
-    c10::Storage storage(c10::Storage::use_byte_size_t(), static_cast<int64_t>(entry->size),
-                         c10::GetCPUAllocator(), /*resizable=*/false);
+    c10::Storage storage;
+    try {
+      storage = c10::Storage(c10::Storage::use_byte_size_t(), static_cast<int64_t>(entry->size),
+                             c10::GetCPUAllocator(), /*resizable=*/false);
+    } catch (const c10::Error& e) {  // out of memory: not the file's fault
+      throw_error(ErrorCode::kIOError, "checkpoint " + src.name() + ": allocating " + record +
+                                           ": " + e.what_without_backtrace());
+    }
     zip.read(record, *entry, storage.data());
     return storage;
   };

@@ -53,10 +53,12 @@ struct SavePayload {
   bool keep_tracked = false;
   std::vector<int64_t> keep_ckpt_ids;
   std::string error;  // save_failed
+  // Microseconds the training thread waited for a free staging buffer set (back-pressure).
+  int64_t stall_us = 0;
   template <class A>
   void serialize(A& ar) {
     ar(CEREAL_NVP(v), CEREAL_NVP(role), CEREAL_NVP(key), CEREAL_NVP(keep_tracked),
-       CEREAL_NVP(keep_ckpt_ids), CEREAL_NVP(error));
+       CEREAL_NVP(keep_ckpt_ids), CEREAL_NVP(error), CEREAL_NVP(stall_us));
   }
 };
 
