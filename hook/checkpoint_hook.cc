@@ -7,6 +7,7 @@
 #include <ctime>
 #include <filesystem>
 #include <limits>
+#include <mutex>
 
 #include <fmt/format.h>
 
@@ -14,6 +15,8 @@
 #include "hook/durable_file.h"
 #include "hook/hook_events.h"
 #include "hook/hook_state.h"
+#include "hook/stager.h"
+#include "hook/writer_pool.h"
 #include "ledger/ledger.h"
 #include "ledger/sha256.h"
 
@@ -82,18 +85,26 @@ c10::IValue hub_to_ivalue(const nlohmann::json& hub) {
 
 }  // namespace
 
+// Threads: the training thread makes every decision and owns the Runner; the writer pool's
+// strand owns the ledger once training starts (appends, file writes, deletions). `mu` guards
+// `state`, which both touch: decisions are applied at once (later decisions depend on them); the
+// pool patches in what only the commit knows (bytes, digest, seq).
 struct CheckpointHook::Impl {
   ValidatedConfig cfg;
   LogSink log;
   std::unique_ptr<Ledger> ledger;
-  HookState state;
+  std::unique_ptr<Stager> stager;
+  mutable std::mutex mu;
+  HookState state;  // guarded by mu
   std::string work_dir;
   std::string out_dir;
-  bool resume_mode = false;  // the hub comes from the ledger (resume), not empty
-  bool started = false;      // before_train ran
+  bool resume_mode = false;    // the hub comes from the ledger (resume), not empty
   std::vector<Event> pending;  // resumed event, appended after run_started
   std::vector<std::string> stage_saves;
   std::vector<std::string> published;
+  bool budget_sized = false;
+  // Last member: destroyed (drained, joined) first, while everything its jobs touch is alive.
+  std::unique_ptr<WriterPool> pool;
 
   void emit(LogLevel level, const std::string& msg) const {
     if (log) log(level, msg);
@@ -119,21 +130,81 @@ struct CheckpointHook::Impl {
       throw_error(ErrorCode::kIOError, "cannot create work_dir " + work_dir + ": " + ec.message());
     }
     ledger = Ledger::open(ledger_file());
-    HookStateFold fold(state);
-    ledger->replay(fold);
+    rebuild_state();
   }
 
-  // Appends events in one transaction and folds them into the live state: the live state is
-  // always the fold of what was appended.
-  void append(std::vector<Event>& events) {
-    if (events.empty()) return;
-    ledger->append_batch(events);
+  // The state is the fold of the ledger (§17.3); also how a failed write is rolled back.
+  void rebuild_state() {
+    HookState fresh;
+    HookStateFold fold(fresh);
+    ledger->replay(fold);
+    std::lock_guard<std::mutex> lock(mu);
+    state = std::move(fresh);
+  }
+
+  // Applies decided events to the live state now (training thread).
+  void decide(const std::vector<Event>& events) {
+    std::lock_guard<std::mutex> lock(mu);
     HookStateFold fold(state);
     for (const Event& e : events) dispatch(e, fold);
   }
-  void append_one(Event e) {
-    std::vector<Event> v{std::move(e)};
-    append(v);
+
+  // After the pool appended events: what only the commit knows goes into the live state.
+  void patch_committed(const std::vector<Event>& events) {
+    std::lock_guard<std::mutex> lock(mu);
+    for (const Event& e : events) {
+      if (e.kind != EventKind::kSaveCommitted && e.kind != EventKind::kPublished) continue;
+      auto it = state.live.find(e.path);
+      if (it == state.live.end()) continue;
+      it->second.bytes = e.bytes.value_or(0);
+      it->second.digest = e.digest;
+      it->second.seq = e.seq;
+    }
+  }
+
+  HookState snapshot() const {
+    std::lock_guard<std::mutex> lock(mu);
+    return state;
+  }
+
+  // Events that are not a file write (validated, run_started, ...): decided now, appended on
+  // the pool in order with the saves; `remove_after` files go once they are recorded.
+  void record(std::vector<Event> events, std::vector<std::string> remove_after = {}) {
+    if (events.empty()) return;
+    decide(events);
+    pool->post(
+        [this, events = std::move(events), remove_after = std::move(remove_after)]() mutable {
+          ledger->append_batch(events);
+          patch_committed(events);
+          for (const std::string& p : remove_after) remove_durably(p);
+        });
+  }
+
+  // A sticky failure from the pool surfaces here, on the training thread: the live state is
+  // rebuilt from the ledger (nothing was pruned on behalf of the failed save), then the error is
+  // raised or, with on_error=warn, logged.
+  void check_error() {
+    std::exception_ptr e = pool->take_error();
+    if (!e) return;
+    pool->drain();
+    rebuild_state();
+    std::string what = "checkpoint write failed";
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& ex) {
+      what += ": ";
+      what += ex.what();
+    }
+    if (cfg.options.on_error == OnError::kWarn) {
+      emit(LogLevel::kWarning, what + " (on_error=warn: training goes on)");
+      return;
+    }
+    throw_error(ErrorCode::kIOError, what);
+  }
+
+  void begin_stage() {
+    stage_saves.clear();
+    check_error();
   }
 
   static Event make(EventKind kind, const std::string& path, int64_t step, int64_t epoch,
@@ -145,15 +216,6 @@ struct CheckpointHook::Impl {
     e.epoch = epoch;
     e.iter = iter;
     return e;
-  }
-
-  // The state as it will be once `events` are applied: what a checkpoint written now records in
-  // its message_hub (MMEngine updates the hub before saving).
-  HookState proposed(const std::vector<Event>& events) const {
-    HookState s = state;
-    HookStateFold fold(s);
-    for (const Event& e : events) dispatch(e, fold);
-    return s;
   }
 
   c10::impl::GenericDict content(Runner& runner, int64_t epoch, int64_t iter, bool with_optimizer,
@@ -177,8 +239,8 @@ struct CheckpointHook::Impl {
     c10::impl::GenericDict resumed(c10::StringType::get(), c10::AnyType::get());
     nlohmann::json h = hub(hub_state);
     for (auto it = h.begin(); it != h.end(); ++it) resumed.insert(it.key(), true);
-    hub_dict.insert("log_scalars", c10::impl::GenericDict(c10::StringType::get(),
-                                                         c10::AnyType::get()));
+    hub_dict.insert("log_scalars",
+                    c10::impl::GenericDict(c10::StringType::get(), c10::AnyType::get()));
     hub_dict.insert("runtime_info", hub_to_ivalue(h));
     hub_dict.insert("resumed_keys", resumed);
 
@@ -195,24 +257,94 @@ struct CheckpointHook::Impl {
     return ckpt;
   }
 
-  // save_begun, then the bytes (durable under their final name), then `commit` (save_committed
-  // first, then what it supersedes) in one transaction, then the superseded files go.
-  void write_and_commit(const std::string& path, const c10::impl::GenericDict& ckpt,
-                        std::vector<Event>& commit, const std::vector<std::string>& remove_after) {
-    Event begun = commit.front();
-    begun.kind = EventKind::kSaveBegun;
-    append_one(begun);
-    WrittenFile w = write_durably(
-        path, [&](const ByteSink& sink) { write_checkpoint(c10::IValue(ckpt), sink); });
-    for (Event& e : commit) {
-      if (e.kind == EventKind::kSaveCommitted) {
-        e.bytes = static_cast<int64_t>(w.bytes);
-        e.digest = w.sha256;
+  // One checkpoint file. The training thread decides (`commit`: save_committed first, then what
+  // it supersedes), builds the content from the state after the decision (MMEngine updates the
+  // hub before saving) and, unless `sync`, stages a copy of its tensors. The pool then appends
+  // save_begun, writes the bytes durably under their final name, appends `commit` in one
+  // transaction, removes the superseded files and rewrites last_checkpoint (invariants 1, 2, 7).
+  void save(Runner& runner, const std::string& path, std::vector<Event> commit,
+            std::vector<std::string> remove_after, int64_t meta_epoch, int64_t meta_iter,
+            bool with_optimizer, bool with_schedulers, bool moves_last_checkpoint) {
+    decide(commit);
+    c10::impl::GenericDict ckpt =
+        content(runner, meta_epoch, meta_iter, with_optimizer, with_schedulers, snapshot());
+    std::shared_ptr<Staged> staged;
+    int64_t stall_us = 0;
+    if (!pool->synchronous()) {
+      std::chrono::nanoseconds stall{0};
+      if (!budget_sized) size_budget(ckpt);
+      staged = stager->stage(c10::IValue(ckpt), &stall);
+      stall_us = std::chrono::duration_cast<std::chrono::microseconds>(stall).count();
+      if (stall_us >= 1000) {
+        emit(LogLevel::kWarning,
+             fmt::format("checkpoint {} waited {:.1f} ms for the writer (in-flight budget full)",
+                         path, stall_us / 1000.0));
       }
     }
-    append(commit);
+    SavePayload sp = from_detail<SavePayload>(commit.front().detail, 0);
+    sp.stall_us = stall_us;
+    commit.front().detail = to_detail(sp);
     stage_saves.push_back(path);
-    for (const std::string& p : remove_after) remove_durably(p);
+    const std::string last_file = join(work_dir, "last_checkpoint");
+    pool->post(
+        [this, path, staged, ckpt, commit = std::move(commit),
+         remove_after = std::move(remove_after), moves_last_checkpoint, last_file]() mutable {
+          Event begun = commit.front();
+          begun.kind = EventKind::kSaveBegun;
+          begun.bytes.reset();
+          ledger->append(begun);
+          if (staged) staged->wait_ready();
+          const c10::IValue& body = staged ? staged->content() : c10::IValue(ckpt);
+          WrittenFile w =
+              write_durably(path, [&](const ByteSink& sink) { write_checkpoint(body, sink); });
+          staged.reset();  // the buffer set is free for the next save
+          commit.front().bytes = static_cast<int64_t>(w.bytes);
+          commit.front().digest = w.sha256;
+          ledger->append_batch(commit);
+          patch_committed(commit);
+          for (const std::string& p : remove_after) remove_durably(p);
+          if (moves_last_checkpoint) write_text_durably(last_file, path);
+        },
+        [this, path](std::exception_ptr e) {
+          Event failed;
+          failed.kind = EventKind::kSaveFailed;
+          failed.path = path;
+          SavePayload fp;
+          try {
+            std::rethrow_exception(e);
+          } catch (const std::exception& ex) {
+            fp.error = ex.what();
+          }
+          failed.detail = to_detail(fp);
+          try {
+            ledger->append(failed);
+          } catch (const std::exception& ex) {
+            // The ledger itself is failing: the original error stays the sticky one.
+            emit(LogLevel::kError, std::string("cannot record save_failed: ") + ex.what());
+          }
+        });
+  }
+
+  // max_inflight_bytes counts staged snapshot bytes; 0 means one checkpoint in flight.
+  void size_budget(const c10::impl::GenericDict& ckpt) {
+    budget_sized = true;
+    const int64_t budget = cfg.options.max_inflight_bytes;
+    size_t sets = 1;
+    if (budget > 0) {
+      uint64_t bytes = 0;
+      std::function<void(const c10::IValue&)> walk = [&](const c10::IValue& v) {
+        if (v.isTensor()) bytes += v.toTensor().nbytes();
+        if (v.isGenericDict()) {
+          for (const auto& kv : v.toGenericDict()) walk(kv.value());
+        }
+        if (v.isList()) {
+          for (const auto& x : v.toListRef()) walk(x);
+        }
+      };
+      walk(c10::IValue(ckpt));
+      sets = std::max<uint64_t>(1, static_cast<uint64_t>(budget) / std::max<uint64_t>(1, bytes));
+    }
+    stager = std::make_unique<Stager>(sets);
   }
 
   // Spec §6, with the delete moved after the commit (§17.7) and the rotated file taken from the
@@ -246,12 +378,9 @@ struct CheckpointHook::Impl {
       sp.keep_ckpt_ids = keep;
     }
     commit.front().detail = to_detail(sp);
-    HookState next = proposed(commit);
-    c10::impl::GenericDict ckpt =
-        content(runner, meta_epoch, meta_iter, cfg.options.save_optimizer,
-                cfg.options.save_param_scheduler, next);
-    write_and_commit(path, ckpt, commit, remove_after);
-    write_text_durably(join(work_dir, "last_checkpoint"), path);
+    save(runner, path, std::move(commit), std::move(remove_after), meta_epoch, meta_iter,
+         cfg.options.save_optimizer, cfg.options.save_param_scheduler,
+         /*moves_last_checkpoint=*/true);
   }
 
   bool better(Rule rule, double score, const BestState* prev) const {
@@ -282,7 +411,7 @@ struct CheckpointHook::Impl {
     }
     Event validated = make(EventKind::kValidated, "", cur, E, I);
     validated.detail = to_detail(vp);
-    append_one(validated);
+    record({validated});
 
     if (metrics.empty()) {
       emit(LogLevel::kWarning,
@@ -338,21 +467,21 @@ struct CheckpointHook::Impl {
       committed.detail = to_detail(sp);
       std::vector<Event> commit{committed, best};
       std::vector<std::string> remove_after;
-      bool old_exists = !old.empty() && old != path && fs::exists(old);
-      if (old_exists || (!old.empty() && old != path && state.live.count(old))) {
-        Event prune = make(EventKind::kPruned, old, prev_it->second.score == score ? cur : cur, E, I);
-        prune.step = state.live.count(old) ? state.live.at(old).step : cur;
+      // The previous best may still be in flight: the ledger's decided files count, not the disk.
+      const bool old_known = !old.empty() && old != path && state.live.count(old) > 0;
+      const bool old_exists = !old.empty() && old != path && (old_known || fs::exists(old));
+      if (old_exists) {
+        Event prune =
+            make(EventKind::kPruned, old, old_known ? state.live.at(old).step : cur, E, I);
         PrunePayload pp;
         pp.reason = "best_replaced";
         pp.superseded_by = path;
-        pp.existed = old_exists;
         prune.detail = to_detail(pp);
         commit.push_back(prune);
-        if (old_exists) remove_after.push_back(old);
+        remove_after.push_back(old);
       }
-      HookState next = proposed(commit);
-      c10::impl::GenericDict ckpt = content(runner, E, I, false, false, next);
-      write_and_commit(path, ckpt, commit, remove_after);
+      save(runner, path, std::move(commit), std::move(remove_after), E, I, false, false,
+           /*moves_last_checkpoint=*/false);
       if (old_exists) {
         emit(LogLevel::kInfo, fmt::format("The previous best checkpoint {} is removed", old));
       }
@@ -409,7 +538,7 @@ struct CheckpointHook::Impl {
     e.bytes = static_cast<int64_t>(size);
     e.digest = digest;
     e.detail = to_detail(pp);
-    append_one(e);
+    record({e});
     published.push_back(dst);
     emit(LogLevel::kInfo, fmt::format("The checkpoint ({}) is published to {}.", src, dst));
   }
@@ -419,10 +548,15 @@ CheckpointHook::CheckpointHook(const HookConfig& config, LogSink log)
     : impl_(std::make_unique<Impl>()) {
   impl_->cfg = validate(config);
   impl_->log = std::move(log);
+  const HookConfig& o = impl_->cfg.options;
+  impl_->pool = std::make_unique<WriterPool>(o.sync ? 0 : static_cast<size_t>(o.writer_threads));
   for (const std::string& w : impl_->cfg.warnings) impl_->emit(LogLevel::kWarning, w);
 }
 
-CheckpointHook::~CheckpointHook() = default;
+CheckpointHook::~CheckpointHook() {
+  // Every accepted save is committed or recorded as failed before the hook goes away.
+  if (impl_->pool) impl_->pool->drain();
+}
 
 std::optional<std::string> CheckpointHook::resume(Runner& runner, bool resume,
                                                   const std::optional<std::string>& load_from) {
@@ -477,7 +611,7 @@ std::optional<std::string> CheckpointHook::resume(Runner& runner, bool resume,
 
 void CheckpointHook::before_train(Runner& runner) {
   Impl& m = *impl_;
-  m.stage_saves.clear();
+  m.begin_stage();
   m.open_ledger(runner);
   // §4.3 with §17.6: out_dir is joined with work_dir's basename unless it is work_dir itself,
   // compared as normalised absolute paths.
@@ -485,9 +619,7 @@ void CheckpointHook::before_train(Runner& runner) {
     m.out_dir = m.work_dir;
   } else {
     std::string given = strip_trailing_slash(absolute_normal(*m.cfg.options.out_dir));
-    m.out_dir = given == m.work_dir
-                    ? given
-                    : join(given, fs::path(m.work_dir).filename().string());
+    m.out_dir = given == m.work_dir ? given : join(given, fs::path(m.work_dir).filename().string());
   }
   m.emit(LogLevel::kInfo, fmt::format("Checkpoints will be saved to {}.", m.out_dir));
 
@@ -515,8 +647,8 @@ void CheckpointHook::before_train(Runner& runner) {
     e.kind = EventKind::kConfigChanged;
     e.detail = to_detail(cc);
     start.push_back(e);
-    m.emit(LogLevel::kInfo,
-           fmt::format("CheckpointHook config changed since the last run: {}", py_list(cc.changed)));
+    m.emit(LogLevel::kInfo, fmt::format("CheckpointHook config changed since the last run: {}",
+                                        py_list(cc.changed)));
   }
   Event run;
   run.kind = EventKind::kRunStarted;
@@ -524,7 +656,7 @@ void CheckpointHook::before_train(Runner& runner) {
   start.push_back(run);
   for (Event& e : m.pending) start.push_back(e);
   m.pending.clear();
-  m.append(start);
+  m.record(std::move(start));
 
   // §4.6: a smaller max_keep_ckpts trims the restored keep list, oldest first.
   const int64_t max_keep = m.cfg.options.max_keep_ckpts;
@@ -537,9 +669,9 @@ void CheckpointHook::before_train(Runner& runner) {
       int64_t old = keep.front();
       keep.erase(keep.begin());
       auto it = m.state.regular_path_by_step.find(old);
-      Event prune = Impl::make(EventKind::kPruned,
-                               it == m.state.regular_path_by_step.end() ? "" : it->second, old,
-                               runner.epoch(), runner.iter());
+      Event prune =
+          Impl::make(EventKind::kPruned, it == m.state.regular_path_by_step.end() ? "" : it->second,
+                     old, runner.epoch(), runner.iter());
       PrunePayload pp;
       pp.reason = "keep_trim";
       pp.keep_tracked = true;
@@ -549,14 +681,13 @@ void CheckpointHook::before_train(Runner& runner) {
       if (pp.existed) remove.push_back(prune.path);
       trims.push_back(prune);
     }
-    m.append(trims);
-    for (const std::string& p : remove) remove_durably(p);
+    m.record(std::move(trims), std::move(remove));
   }
 }
 
 void CheckpointHook::after_train_iter(Runner& runner, int64_t /*batch_idx*/) {
   Impl& m = *impl_;
-  m.stage_saves.clear();
+  m.begin_stage();
   if (m.cfg.options.by_epoch) return;
   const HookConfig& o = m.cfg.options;
   const int64_t I = runner.iter();
@@ -566,11 +697,12 @@ void CheckpointHook::after_train_iter(Runner& runner, int64_t /*batch_idx*/) {
   if (!due && !last) return;
   m.emit(LogLevel::kInfo, fmt::format("Saving checkpoint at {} iterations", I + 1));
   m.save_regular(runner, I + 1, runner.epoch(), I + 1);
+  m.check_error();
 }
 
 void CheckpointHook::after_train_epoch(Runner& runner) {
   Impl& m = *impl_;
-  m.stage_saves.clear();
+  m.begin_stage();
   if (!m.cfg.options.by_epoch) return;
   const HookConfig& o = m.cfg.options;
   const int64_t E = runner.epoch();
@@ -580,17 +712,22 @@ void CheckpointHook::after_train_epoch(Runner& runner) {
   if (!due && !last) return;
   m.emit(LogLevel::kInfo, fmt::format("Saving checkpoint at {} epochs", E + 1));
   m.save_regular(runner, E + 1, E + 1, runner.iter());
+  m.check_error();
 }
 
 void CheckpointHook::after_val_epoch(Runner& runner, const Metrics& metrics) {
-  impl_->stage_saves.clear();
+  impl_->begin_stage();
   impl_->after_val_epoch(runner, metrics);
+  impl_->check_error();
 }
 
 void CheckpointHook::after_train(Runner& /*runner*/) {
   Impl& m = *impl_;
-  m.stage_saves.clear();
+  m.begin_stage();
   if (!m.cfg.published_keys) return;
+  // Publishing reads what was saved: everything in flight lands first.
+  m.pool->drain();
+  m.check_error();
   if (m.cfg.options.save_last && !m.state.last_ckpt.empty()) m.publish(m.state.last_ckpt);
   for (const std::string& indicator : m.cfg.key_indicators()) {
     std::string key = indicator == "auto" ? m.state.auto_key : indicator;
@@ -607,15 +744,17 @@ void CheckpointHook::after_train(Runner& /*runner*/) {
 
 void CheckpointHook::after_run(Runner& /*runner*/) {
   Impl& m = *impl_;
-  m.stage_saves.clear();
-  wait_idle();
+  m.begin_stage();
+  m.check_error();
   if (!m.ledger) return;
   Event e;
   e.kind = EventKind::kRunFinished;
-  m.append_one(e);
+  m.record({e});
+  m.pool->drain();
+  m.check_error();
 }
 
-void CheckpointHook::wait_idle() {}
+void CheckpointHook::wait_idle() { impl_->pool->drain(); }
 
 nlohmann::json CheckpointHook::hub_info() const { return impl_->hub(impl_->state); }
 const std::string& CheckpointHook::out_dir() const { return impl_->out_dir; }

@@ -1,12 +1,12 @@
 // CheckpointHook: MMEngine's CheckpointHook (spec/mmengine-checkpointhook.md) on the ledger.
 //
 // Contract: construction validates the config (Error(kInvalidArgument) before anything touches the
-// disk, §17.1). Call the stages in MMEngine's runner order (the reference loops in hook/loops.h do):
-// resume() (optional), before_train, after_train_iter / after_train_epoch / after_val_epoch,
-// after_train, after_run. The hook's state (the message hub values of §12) is the fold of the ledger's
-// committed events; resume() rebuilds it by replay (§17.3). Every save, prune, best update,
-// validation and publish is a ledger event.
-// Thread safety: one training thread calls the hook; checkpoint bytes are written per `sync`.
+// disk, §17.1). Call the stages in MMEngine's runner order (the reference loops in hook/loops.h
+// do): resume() (optional), before_train, after_train_iter / after_train_epoch / after_val_epoch,
+// after_train, after_run. The hook's state (the message hub values of §12) is the fold of the
+// ledger's committed events; resume() rebuilds it by replay (§17.3). Every save, prune, best
+// update, validation and publish is a ledger event. Thread safety: one training thread calls the
+// hook; checkpoint bytes are written per `sync`.
 #pragma once
 
 #include <memory>

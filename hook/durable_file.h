@@ -26,7 +26,8 @@ inline constexpr const char* kTempSuffix = ".ckptledger-tmp";
 void make_parent_dirs(const std::string& path);
 
 // `produce` writes the content into the sink it is given. Throws Error(kIOError) naming `path`.
-WrittenFile write_durably(const std::string& path, const std::function<void(const ByteSink&)>& produce);
+WrittenFile write_durably(const std::string& path,
+                          const std::function<void(const ByteSink&)>& produce);
 
 // write_durably of a small text (last_checkpoint).
 void write_text_durably(const std::string& path, const std::string& text);

@@ -60,8 +60,13 @@ void HookStateFold::on_run_started(const Event& e) {
 
 void HookStateFold::on_save_committed(const Event& e) {
   auto p = from_detail<SavePayload>(e.detail, e.seq);
-  LiveFile f{p.role, e.step.value_or(0), e.epoch.value_or(0), e.iter.value_or(0),
-             e.bytes.value_or(0), e.digest, e.seq};
+  LiveFile f{p.role,
+             e.step.value_or(0),
+             e.epoch.value_or(0),
+             e.iter.value_or(0),
+             e.bytes.value_or(0),
+             e.digest,
+             e.seq};
   s_.live[e.path] = f;
   if (p.role == "regular") {
     s_.last_ckpt = e.path;

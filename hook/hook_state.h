@@ -40,10 +40,10 @@ struct HookState {
   std::vector<int64_t> keep_ckpt_ids;
   std::string last_ckpt;  // "" = None
   // --- what the ledger knows ---
-  std::map<std::string, LiveFile> live;               // committed files not pruned
+  std::map<std::string, LiveFile> live;                 // committed files not pruned
   std::map<int64_t, std::string> regular_path_by_step;  // newest committed regular file per step
-  std::vector<std::string> regular_order;             // committed regular files, oldest first
-  std::string config;                                 // the current run's config (JSON text)
+  std::vector<std::string> regular_order;               // committed regular files, oldest first
+  std::string config;                                   // the current run's config (JSON text)
   int64_t runs = 0;
 
   // Hub keys of spec §12 for this state. `single` selects best_score/best_ckpt naming; `keys` are

@@ -103,7 +103,8 @@ class HookTest : public ::testing::Test {
     return j;
   }
   // The property of §17.3: replaying the ledger gives the state the live hook holds.
-  void expect_live_equals_replay(const CheckpointHook& hook) {
+  void expect_live_equals_replay(CheckpointHook& hook) {
+    hook.wait_idle();
     LedgerOptions ro;
     ro.mode = OpenMode::kReadOnly;
     auto ledger = Ledger::open(hook.ledger_path(), ro);
@@ -124,13 +125,16 @@ TEST_F(HookTest, AfterTrainEpochSavesOnIntervalAndWritesLastCheckpoint) {
   CheckpointHook hook(from(R"({"interval": 2})"));
   TestRunner r(work_);
   hook.before_train(r);
+  hook.wait_idle();
   r.epoch_ = 9;
   r.iter_ = 90;
   hook.after_train_epoch(r);
+  hook.wait_idle();
   EXPECT_EQ(hook.hub_info()["last_ckpt"], p("epoch_10.pth"));
   EXPECT_EQ(slurp(p("last_checkpoint")), p("epoch_10.pth"));  // no trailing newline
   r.epoch_ = 10;
-  hook.after_train_epoch(r);  // 11 is not on the interval
+  hook.after_train_epoch(r);
+  hook.wait_idle();  // 11 is not on the interval
   EXPECT_EQ(hook.hub_info()["last_ckpt"], p("epoch_10.pth"));
   EXPECT_FALSE(fs::exists(p("epoch_11.pth")));
   auto ckpt = read_checkpoint(p("epoch_10.pth")).toGenericDict();
@@ -143,10 +147,13 @@ TEST_F(HookTest, IterHookIgnoresEpochStageAndSavesByIteration) {
   CheckpointHook hook(from(R"({"interval": 2, "by_epoch": false})"));
   TestRunner r(work_);
   hook.before_train(r);
+  hook.wait_idle();
   r.iter_ = 9;
   hook.after_train_epoch(r);
+  hook.wait_idle();
   EXPECT_FALSE(hook.hub_info().contains("last_ckpt"));
   hook.after_train_iter(r, 9);
+  hook.wait_idle();
   EXPECT_EQ(hook.hub_info()["last_ckpt"], p("iter_10.pth"));
   auto meta = read_checkpoint(p("iter_10.pth")).toGenericDict().at("meta").toGenericDict();
   EXPECT_EQ(meta.at("epoch").toInt(), 0);
@@ -157,10 +164,12 @@ TEST_F(HookTest, RotationKeepsNewestAndDeletesOnlyAfterCommit) {
   CheckpointHook hook(from(R"({"interval": 1, "max_keep_ckpts": 3})"));
   TestRunner r(work_);
   hook.before_train(r);
+  hook.wait_idle();
   for (int e = 0; e < 11; ++e) {
     r.epoch_ = e;
     r.iter_ = e + 1;
     hook.after_train_epoch(r);
+    hook.wait_idle();
     expect_live_equals_replay(hook);
   }
   for (int k = 1; k <= 8; ++k) EXPECT_FALSE(fs::exists(p("epoch_" + std::to_string(k) + ".pth")));
@@ -189,15 +198,18 @@ TEST_F(HookTest, BestAutoResolvesFirstKeyAndReplacesPreviousBest) {
   CheckpointHook hook(from(R"({"interval": 1, "save_best": "auto"})"));
   TestRunner r(work_);
   hook.before_train(r);
+  hook.wait_idle();
   r.epoch_ = 9;
   r.iter_ = 9;
   hook.after_val_epoch(r, {{"acc", 0.5}, {"map", 0.3}});
+  hook.wait_idle();
   EXPECT_EQ(hook.hub_info()["best_score"], 0.5);
   EXPECT_EQ(hook.hub_info()["best_ckpt"], p("best_acc_epoch_9.pth"));
   EXPECT_TRUE(fs::exists(p("best_acc_epoch_9.pth")));
   EXPECT_FALSE(fs::exists(p("last_checkpoint")));  // a best save alone never writes it
   r.epoch_ = 10;
-  hook.after_val_epoch(r, {{"map", 0.9}, {"acc", 0.7}});  // the key stays 'acc'
+  hook.after_val_epoch(r, {{"map", 0.9}, {"acc", 0.7}});
+  hook.wait_idle();  // the key stays 'acc'
   EXPECT_EQ(hook.hub_info()["best_score"], 0.7);
   EXPECT_FALSE(fs::exists(p("best_acc_epoch_9.pth")));
   EXPECT_TRUE(fs::exists(p("best_acc_epoch_10.pth")));
@@ -211,12 +223,16 @@ TEST_F(HookTest, LessRuleKeepsLowerLossAndEqualScoreNeverReplaces) {
   CheckpointHook hook(from(R"({"save_best": "loss"})"));
   TestRunner r(work_);
   hook.before_train(r);
+  hook.wait_idle();
   r.epoch_ = 9;
   hook.after_val_epoch(r, {{"loss", 0.8}});
+  hook.wait_idle();
   r.epoch_ = 10;
   hook.after_val_epoch(r, {{"loss", 0.5}});
+  hook.wait_idle();
   r.epoch_ = 11;
   hook.after_val_epoch(r, {{"loss", 0.5}});
+  hook.wait_idle();
   EXPECT_EQ(hook.hub_info()["best_score"], 0.5);
   EXPECT_EQ(hook.hub_info()["best_ckpt"], p("best_loss_epoch_10.pth"));
 }
@@ -225,8 +241,10 @@ TEST_F(HookTest, MultiKeyBestUsesSuffixedHubKeys) {
   CheckpointHook hook(from(R"({"save_best": ["acc", "mIoU"]})"));
   TestRunner r(work_);
   hook.before_train(r);
+  hook.wait_idle();
   r.epoch_ = 9;
   hook.after_val_epoch(r, {{"acc", 0.5}, {"mIoU", 0.6}});
+  hook.wait_idle();
   nlohmann::json h = hook.hub_info();
   EXPECT_EQ(h["best_score_acc"], 0.5);
   EXPECT_EQ(h["best_score_mIoU"], 0.6);
@@ -239,8 +257,10 @@ TEST_F(HookTest, MissingBestKeyNamesTheKey) {
   CheckpointHook hook(from(R"({"save_best": "acc"})"));
   TestRunner r(work_);
   hook.before_train(r);
+  hook.wait_idle();
   try {
     hook.after_val_epoch(r, {{"loss", 0.1}});
+    hook.wait_idle();
     FAIL();
   } catch (const Error& e) {
     EXPECT_THAT(e.what(), HasSubstr("'acc'"));
@@ -251,16 +271,21 @@ TEST_F(HookTest, BestImprovementResavesRegularCheckpointOffInterval) {
   CheckpointHook hook(from(R"({"interval": 2, "save_best": "acc"})"));
   TestRunner r(work_);
   hook.before_train(r);
+  hook.wait_idle();
   r.epoch_ = 1;  // after_train_epoch of epoch index 1 saves epoch_2
   r.iter_ = 2;
   hook.after_train_epoch(r);
+  hook.wait_idle();
   r.epoch_ = 2;
   hook.after_val_epoch(r, {{"acc", 0.1}});
+  hook.wait_idle();
   r.epoch_ = 2;  // epoch index 2 ends: epoch_3 is off the interval
   r.iter_ = 3;
   hook.after_train_epoch(r);
+  hook.wait_idle();
   r.epoch_ = 3;
   hook.after_val_epoch(r, {{"acc", 0.9}});
+  hook.wait_idle();
   EXPECT_TRUE(fs::exists(p("epoch_3.pth")));  // the re-save
   EXPECT_EQ(slurp(p("last_checkpoint")), p("epoch_3.pth"));
   EXPECT_EQ(hub_of(p("epoch_3.pth"))["best_ckpt"], p("best_acc_epoch_3.pth"));
@@ -272,12 +297,15 @@ TEST_F(HookTest, ResumeRebuildsHubFromLedgerIncludingLastCkpt) {
     CheckpointHook hook(from(R"({"interval": 1, "save_best": "acc", "max_keep_ckpts": 2})"));
     TestRunner r(work_);
     hook.before_train(r);
+    hook.wait_idle();
     for (int e = 0; e < 3; ++e) {
       r.epoch_ = e;
       r.iter_ = e + 1;
       hook.after_train_epoch(r);
+      hook.wait_idle();
       r.epoch_ = e + 1;
       hook.after_val_epoch(r, {{"acc", 0.1 * (e + 1)}});
+      hook.wait_idle();
     }
     hook.after_run(r);
   }
@@ -288,9 +316,10 @@ TEST_F(HookTest, ResumeRebuildsHubFromLedgerIncludingLastCkpt) {
   EXPECT_EQ(*loaded, p("epoch_3.pth"));
   EXPECT_EQ(r.epoch_, 3);
   hook.before_train(r);
+  hook.wait_idle();
   nlohmann::json h = hook.hub_info();
   EXPECT_NEAR(h["best_score"].get<double>(), 0.3, 1e-12);
-  EXPECT_EQ(h["last_ckpt"], p("epoch_3.pth"));       // §17.3: survives the resume
+  EXPECT_EQ(h["last_ckpt"], p("epoch_3.pth"));         // §17.3: survives the resume
   EXPECT_EQ(h["keep_ckpt_ids"], nlohmann::json({3}));  // trimmed to the new max_keep_ckpts
   EXPECT_FALSE(fs::exists(p("epoch_2.pth")));
   EXPECT_TRUE(fs::exists(p("epoch_3.pth")));
@@ -302,10 +331,12 @@ TEST_F(HookTest, ResumeSkipsACheckpointWhoseBytesChanged) {
     CheckpointHook hook(from(R"({"interval": 1})"));
     TestRunner r(work_);
     hook.before_train(r);
+    hook.wait_idle();
     for (int e = 0; e < 2; ++e) {
       r.epoch_ = e;
       r.iter_ = e + 1;
       hook.after_train_epoch(r);
+      hook.wait_idle();
     }
   }
   {
@@ -325,11 +356,15 @@ TEST_F(HookTest, PublishingIsContentAddressedAndNotDuplicated) {
   CheckpointHook hook(from(R"({"interval": 1, "published_keys": ["meta", "state_dict"]})"));
   TestRunner r(work_);
   hook.before_train(r);
+  hook.wait_idle();
   r.epoch_ = 0;
   r.iter_ = 1;
   hook.after_train_epoch(r);
+  hook.wait_idle();
   hook.after_train(r);
-  hook.after_train(r);  // the same content again
+  hook.wait_idle();
+  hook.after_train(r);
+  hook.wait_idle();  // the same content again
   ASSERT_EQ(hook.published().size(), 2u);
   EXPECT_EQ(hook.published()[0], hook.published()[1]);
   int published_files = 0;
@@ -348,10 +383,12 @@ TEST_F(HookTest, RelativeSpellingOfWorkDirIsNotDoubled) {
   CheckpointHook hook(from(R"({"interval": 1, "out_dir": "work_dirs/exp"})"));
   TestRunner r(work_);
   hook.before_train(r);
+  hook.wait_idle();
   EXPECT_EQ(hook.out_dir(), work_);
   CheckpointHook other(from(R"({"interval": 1, "out_dir": "ckpts/"})"));
   TestRunner r2((dir_ / "work_dirs" / "exp2").string());
   other.before_train(r2);
+  other.wait_idle();
   EXPECT_EQ(other.out_dir(), (dir_ / "ckpts" / "exp2").string());
 }
 

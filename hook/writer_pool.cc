@@ -1,0 +1,95 @@
+#include "hook/writer_pool.h"
+
+#include <optional>
+#include <stdexcept>
+
+#include <boost/asio/post.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/thread_pool.hpp>
+
+namespace ckptledger {
+
+struct WriterPool::Impl {
+  std::optional<boost::asio::thread_pool> pool;
+  std::optional<boost::asio::strand<boost::asio::thread_pool::executor_type>> strand;
+  std::mutex mu;  // guards pending, error, failed
+  std::condition_variable idle;
+  size_t pending = 0;
+  std::exception_ptr error;  // sticky until taken
+  bool failed = false;       // later jobs are skipped until the error is taken
+
+  // Runs one job with the sticky-error rules; on any thread.
+  void run(const std::function<void()>& job,
+           const std::function<void(std::exception_ptr)>& on_error) {
+    bool skip;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      skip = failed;
+    }
+    if (skip) {
+      // An earlier job failed and the training thread has not seen it yet: this job's decision
+      // was made on a state that no longer holds, so it is not carried out (but reported).
+      if (on_error) {
+        on_error(std::make_exception_ptr(
+            std::runtime_error("skipped: an earlier checkpoint write failed before this one ran")));
+      }
+      return;
+    }
+    try {
+      job();
+    } catch (...) {
+      std::exception_ptr e = std::current_exception();
+      if (on_error) on_error(e);
+      std::lock_guard<std::mutex> lock(mu);
+      if (!error) error = e;
+      failed = true;
+    }
+  }
+};
+
+WriterPool::WriterPool(size_t threads) : impl_(std::make_unique<Impl>()), sync_(threads == 0) {
+  if (!sync_) {
+    impl_->pool.emplace(threads);
+    impl_->strand.emplace(boost::asio::make_strand(*impl_->pool));
+  }
+}
+
+WriterPool::~WriterPool() {
+  if (!sync_) {
+    drain();
+    impl_->pool->join();
+  }
+}
+
+void WriterPool::post(std::function<void()> job, std::function<void(std::exception_ptr)> on_error) {
+  if (sync_) {
+    impl_->run(job, on_error);
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    ++impl_->pending;
+  }
+  Impl* impl = impl_.get();
+  boost::asio::post(*impl->strand, [impl, job = std::move(job), on_error = std::move(on_error)] {
+    impl->run(job, on_error);
+    std::lock_guard<std::mutex> lock(impl->mu);
+    if (--impl->pending == 0) impl->idle.notify_all();
+  });
+}
+
+void WriterPool::drain() {
+  if (sync_) return;
+  std::unique_lock<std::mutex> lock(impl_->mu);
+  impl_->idle.wait(lock, [&] { return impl_->pending == 0; });
+}
+
+std::exception_ptr WriterPool::take_error() {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  std::exception_ptr e = impl_->error;
+  impl_->error = nullptr;
+  impl_->failed = false;
+  return e;
+}
+
+}  // namespace ckptledger

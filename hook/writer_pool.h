@@ -1,0 +1,42 @@
+// WriterPool: where checkpoint bytes, ledger appends and deletions happen (DESIGN "Data flow").
+//
+// A boost::asio::thread_pool with one strand: jobs run one at a time, in the order they were
+// posted (decision order), on a pool thread; with `sync` they run inline on the caller's thread.
+// A job's exception is sticky (LevelDB bg_error_): recorded once, later jobs are skipped, and
+// take_error() hands it to the next hook call on the training thread.
+// Thread safety: post(), drain() and take_error() are called by the training thread only.
+#pragma once
+
+#include <condition_variable>
+#include <cstddef>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <mutex>
+
+namespace ckptledger {
+
+class WriterPool {
+ public:
+  // threads == 0: synchronous (every job runs inside post(); failures are sticky all the same).
+  explicit WriterPool(size_t threads);
+  ~WriterPool();  // drains
+  WriterPool(const WriterPool&) = delete;
+  WriterPool& operator=(const WriterPool&) = delete;
+
+  // Runs `job` after every job posted before it. `on_error` runs on the pool thread with the
+  // exception when this job throws (record save_failed, roll back); it must not throw.
+  void post(std::function<void()> job, std::function<void(std::exception_ptr)> on_error = nullptr);
+  // Blocks until every posted job has finished.
+  void drain();
+  // The first failure since the last call, or null.
+  std::exception_ptr take_error();
+  bool synchronous() const { return sync_; }
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  bool sync_;
+};
+
+}  // namespace ckptledger
