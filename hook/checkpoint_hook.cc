@@ -103,6 +103,7 @@ struct CheckpointHook::Impl {
   std::vector<std::string> stage_saves;
   std::vector<std::string> published;
   bool budget_sized = false;
+  FileSystem* files = nullptr;  // not owned
   // Last member: destroyed (drained, joined) first, while everything its jobs touch is alive.
   std::unique_ptr<WriterPool> pool;
 
@@ -176,7 +177,7 @@ struct CheckpointHook::Impl {
         [this, events = std::move(events), remove_after = std::move(remove_after)]() mutable {
           ledger->append_batch(events);
           patch_committed(events);
-          for (const std::string& p : remove_after) remove_durably(p);
+          for (const std::string& p : remove_after) remove_durably(p, *files);
         });
   }
 
@@ -295,15 +296,15 @@ struct CheckpointHook::Impl {
           ledger->append(begun);
           if (staged) staged->wait_ready();
           const c10::IValue& body = staged ? staged->content() : c10::IValue(ckpt);
-          WrittenFile w =
-              write_durably(path, [&](const ByteSink& sink) { write_checkpoint(body, sink); });
+          WrittenFile w = write_durably(
+              path, [&](const ByteSink& sink) { write_checkpoint(body, sink); }, *files);
           staged.reset();  // the buffer set is free for the next save
           commit.front().bytes = static_cast<int64_t>(w.bytes);
           commit.front().digest = w.sha256;
           ledger->append_batch(commit);
           patch_committed(commit);
-          for (const std::string& p : remove_after) remove_durably(p);
-          if (moves_last_checkpoint) write_text_durably(last_file, path);
+          for (const std::string& p : remove_after) remove_durably(p, *files);
+          if (moves_last_checkpoint) write_text_durably(last_file, path, *files);
         },
         [this, path](std::exception_ptr e) {
           Event failed;
@@ -529,7 +530,7 @@ struct CheckpointHook::Impl {
       pp.already_present = true;
     } else {
       WrittenFile w = write_durably(
-          dst, [&](const ByteSink& sink) { write_checkpoint(c10::IValue(out), sink); });
+          dst, [&](const ByteSink& sink) { write_checkpoint(c10::IValue(out), sink); }, *files);
       size = w.bytes;
     }
     Event e;
@@ -544,8 +545,9 @@ struct CheckpointHook::Impl {
   }
 };
 
-CheckpointHook::CheckpointHook(const HookConfig& config, LogSink log)
+CheckpointHook::CheckpointHook(const HookConfig& config, LogSink log, FileSystem* fs)
     : impl_(std::make_unique<Impl>()) {
+  impl_->files = fs ? fs : &FileSystem::posix();
   impl_->cfg = validate(config);
   impl_->log = std::move(log);
   const HookConfig& o = impl_->cfg.options;

@@ -16,6 +16,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "hook/durable_file.h"
 #include "hook/hook_config.h"
 #include "hook/hook_state.h"
 #include "hook/runner.h"
@@ -24,7 +25,8 @@ namespace ckptledger {
 
 class CheckpointHook {
  public:
-  explicit CheckpointHook(const HookConfig& config, LogSink log = {});
+  // `fs`: where files are written (tests inject faults); default the real filesystem. Not owned.
+  explicit CheckpointHook(const HookConfig& config, LogSink log = {}, FileSystem* fs = nullptr);
   ~CheckpointHook();
   CheckpointHook(const CheckpointHook&) = delete;
   CheckpointHook& operator=(const CheckpointHook&) = delete;

@@ -1,0 +1,350 @@
+// Asynchronous persistence (issue 4): snapshot isolation, sticky errors through an injected
+// filesystem, back-pressure, bounded staging memory, draining.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <filesystem>
+#include <mutex>
+#include <thread>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "hook/checkpoint_format.h"
+#include "hook/checkpoint_hook.h"
+#include "hook/hook_events.h"
+#include "hook/stager.h"
+#include "ledger/ledger.h"
+
+namespace ckptledger {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+
+// Parameters the test mutates between hook calls, as an optimizer step would.
+class MutatingRunner : public Runner {
+ public:
+  explicit MutatingRunner(std::string work_dir) : work_dir_(std::move(work_dir)) {
+    for (int i = 0; i < 4; ++i) params_.push_back(torch::zeros({64, 64 + i}));
+  }
+  int64_t epoch() const override { return epoch_; }
+  int64_t iter() const override { return iter_; }
+  int64_t max_epochs() const override { return 1000; }
+  int64_t max_iters() const override { return 100000; }
+  std::string work_dir() const override { return work_dir_; }
+  c10::impl::GenericDict checkpoint_state(bool, bool) override {
+    c10::impl::GenericDict d(c10::StringType::get(), c10::AnyType::get());
+    c10::impl::GenericDict sd(c10::StringType::get(), c10::AnyType::get());
+    for (size_t i = 0; i < params_.size(); ++i) sd.insert("p" + std::to_string(i), params_[i]);
+    d.insert("state_dict", sd);
+    return d;
+  }
+  bool has_param_schedulers() const override { return false; }
+  void load_checkpoint(const c10::impl::GenericDict&, bool) override {}
+  void set_all(double v) {
+    for (auto& p : params_) p.fill_(v);
+  }
+
+  int64_t epoch_ = 0, iter_ = 0;
+  std::vector<torch::Tensor> params_;
+
+ private:
+  std::string work_dir_;
+};
+
+// Injects one fault into writes of files whose name contains `target`.
+class FaultyFileSystem : public FileSystem {
+ public:
+  enum class Fault { kNone, kEnospcAfterBytes, kEioOnFdatasync, kRenameFails };
+  Fault fault = Fault::kNone;
+  std::string target;
+  size_t budget = 0;  // kEnospcAfterBytes: bytes accepted before ENOSPC
+
+  int open(const char* path, int flags, mode_t mode) override {
+    int fd = FileSystem::open(path, flags, mode);
+    std::lock_guard<std::mutex> lock(mu_);
+    if (fd >= 0 && std::string(path).find(target) != std::string::npos) faulty_fds_.insert(fd);
+    return fd;
+  }
+  ssize_t write(int fd, const void* data, size_t size) override {
+    if (fault == Fault::kEnospcAfterBytes && is_faulty(fd)) {
+      if (written_ + size > budget) {
+        errno = ENOSPC;
+        return -1;
+      }
+      written_ += size;
+    }
+    return FileSystem::write(fd, data, size);
+  }
+  int fdatasync(int fd) override {
+    if (fault == Fault::kEioOnFdatasync && is_faulty(fd)) {
+      errno = EIO;
+      return -1;
+    }
+    return FileSystem::fdatasync(fd);
+  }
+  int close(int fd) override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      faulty_fds_.erase(fd);
+    }
+    return FileSystem::close(fd);
+  }
+  int rename(const char* from, const char* to) override {
+    if (fault == Fault::kRenameFails && std::string(to).find(target) != std::string::npos) {
+      errno = EXDEV;
+      return -1;
+    }
+    return FileSystem::rename(from, to);
+  }
+
+ private:
+  bool is_faulty(int fd) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return faulty_fds_.count(fd) > 0;
+  }
+  std::mutex mu_;
+  std::set<int> faulty_fds_;
+  size_t written_ = 0;
+};
+
+// fdatasync blocks until the test opens the gate: a deterministic slow disk.
+class GatedFileSystem : public FileSystem {
+ public:
+  int fdatasync(int fd) override {
+    std::unique_lock<std::mutex> lock(mu_);
+    ++waiting_;
+    cv_.notify_all();
+    cv_.wait(lock, [&] { return open_; });
+    return FileSystem::fdatasync(fd);
+  }
+  void wait_for_writer() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return waiting_ > 0; });
+  }
+  void open_gate() {
+    std::lock_guard<std::mutex> lock(mu_);
+    open_ = true;
+    cv_.notify_all();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int waiting_ = 0;
+  bool open_ = false;
+};
+
+class AsyncTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("ckpt_async_" + std::to_string(::getpid()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    work_ = (dir_ / "exp").string();
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::string p(const std::string& name) const { return work_ + "/" + name; }
+  std::vector<Event> events(EventKind kind) {
+    LedgerOptions ro;
+    ro.mode = OpenMode::kReadOnly;
+    auto l = Ledger::open(work_ + "/ckptledger.sqlite", ro);
+    std::vector<Event> out;
+    l->for_each([&](const Event& e) {
+      if (e.kind == kind) out.push_back(e);
+      return true;
+    });
+    return out;
+  }
+  bool temp_files_left() {
+    for (const auto& f : fs::recursive_directory_iterator(dir_)) {
+      if (f.path().string().find(kTempSuffix) != std::string::npos) return true;
+    }
+    return false;
+  }
+  static double first_value(const std::string& path, const std::string& key) {
+    auto ckpt = read_checkpoint(path).toGenericDict();
+    return ckpt.at("state_dict").toGenericDict().at(key).toTensor().mean().item<double>();
+  }
+  fs::path dir_;
+  std::string work_;
+};
+
+HookConfig cfg(const char* json) { return HookConfig::from_json(nlohmann::json::parse(json)); }
+
+TEST_F(AsyncTest, EachCheckpointHoldsTheValuesOfItsStepWhileTrainingMutates) {
+  CheckpointHook hook(cfg(R"({"interval": 1, "by_epoch": false})"));
+  MutatingRunner r(work_);
+  hook.before_train(r);
+  for (int i = 0; i < 20; ++i) {
+    r.iter_ = i;
+    r.set_all(i + 1);
+    hook.after_train_iter(r, i);
+    r.set_all(-7);  // the next optimizer step overwrites the parameters at once
+  }
+  hook.wait_idle();
+  for (int k = 1; k <= 20; ++k) {
+    for (int t = 0; t < 4; ++t) {
+      EXPECT_EQ(first_value(p("iter_" + std::to_string(k) + ".pth"), "p" + std::to_string(t)), k)
+          << "iter_" << k << " tensor " << t;
+    }
+  }
+  EXPECT_FALSE(temp_files_left());
+}
+
+TEST_F(AsyncTest, EnospcLeavesNoFileKeepsEarlierCheckpointsAndRaisesOnNextCall) {
+  FaultyFileSystem faulty;
+  faulty.fault = FaultyFileSystem::Fault::kEnospcAfterBytes;
+  faulty.target = "epoch_3.pth";
+  faulty.budget = 4096;
+  CheckpointHook hook(cfg(R"({"interval": 1, "max_keep_ckpts": 2})"), {}, &faulty);
+  MutatingRunner r(work_);
+  hook.before_train(r);
+  for (int e = 0; e < 3; ++e) {
+    r.epoch_ = e;
+    hook.after_train_epoch(r);
+  }
+  hook.wait_idle();
+  EXPECT_FALSE(fs::exists(p("epoch_3.pth")));
+  EXPECT_TRUE(fs::exists(p("epoch_1.pth")));  // not pruned on behalf of the failed save
+  EXPECT_TRUE(fs::exists(p("epoch_2.pth")));
+  EXPECT_FALSE(temp_files_left());
+  auto failed = events(EventKind::kSaveFailed);
+  ASSERT_EQ(failed.size(), 1u);
+  EXPECT_EQ(failed[0].path, p("epoch_3.pth"));
+  EXPECT_THAT(failed[0].detail, HasSubstr("No space left on device"));
+  EXPECT_EQ(events(EventKind::kPruned).size(), 0u);
+  r.epoch_ = 3;
+  try {
+    hook.after_train_epoch(r);
+    FAIL() << "the sticky error was swallowed";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kIOError);
+    EXPECT_THAT(e.what(), HasSubstr("epoch_3.pth"));
+    EXPECT_THAT(e.what(), HasSubstr("No space left on device"));
+  }
+  // The live state was rolled back to the ledger: epoch_3 never became the last checkpoint.
+  EXPECT_EQ(hook.hub_info()["last_ckpt"], p("epoch_2.pth"));
+  EXPECT_EQ(hook.hub_info()["keep_ckpt_ids"], nlohmann::json({1, 2}));
+}
+
+TEST_F(AsyncTest, EioOnFdatasyncWithOnErrorWarnLogsAndTrainingGoesOn) {
+  FaultyFileSystem faulty;
+  faulty.fault = FaultyFileSystem::Fault::kEioOnFdatasync;
+  faulty.target = "epoch_2.pth";
+  std::vector<std::string> warnings;
+  CheckpointHook hook(
+      cfg(R"({"interval": 1, "on_error": "warn"})"),
+      [&](LogLevel level, const std::string& msg) {
+        if (level == LogLevel::kWarning && msg.find("write failed") != std::string::npos) {
+          warnings.push_back(msg);
+        }
+      },
+      &faulty);
+  MutatingRunner r(work_);
+  hook.before_train(r);
+  for (int e = 0; e < 4; ++e) {
+    r.epoch_ = e;
+    hook.after_train_epoch(r);
+    hook.wait_idle();
+  }
+  EXPECT_FALSE(fs::exists(p("epoch_2.pth")));
+  EXPECT_TRUE(fs::exists(p("epoch_3.pth")));
+  EXPECT_TRUE(fs::exists(p("epoch_4.pth")));
+  ASSERT_EQ(warnings.size(), 1u);
+  EXPECT_THAT(warnings[0], HasSubstr("Input/output error"));
+  EXPECT_THAT(warnings[0], HasSubstr("on_error=warn"));
+  EXPECT_EQ(events(EventKind::kSaveFailed).size(), 1u);
+  EXPECT_FALSE(temp_files_left());
+}
+
+TEST_F(AsyncTest, FailedRenameKeepsThePreviousFileUnderThatName) {
+  FaultyFileSystem faulty;
+  CheckpointHook hook(cfg(R"({"interval": 1, "save_best": "acc", "sync": true})"), {}, &faulty);
+  MutatingRunner r(work_);
+  hook.before_train(r);
+  r.set_all(1);
+  r.epoch_ = 0;
+  hook.after_train_epoch(r);  // epoch_1.pth
+  const std::string path = p("epoch_1.pth");
+  ASSERT_TRUE(fs::exists(path));
+  faulty.fault = FaultyFileSystem::Fault::kRenameFails;
+  faulty.target = "/epoch_1.pth";  // not best_acc_epoch_1.pth
+  r.set_all(2);
+  r.epoch_ = 1;
+  // The best improvement re-saves epoch_1.pth (spec §7.6); its rename fails.
+  EXPECT_THROW(hook.after_val_epoch(r, {{"acc", 0.5}}), Error);  // sync: raised at once
+  EXPECT_EQ(first_value(path, "p0"), 1);                         // the old bytes are intact
+  EXPECT_FALSE(temp_files_left());
+  auto failed = events(EventKind::kSaveFailed);
+  ASSERT_EQ(failed.size(), 1u);
+  EXPECT_THAT(failed[0].detail, HasSubstr("cannot rename onto"));
+}
+
+TEST_F(AsyncTest, FullBudgetMakesTheNextSaveWaitAndRecordsTheStall) {
+  GatedFileSystem gated;
+  std::vector<std::string> warnings;
+  CheckpointHook hook(
+      cfg(R"({"interval": 1})"),
+      [&](LogLevel level, const std::string& msg) {
+        if (level == LogLevel::kWarning) warnings.push_back(msg);
+      },
+      &gated);
+  MutatingRunner r(work_);
+  hook.before_train(r);
+  r.epoch_ = 0;
+  hook.after_train_epoch(r);  // staged; the writer blocks in fdatasync
+  gated.wait_for_writer();
+  std::thread opener([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    gated.open_gate();
+  });
+  r.epoch_ = 1;
+  hook.after_train_epoch(r);  // one checkpoint in flight: waits for the first to finish
+  opener.join();
+  hook.wait_idle();
+  auto committed = events(EventKind::kSaveCommitted);
+  ASSERT_EQ(committed.size(), 2u);
+  auto second = from_detail<SavePayload>(committed[1].detail, committed[1].seq);
+  EXPECT_GE(second.stall_us, 100000) << committed[1].detail;
+  ASSERT_FALSE(warnings.empty());
+  EXPECT_THAT(warnings.back(), HasSubstr("in-flight budget full"));
+}
+
+TEST_F(AsyncTest, StagingReusesItsBuffersAcrossSaves) {
+  Stager stager(1);
+  c10::impl::GenericDict d(c10::StringType::get(), c10::AnyType::get());
+  d.insert("w", torch::ones({256, 256}));
+  d.insert("b", torch::ones({256}));
+  const void* first_ptr = nullptr;
+  for (int i = 0; i < 5; ++i) {
+    auto staged = stager.stage(c10::IValue(d), nullptr);
+    const void* ptr = staged->content().toGenericDict().at("w").toTensor().data_ptr();
+    if (i == 0) first_ptr = ptr;
+    EXPECT_EQ(ptr, first_ptr) << "save " << i << " allocated a fresh buffer";
+    EXPECT_EQ(staged->bytes(), (256 * 256 + 256) * sizeof(float));
+  }
+  EXPECT_EQ(stager.allocated_bytes(), (256 * 256 + 256) * sizeof(float));
+}
+
+TEST_F(AsyncTest, DestructionDrainsEveryAcceptedSave) {
+  {
+    CheckpointHook hook(cfg(R"({"interval": 1})"));
+    MutatingRunner r(work_);
+    hook.before_train(r);
+    for (int e = 0; e < 5; ++e) {
+      r.epoch_ = e;
+      hook.after_train_epoch(r);
+    }
+  }
+  for (int k = 1; k <= 5; ++k) EXPECT_TRUE(fs::exists(p("epoch_" + std::to_string(k) + ".pth")));
+  EXPECT_EQ(events(EventKind::kSaveCommitted).size(), 5u);
+}
+
+}  // namespace
+}  // namespace ckptledger
