@@ -142,6 +142,23 @@ struct ResumedPayload {
   }
 };
 
+// recovered: a reconciliation finding at open (RocksDB WalSet::CheckWals): the ledger checked
+// against the disk. finding: "torn_save" (save_begun without commit: the process died while
+// writing), "prune_completed" (a decided prune whose file was still there), "lost" (a committed
+// file is missing), "corrupt" (size or SHA-256 differs from the commit), "stray_temp" (a temp file
+// no save accounts for), "unknown_file" (a checkpoint-like file the ledger never wrote; left
+// alone), "stale_last_checkpoint" (rewritten to the ledger's last checkpoint).
+struct RecoveredPayload {
+  uint32_t v = 1;
+  std::string finding;
+  std::string action;  // what was done: "removed temp file", "removed", "none", ...
+  std::string detail;  // human-readable specifics (expected vs found)
+  template <class A>
+  void serialize(A& ar) {
+    ar(CEREAL_NVP(v), CEREAL_NVP(finding), CEREAL_NVP(action), CEREAL_NVP(detail));
+  }
+};
+
 // published: a slim copy (the event's path) of `source` with only `keys`.
 struct PublishedPayload {
   uint32_t v = 1;

@@ -41,7 +41,9 @@ bool operator==(const HookState& a, const HookState& b) {
   return best_eq(a.best, b.best) && a.auto_key == b.auto_key && a.keep_tracked == b.keep_tracked &&
          a.keep_ckpt_ids == b.keep_ckpt_ids && a.last_ckpt == b.last_ckpt &&
          live_eq(a.live, b.live) && a.regular_path_by_step == b.regular_path_by_step &&
-         a.regular_order == b.regular_order && a.config == b.config && a.runs == b.runs;
+         a.regular_order == b.regular_order && a.config == b.config && a.runs == b.runs &&
+         a.in_flight.size() == b.in_flight.size() && a.pruned_pending == b.pruned_pending &&
+         a.validated == b.validated && a.reported_unknown == b.reported_unknown;
 }
 
 void HookStateFold::on_run_started(const Event& e) {
@@ -58,8 +60,38 @@ void HookStateFold::on_run_started(const Event& e) {
   }
 }
 
+void HookStateFold::on_save_begun(const Event& e) {
+  s_.in_flight[e.path] =
+      HookState::Begun{e.step.value_or(0), e.epoch.value_or(0), e.iter.value_or(0)};
+}
+
+void HookStateFold::on_save_failed(const Event& e) { s_.in_flight.erase(e.path); }
+
+void HookStateFold::on_recovered(const Event& e) {
+  auto p = from_detail<RecoveredPayload>(e.detail, e.seq);
+  if (p.finding == "torn_save") {
+    s_.in_flight.erase(e.path);
+    // A validation whose best save was torn did not complete: it is due again.
+    s_.validated.erase({e.epoch.value_or(-1), e.iter.value_or(-1)});
+  } else if (p.finding == "prune_completed") {
+    s_.pruned_pending.erase(e.path);
+  } else if (p.finding == "lost" || p.finding == "corrupt") {
+    // Never chosen for resume again, never deleted by rotation.
+    s_.live.erase(e.path);
+    s_.regular_order.erase(std::remove(s_.regular_order.begin(), s_.regular_order.end(), e.path),
+                           s_.regular_order.end());
+    for (auto it = s_.regular_path_by_step.begin(); it != s_.regular_path_by_step.end();) {
+      it = it->second == e.path ? s_.regular_path_by_step.erase(it) : std::next(it);
+    }
+  } else if (p.finding == "unknown_file") {
+    s_.reported_unknown.insert(e.path);
+  }
+}
+
 void HookStateFold::on_save_committed(const Event& e) {
   auto p = from_detail<SavePayload>(e.detail, e.seq);
+  s_.in_flight.erase(e.path);
+  s_.pruned_pending.erase(e.path);
   LiveFile f{p.role,
              e.step.value_or(0),
              e.epoch.value_or(0),
@@ -83,6 +115,7 @@ void HookStateFold::on_save_committed(const Event& e) {
 
 void HookStateFold::on_pruned(const Event& e) {
   auto p = from_detail<PrunePayload>(e.detail, e.seq);
+  if (!e.path.empty()) s_.pruned_pending.insert(e.path);
   s_.live.erase(e.path);
   s_.regular_order.erase(std::remove(s_.regular_order.begin(), s_.regular_order.end(), e.path),
                          s_.regular_order.end());
@@ -111,6 +144,7 @@ void HookStateFold::on_published(const Event& e) {
 void HookStateFold::on_validated(const Event& e) {
   auto p = from_detail<ValidatedPayload>(e.detail, e.seq);
   if (!p.auto_key.empty()) s_.auto_key = p.auto_key;
+  s_.validated.insert({e.epoch.value_or(-1), e.iter.value_or(-1)});
 }
 
 }  // namespace ckptledger

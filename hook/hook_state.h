@@ -8,7 +8,9 @@
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -45,6 +47,14 @@ struct HookState {
   std::vector<std::string> regular_order;               // committed regular files, oldest first
   std::string config;                                   // the current run's config (JSON text)
   int64_t runs = 0;
+  // --- what reconciliation at open checks against the disk ---
+  struct Begun {
+    int64_t step = 0, epoch = 0, iter = 0;
+  };
+  std::map<std::string, Begun> in_flight;           // save_begun without save_committed/failed
+  std::set<std::string> pruned_pending;             // pruned, removal not yet confirmed
+  std::set<std::pair<int64_t, int64_t>> validated;  // (epoch, iter) of complete validations
+  std::set<std::string> reported_unknown;           // unknown files already reported
 
   // Hub keys of spec §12 for this state. `single` selects best_score/best_ckpt naming; `keys` are
   // the indicator keys in order (their entries are shown when set).
@@ -56,6 +66,9 @@ class HookStateFold : public EventHandler {
  public:
   explicit HookStateFold(HookState& state) : s_(state) {}
   void on_run_started(const Event& e) override;
+  void on_save_begun(const Event& e) override;
+  void on_save_failed(const Event& e) override;
+  void on_recovered(const Event& e) override;
   void on_save_committed(const Event& e) override;
   void on_pruned(const Event& e) override;
   void on_best_updated(const Event& e) override;

@@ -84,6 +84,16 @@ void EpochLoop::run() {
   resumed_from_ = maybe_resume(hook_, runner_, options_);
 
   call(Stage::kBeforeTrain, [&] { hook_.before_train(runner_); });
+  // Nothing due is skipped: a validation due where the resumed checkpoint was written, whose
+  // outcome the ledger does not hold (the process died before or during it), runs now.
+  if (resumed_from_ && options_.resume && runner_.epoch() > 0 &&
+      runner_.iter() == runner_.epoch() * iters_per_epoch_ &&
+      validation_due(options_, runner_.epoch(), max_epochs_) &&
+      !hook_.validation_complete(runner_.epoch(), runner_.iter())) {
+    current_call_ = "validate";
+    const Metrics metrics = options_.validate(runner_.epoch());
+    call(Stage::kAfterValEpoch, [&] { hook_.after_val_epoch(runner_, metrics); });
+  }
   while (runner_.epoch() < max_epochs_) {
     const int64_t epoch = runner_.epoch();
     // Batches of this epoch already trained before a mid-epoch checkpoint (0 otherwise).
@@ -136,6 +146,14 @@ void IterLoop::run() {
   resumed_from_ = maybe_resume(hook_, runner_, options_);
 
   call(Stage::kBeforeTrain, [&] { hook_.before_train(runner_); });
+  // Nothing due is skipped (see EpochLoop::run).
+  if (resumed_from_ && options_.resume && runner_.iter() > 0 &&
+      validation_due(options_, runner_.iter(), max_iters_) &&
+      !hook_.validation_complete(runner_.epoch(), runner_.iter())) {
+    current_call_ = "validate";
+    const Metrics metrics = options_.validate(runner_.iter());
+    call(Stage::kAfterValEpoch, [&] { hook_.after_val_epoch(runner_, metrics); });
+  }
   // The dataloader position: after a resume, the I batches already consumed are skipped.
   int64_t position = runner_.iter();
   while (runner_.iter() < max_iters_) {

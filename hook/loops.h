@@ -18,6 +18,10 @@
 // LoopOptions::val_due replaces the rule. LoopOptions::on_stage is called right after each hook
 // stage returns, while the counters still hold the values the hook saw.
 //
+// After a resume, a validation that was due at the resume point and whose outcome the ledger does
+// not hold (CheckpointHook::validation_complete) runs before training continues: MMEngine skips
+// it when the process died between the save and the validation.
+//
 // One deliberate difference from MMEngine: an EpochLoop resumed from a mid-epoch checkpoint (an
 // iteration-based hook's iter_N.pth) continues that epoch at the batch after the last one trained,
 // as IterLoop does, instead of replaying the epoch from its first batch (spec §10, §17.4).
