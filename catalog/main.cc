@@ -1,21 +1,43 @@
-// `ckptledger`: the command-line tool. Each verb opens ledgers read-only unless it says otherwise.
+// `ckptledger`: the command-line tool. Each verb opens ledgers read-only unless it says otherwise;
+// the catalog verbs (runs, history, best, latest, show, verify, state, export, gc) take a ledger
+// file or a work_dir (default: the current directory), print a readable table, or JSON with --json.
 //
-// Exit codes: 0 ok; 1 problems found (verify); 2 usage error; 3 ledger not found;
-// 4 corrupt or foreign ledger; 5 ledger of a newer version; 6 I/O error; 7 busy.
+// Exit codes: 0 ok; 1 problems found (verify: chain or files; gc: something to reclaim or record;
+// --root: a ledger below DIR could not be read); 2 usage error (malformed arguments); 3 ledger not
+// found; 4 corrupt or foreign ledger; 5 ledger of a newer version; 6 I/O error; 7 busy;
+// 8 nothing matched (latest: no committed regular checkpoint verifies; show: the ledger knows no
+// such file; best --metric: no best for that metric).
 #include <unistd.h>
 
+#include <chrono>
 #include <climits>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
 #include <optional>
 #include <string>
 
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>
 
+#include "catalog/catalog.h"
+#include "catalog/demo.h"
 #include "catalog/simulate.h"
 #include "ledger/ledger.h"
+#include "ledger/sha256.h"
 
 namespace {
+
+namespace fs = std::filesystem;
+using ojson = nlohmann::ordered_json;
+using ckptledger::Catalog;
+using ckptledger::cell_text;
+using ckptledger::TextTable;
+
+constexpr int kExitProblems = 1;
+constexpr int kExitUsage = 2;
+constexpr int kExitNothing = 8;
 
 int exit_code_for(const ckptledger::Error& e) {
   switch (e.code()) {
@@ -35,17 +57,497 @@ int exit_code_for(const ckptledger::Error& e) {
   return 6;
 }
 
-int run_verify(const std::string& target) {
-  ckptledger::LedgerOptions ro;
-  ro.mode = ckptledger::OpenMode::kReadOnly;
-  auto ledger = ckptledger::Ledger::open(ckptledger::resolve_ledger_path(target), ro);
-  ckptledger::VerifyReport r = ledger->verify();
-  if (r.ok()) {
-    fmt::print("{}: hash chain intact ({} events)\n", ledger->path(), r.events_checked);
+void print_json(const ojson& j) { std::fputs((j.dump(2) + "\n").c_str(), stdout); }
+void print_text(const std::string& s) { std::fputs(s.c_str(), stdout); }
+
+// `path` relative to `dir` when it is below it (tables only; JSON keeps absolute paths).
+std::string rel(const ojson& path, const std::string& dir) {
+  std::string p = cell_text(path);
+  std::string prefix = dir == "/" ? dir : dir + "/";
+  if (p.compare(0, prefix.size(), prefix) == 0) return p.substr(prefix.size());
+  return p;
+}
+
+// JSON text columns (config, detail) as objects in --json output.
+ojson parsed(const ojson& v) {
+  if (!v.is_string()) return v;
+  ojson j = ojson::parse(v.get<std::string>(), nullptr, false);
+  return j.is_discarded() ? v : j;
+}
+
+// ---- verbs ------------------------------------------------------------------------------------
+
+struct Common {
+  std::string ledger = ".";
+  bool json = false;
+};
+
+int run_runs(const Common& c) {
+  auto cat = Catalog::open(c.ledger);
+  ckptledger::ResultSet rs = cat->runs();
+  if (c.json) {
+    ojson a = rs.to_json();
+    for (auto& r : a) r["config"] = parsed(r["config"]);
+    print_json(a);
     return 0;
   }
-  fmt::print("{}: hash chain BROKEN: {}\n", ledger->path(), r.problem);
-  return 1;
+  TextTable t({"run_id", "started_at", "ended_at", "ended", "pid", "host", "resumed_from"});
+  for (size_t i = 0; i < rs.rows.size(); ++i) {
+    t.add({cell_text(rs.at(i, "run_id")), cell_text(rs.at(i, "started_at")),
+           cell_text(rs.at(i, "ended_at")), cell_text(rs.at(i, "ended")),
+           cell_text(rs.at(i, "pid")), cell_text(rs.at(i, "host")),
+           rel(rs.at(i, "resumed_from"), cat->work_dir())});
+  }
+  print_text(t.render());
+  return 0;
+}
+
+void print_history(const ckptledger::ResultSet& rs, const std::string& dir, bool json) {
+  if (json) {
+    ojson a = rs.to_json();
+    for (auto& r : a) r["detail"] = parsed(r["detail"]);
+    print_json(a);
+    return;
+  }
+  TextTable t({"seq", "time", "kind", "step", "epoch", "iter", "path", "summary"});
+  for (size_t i = 0; i < rs.rows.size(); ++i) {
+    t.add({cell_text(rs.at(i, "seq")), cell_text(rs.at(i, "time")), cell_text(rs.at(i, "kind")),
+           cell_text(rs.at(i, "step")), cell_text(rs.at(i, "epoch")), cell_text(rs.at(i, "iter")),
+           rel(rs.at(i, "path"), dir), cell_text(rs.at(i, "summary"))});
+  }
+  print_text(t.render());
+}
+
+int run_history(const Common& c, const std::vector<std::string>& kinds, const std::string& since,
+                const std::string& path, int64_t limit) {
+  ckptledger::HistoryFilter f;
+  f.kinds = kinds;
+  if (!since.empty()) {
+    f.since = ckptledger::parse_point(since, "--since", /*counters=*/false);
+  }
+  if (!path.empty()) f.path = path;
+  if (limit < 0) throw ckptledger::UsageError("--limit: must be >= 0");
+  f.limit = limit;
+  auto cat = Catalog::open(c.ledger);
+  print_history(cat->history(f), cat->work_dir(), c.json);
+  return 0;
+}
+
+// Ledgers to report on: the one given, or every ledger below --root.
+std::vector<std::string> targets(const Common& c, const std::string& root) {
+  if (root.empty()) return {c.ledger};
+  std::vector<std::string> all = ckptledger::find_ledgers(root);
+  if (all.empty()) {
+    throw ckptledger::Error(
+        ckptledger::ErrorCode::kNotFound,
+        fmt::format("--root {}: no {} below it", root, ckptledger::kDefaultLedgerName));
+  }
+  return all;
+}
+
+std::string root_rel(const std::string& dir, const std::string& root) {
+  std::error_code ec;
+  std::string r = fs::relative(dir, fs::absolute(root, ec), ec).string();
+  return ec || r.empty() ? dir : r;
+}
+
+int run_best(const Common& c, const std::string& metric, const std::string& root) {
+  std::optional<std::string> m;
+  if (!metric.empty()) m = metric;
+  ojson all = ojson::array();
+  TextTable t(root.empty() ? std::vector<std::string>{"metric", "rule", "score", "step", "epoch",
+                                                      "iter", "since", "status", "path"}
+                           : std::vector<std::string>{"work_dir", "metric", "rule", "score", "step",
+                                                      "since", "status", "path"});
+  bool failed = false;
+  for (const std::string& target : targets(c, root)) {
+    std::unique_ptr<Catalog> cat;
+    ckptledger::ResultSet rs;
+    try {
+      cat = Catalog::open(target);
+      rs = cat->best(m);
+    } catch (const ckptledger::Error& e) {
+      if (root.empty()) throw;
+      fmt::print(stderr, "ckptledger: error: {}\n", e.what());
+      failed = true;
+      continue;
+    }
+    for (size_t i = 0; i < rs.rows.size(); ++i) {
+      ojson o = ojson::object();
+      if (!root.empty()) {
+        o["work_dir"] = cat->work_dir();
+        o["ledger"] = cat->ledger_path();
+      }
+      const ojson row = rs.row_object(i);
+      for (auto& [k, v] : row.items()) o[k] = v;
+      all.push_back(o);
+      if (root.empty()) {
+        t.add({cell_text(o["metric"]), cell_text(o["rule"]), cell_text(o["score"]),
+               cell_text(o["step"]), cell_text(o["epoch"]), cell_text(o["iter"]),
+               cell_text(o["since"]), cell_text(o["status"]), rel(o["path"], cat->work_dir())});
+      } else {
+        t.add({root_rel(cat->work_dir(), root), cell_text(o["metric"]), cell_text(o["rule"]),
+               cell_text(o["score"]), cell_text(o["step"]), cell_text(o["since"]),
+               cell_text(o["status"]), rel(o["path"], cat->work_dir())});
+      }
+    }
+  }
+  if (c.json) {
+    print_json(all);
+  } else {
+    print_text(t.render());
+  }
+  if (failed) return kExitProblems;
+  if (m && all.empty()) {
+    fmt::print(stderr, "ckptledger: no best checkpoint for metric '{}'\n", *m);
+    return kExitNothing;
+  }
+  return 0;
+}
+
+int run_latest(const Common& c, const std::string& root) {
+  ojson all = ojson::array();
+  bool failed = false;
+  std::string text;
+  for (const std::string& target : targets(c, root)) {
+    std::unique_ptr<Catalog> cat;
+    ckptledger::LatestResult r;
+    try {
+      cat = Catalog::open(target);
+      r = cat->latest();
+    } catch (const ckptledger::Error& e) {
+      if (root.empty()) throw;
+      fmt::print(stderr, "ckptledger: error: {}\n", e.what());
+      failed = true;
+      continue;
+    }
+    for (const auto& rej : r.rejected) {
+      fmt::print(stderr, "ckptledger: skipped {}: {}\n", rej.path, rej.reason);
+    }
+    ojson o = r.checkpoint;
+    if (!o.is_null()) {
+      ojson rejected = ojson::array();
+      for (const auto& rej : r.rejected)
+        rejected.push_back({{"path", rej.path}, {"reason", rej.reason}});
+      o["rejected"] = rejected;
+      if (!root.empty()) {
+        ojson w = {{"work_dir", cat->work_dir()}, {"ledger", cat->ledger_path()}};
+        for (auto& [k, v] : o.items()) w[k] = v;
+        o = w;
+      }
+      all.push_back(o);
+      if (!root.empty()) text += root_rel(cat->work_dir(), root) + "\n";
+      for (const char* k :
+           {"path", "step", "epoch", "iter", "bytes", "sha256", "committed_at", "seq", "run_id"}) {
+        text += fmt::format("{}{:<13}{}\n", root.empty() ? "" : "  ", k, cell_text(o[k]));
+      }
+    } else if (root.empty()) {
+      fmt::print(stderr, "ckptledger: {}: no committed regular checkpoint verifies\n",
+                 cat->ledger_path());
+    }
+  }
+  if (c.json) {
+    print_json(root.empty() ? (all.empty() ? ojson(nullptr) : all[0]) : all);
+  } else {
+    print_text(text);
+  }
+  if (failed) return kExitProblems;
+  return all.empty() ? kExitNothing : 0;
+}
+
+int run_show(const Common& c, const std::string& path) {
+  auto cat = Catalog::open(c.ledger);
+  std::string resolved;
+  ckptledger::ResultSet rows = cat->checkpoint_rows(path, &resolved);
+  ckptledger::ResultSet events = cat->events_about(resolved);
+  if (rows.rows.empty() && events.rows.empty()) {
+    fmt::print(stderr, "ckptledger: {}: the ledger knows no file {}\n", cat->ledger_path(), path);
+    return kExitNothing;
+  }
+  // The disk, against the newest record.
+  ojson disk = {{"exists", false}};
+  ckptledger::FileCheck fc;
+  fc.path = resolved;
+  if (!rows.rows.empty()) {
+    const size_t last = rows.rows.size() - 1;
+    const ojson& b = rows.at(last, "bytes");
+    fc.expected_bytes = b.is_number() ? b.get<int64_t>() : -1;
+    fc.expected_sha256 = cell_text(rows.at(last, "sha256"));
+  }
+  std::error_code ec;
+  if (fs::exists(resolved, ec)) {
+    disk["exists"] = true;
+    disk["bytes"] = static_cast<int64_t>(fs::file_size(resolved, ec));
+    if (!rows.rows.empty() && !fc.expected_sha256.empty()) {
+      uint64_t size = 0;
+      try {
+        std::string sha = disk["bytes"] == fc.expected_bytes
+                              ? ckptledger::Sha256::file_hex(resolved, &size)
+                              : std::string();
+        disk["sha256"] = sha.empty() ? ojson(nullptr) : ojson(sha);
+        disk["matches_ledger"] = sha == fc.expected_sha256;
+      } catch (const ckptledger::Error& e) {
+        disk["error"] = e.what();
+      }
+    }
+  }
+  if (c.json) {
+    ojson o = {{"path", resolved}, {"ledger", cat->ledger_path()}};
+    o["checkpoints"] = rows.to_json();
+    o["on_disk"] = disk;
+    ojson ev = events.to_json();
+    for (auto& r : ev) r["detail"] = parsed(r["detail"]);
+    o["events"] = ev;
+    print_json(o);
+    return 0;
+  }
+  std::string out = fmt::format("{}\n", resolved);
+  for (size_t i = 0; i < rows.rows.size(); ++i) {
+    out += fmt::format("  write #{} (seq {}): {} {}, step {} epoch {} iter {}\n", i + 1,
+                       cell_text(rows.at(i, "seq")), cell_text(rows.at(i, "kind")),
+                       cell_text(rows.at(i, "status")), cell_text(rows.at(i, "step")),
+                       cell_text(rows.at(i, "epoch")), cell_text(rows.at(i, "iter")));
+    if (!rows.at(i, "bytes").is_null()) {
+      out += fmt::format("    {} bytes, sha256 {}, committed {}\n", cell_text(rows.at(i, "bytes")),
+                         cell_text(rows.at(i, "sha256")), cell_text(rows.at(i, "committed_at")));
+    }
+    if (!rows.at(i, "removed_by_seq").is_null()) {
+      out += fmt::format("    removed {} by seq {} ({})\n", cell_text(rows.at(i, "removed_at")),
+                         cell_text(rows.at(i, "removed_by_seq")),
+                         cell_text(rows.at(i, "removed_reason")));
+    }
+  }
+  if (!disk["exists"].get<bool>()) {
+    out += "  on disk: missing\n";
+  } else {
+    out += fmt::format("  on disk: {} bytes{}\n", cell_text(disk["bytes"]),
+                       !disk.contains("matches_ledger")     ? ""
+                       : disk["matches_ledger"].get<bool>() ? ", sha256 matches the ledger"
+                                                            : ", DIFFERS from the ledger");
+  }
+  print_text(out + "\n");
+  print_history(events, cat->work_dir(), false);
+  return 0;
+}
+
+// A progress bar on stderr, redrawn at most 10 times a second.
+class ProgressBar {
+ public:
+  void update(int64_t done, int64_t total, size_t file, size_t files) {
+    auto now = std::chrono::steady_clock::now();
+    if (done < total && now - last_ < std::chrono::milliseconds(100)) return;
+    last_ = now;
+    const int width = 30;
+    double f = total > 0 ? static_cast<double>(done) / static_cast<double>(total) : 1.0;
+    int fill = static_cast<int>(f * width);
+    fmt::print(stderr, "\r[{}{}] {:3.0f}%  file {}/{}  {:.1f}/{:.1f} MiB", std::string(fill, '#'),
+               std::string(width - fill, '.'), f * 100, std::min(file + 1, files), files,
+               done / 1048576.0, total / 1048576.0);
+    drawn_ = true;
+  }
+  ~ProgressBar() {
+    if (drawn_) fmt::print(stderr, "\r{}\r", std::string(79, ' '));
+  }
+
+ private:
+  std::chrono::steady_clock::time_point last_{};
+  bool drawn_ = false;
+};
+
+int run_verify(const Common& c) {
+  auto cat = Catalog::open(c.ledger);
+  ckptledger::VerifyResult r;
+  {
+    std::optional<ProgressBar> bar;
+    ckptledger::ProgressFn progress;
+    if (::isatty(STDERR_FILENO)) {
+      bar.emplace();
+      progress = [&](int64_t d, int64_t t, size_t i, size_t n) { bar->update(d, t, i, n); };
+    }
+    r = cat->verify(progress);
+  }
+  if (c.json) {
+    ojson files = ojson::array();
+    int64_t problems = 0;
+    for (const auto& f : r.files) {
+      if (f.problem.empty()) continue;
+      ++problems;
+      files.push_back(
+          {{"path", f.path},
+           {"kind", f.kind},
+           {"problem", f.problem},
+           {"expected_bytes", f.expected_bytes},
+           {"actual_bytes", f.actual_bytes < 0 ? ojson(nullptr) : ojson(f.actual_bytes)},
+           {"expected_sha256", f.expected_sha256},
+           {"actual_sha256", f.actual_sha256.empty() ? ojson(nullptr) : ojson(f.actual_sha256)}});
+    }
+    print_json({{"ledger", cat->ledger_path()},
+                {"ok", r.ok()},
+                {"events_checked", r.chain.events_checked},
+                {"chain_ok", r.chain.ok()},
+                {"chain_problem", r.chain.ok() ? ojson(nullptr) : ojson(r.chain.problem)},
+                {"first_bad_seq", r.chain.ok() ? ojson(nullptr) : ojson(r.chain.first_bad_seq)},
+                {"live_files_checked", r.files.size()},
+                {"file_problems", files}});
+    return r.ok() ? 0 : kExitProblems;
+  }
+  if (r.chain.ok()) {
+    fmt::print("{}: hash chain intact ({} events)\n", cat->ledger_path(), r.chain.events_checked);
+  } else {
+    fmt::print("{}: hash chain BROKEN: {}\n", cat->ledger_path(), r.chain.problem);
+  }
+  size_t bad = 0;
+  for (const auto& f : r.files) {
+    if (f.problem.empty()) continue;
+    ++bad;
+    std::string what = f.problem;
+    if (f.problem == "size differs") {
+      what += fmt::format(" ({} bytes on disk, {} recorded)", f.actual_bytes, f.expected_bytes);
+    }
+    if (f.problem == "sha256 differs") {
+      what += fmt::format(" ({} on disk, {} recorded)", f.actual_sha256.substr(0, 12),
+                          f.expected_sha256.substr(0, 12));
+    }
+    fmt::print("  {} {}: {}\n", f.kind, f.path, what);
+  }
+  fmt::print("{}: {} live files checked (size and SHA-256), {} with problems\n", cat->ledger_path(),
+             r.files.size(), bad);
+  return r.ok() ? 0 : kExitProblems;
+}
+
+int run_state(const Common& c, const std::string& as_of) {
+  std::optional<ckptledger::Point> p;
+  if (!as_of.empty()) p = ckptledger::parse_point(as_of, "--as-of");
+  auto cat = Catalog::open(c.ledger);
+  ckptledger::StateResult r = cat->state_as_of(p);
+  const ckptledger::HookState& s = r.state;
+  if (c.json) {
+    ojson best = ojson::object();
+    for (const auto& [k, b] : s.best) best[k] = {{"score", b.score}, {"path", b.path}};
+    ojson live = ojson::array();
+    for (const auto& [path, f] : s.live) {
+      live.push_back({{"path", path},
+                      {"role", f.role},
+                      {"step", f.step},
+                      {"epoch", f.epoch},
+                      {"iter", f.iter},
+                      {"bytes", f.bytes},
+                      {"sha256", f.digest},
+                      {"seq", f.seq}});
+    }
+    print_json({{"ledger", cat->ledger_path()},
+                {"seq", r.seq},
+                {"time", r.time.empty() ? ojson(nullptr) : ojson(r.time)},
+                {"hub", r.hub},
+                {"best", best},
+                {"auto_key", s.auto_key},
+                {"keep_ckpt_ids", s.keep_ckpt_ids},
+                {"last_ckpt", s.last_ckpt.empty() ? ojson(nullptr) : ojson(s.last_ckpt)},
+                {"runs", s.runs},
+                {"live", live}});
+    return 0;
+  }
+  std::string out =
+      fmt::format("state as of seq {}{}\n", r.seq, r.time.empty() ? "" : " (" + r.time + ")");
+  out += "message hub:\n";
+  if (r.hub.empty()) out += "  (empty)\n";
+  for (auto& [k, v] : r.hub.items()) {
+    out += fmt::format("  {:<22}{}\n", k,
+                       v.is_string()         ? v.get<std::string>()
+                       : v.is_number_float() ? cell_text(v)
+                                             : v.dump());
+  }
+  out += fmt::format("runs so far: {}\n\nlive files:\n", s.runs);
+  print_text(out);
+  TextTable t({"role", "step", "bytes", "path"});
+  for (const auto& [path, f] : s.live) {
+    t.add({f.role, std::to_string(f.step), std::to_string(f.bytes), rel(path, cat->work_dir())});
+  }
+  print_text(t.render());
+  return 0;
+}
+
+std::string csv_field(const ojson& v) {
+  std::string s = cell_text(v);
+  if (v.is_number_float()) s = v.dump();  // full precision
+  if (s.find_first_of(",\"\r\n") == std::string::npos) return s;
+  std::string q = "\"";
+  for (char ch : s) q += ch == '"' ? std::string("\"\"") : std::string(1, ch);
+  return q + "\"";
+}
+
+int run_export(const Common& c, std::string format, const std::string& view,
+               const std::string& output) {
+  if (c.json) format = "json";
+  auto cat = Catalog::open(c.ledger);
+  std::ofstream file;
+  if (!output.empty()) {
+    file.open(output, std::ios::binary | std::ios::trunc);
+    if (!file) {
+      throw ckptledger::Error(ckptledger::ErrorCode::kIOError,
+                              fmt::format("export: cannot write {}", output));
+    }
+  }
+  std::ostream& out = output.empty() ? std::cout : file;
+  const std::string sql = view == "events" ? "SELECT * FROM events ORDER BY seq"
+                          : view == "best" ? "SELECT * FROM best ORDER BY metric"
+                          : view == "runs" ? "SELECT * FROM runs ORDER BY started_seq"
+                                           : fmt::format("SELECT * FROM {} ORDER BY seq", view);
+  bool first = true;
+  if (format == "json") out << "[";
+  std::vector<std::string> header;
+  cat->for_each_row(sql, {},
+                    [&](const std::vector<std::string>& cols, const std::vector<ojson>& row) {
+                      if (format == "json") {
+                        ojson o = ojson::object();
+                        for (size_t i = 0; i < cols.size(); ++i) o[cols[i]] = row[i];
+                        out << (first ? "\n  " : ",\n  ") << o.dump();
+                      } else {
+                        if (first) {
+                          for (size_t i = 0; i < cols.size(); ++i)
+                            out << (i ? "," : "") << csv_field(cols[i]);
+                          out << "\r\n";
+                        }
+                        for (size_t i = 0; i < cols.size(); ++i)
+                          out << (i ? "," : "") << csv_field(row[i]);
+                        out << "\r\n";
+                      }
+                      first = false;
+                      return true;
+                    });
+  if (format == "json") out << (first ? "]\n" : "\n]\n");
+  out.flush();
+  if (!out) throw ckptledger::Error(ckptledger::ErrorCode::kIOError, "export: write failed");
+  return 0;
+}
+
+int run_gc(const Common& c) {
+  auto cat = Catalog::open(c.ledger);
+  std::vector<ckptledger::GcAction> plan = cat->gc_plan();
+  size_t actions = 0;
+  for (const auto& a : plan) actions += a.actionable();
+  if (c.json) {
+    ojson a = ojson::array();
+    for (const auto& g : plan) {
+      a.push_back({{"finding", g.finding},
+                   {"action", g.action},
+                   {"path", g.path},
+                   {"reason", g.reason},
+                   {"seq", g.seq ? ojson(g.seq) : ojson(nullptr)},
+                   {"bytes", g.bytes}});
+    }
+    print_json({{"ledger", cat->ledger_path()}, {"dry_run", true}, {"findings", a}});
+  } else {
+    TextTable t({"finding", "would", "bytes", "seq", "path", "why"});
+    for (const auto& g : plan) {
+      t.add({g.finding, g.action, std::to_string(g.bytes), g.seq ? std::to_string(g.seq) : "",
+             rel(g.path, cat->work_dir()), g.reason});
+    }
+    print_text(fmt::format("{}: dry run, nothing changed: {} thing(s) reconciliation would do\n",
+                           cat->ledger_path(), actions));
+    if (!t.empty()) print_text(t.render());
+  }
+  return actions ? kExitProblems : 0;
 }
 
 // The running binary, for `simulate` to start its runs with.
@@ -56,16 +558,75 @@ std::string self_exe(const char* argv0) {
   return std::string(buf, static_cast<size_t>(n));
 }
 
+CLI::App* verb(CLI::App& app, const char* name, const char* help, Common& c) {
+  CLI::App* v = app.add_subcommand(name, help);
+  v->add_option("ledger", c.ledger, "ledger file or work_dir (default: .)");
+  v->add_flag("--json", c.json, "machine-readable JSON on stdout");
+  return v;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"ckptledger: MMEngine's CheckpointHook on an append-only SQLite ledger"};
   app.set_version_flag("--version", std::string("ckptledger ") + CKPTLEDGER_VERSION);
   app.require_subcommand(0, 1);
+  app.footer(
+      "Exit codes: 0 ok, 1 problems found, 2 usage error, 3 ledger not found, 4 corrupt or "
+      "foreign ledger, 5 ledger of a newer version, 6 I/O error, 7 busy, 8 nothing matched.");
 
-  std::string verify_target;
-  auto* verify = app.add_subcommand("verify", "Recompute the ledger's hash chain");
-  verify->add_option("ledger", verify_target, "ledger file or work_dir")->required();
+  Common c;
+  auto* runs =
+      verb(app, "runs", "Each process that ran: start, end, how it ended, resumed from", c);
+  std::vector<std::string> h_kinds;
+  std::string h_since, h_path;
+  int64_t h_limit = 0;
+  auto* history = verb(app, "history", "The event stream, readable", c);
+  history->add_option("--kind", h_kinds, "only these kinds (repeat or comma-separate)")
+      ->delimiter(',')
+      ->allow_extra_args(false);
+  history->add_option("--since", h_since, "from this seq, or this time (ISO-8601), on");
+  history->add_option("--path", h_path, "only events about this file");
+  history->add_option("--limit", h_limit, "only the newest N matching events");
+
+  std::string metric, best_root;
+  auto* best = verb(app, "best", "The current best checkpoint per metric", c);
+  best->add_option("--metric", metric, "only this metric");
+  best->add_option("--root", best_root, "every work_dir below DIR (*/ckptledger.sqlite)");
+
+  std::string latest_root;
+  auto* latest = verb(app, "latest",
+                      "The newest committed regular checkpoint whose file verifies (what a resume "
+                      "loads)",
+                      c);
+  latest->add_option("--root", latest_root, "every work_dir below DIR (*/ckptledger.sqlite)");
+
+  std::string show_path;
+  auto* show = app.add_subcommand("show", "Everything known about one checkpoint file");
+  show->add_option("path", show_path, "the checkpoint file (absolute, relative, or a file name)")
+      ->required();
+  show->add_option("ledger", c.ledger, "ledger file or work_dir (default: .)");
+  show->add_flag("--json", c.json, "machine-readable JSON on stdout");
+
+  auto* verify = verb(app, "verify",
+                      "Recompute the hash chain and check every live file's size and SHA-256", c);
+
+  std::string as_of;
+  auto* state = verb(app, "state", "The hook state (message hub) replayed up to a point", c);
+  state->add_option("--as-of", as_of, "SEQ, TIME (ISO-8601), epoch:N or iter:N (default: now)");
+
+  std::string exp_format = "csv", exp_view = "events", exp_output;
+  auto* exportv = verb(app, "export", "Dump a table or view as CSV or JSON", c);
+  exportv->add_option("--format", exp_format, "csv (default) or json")
+      ->check(CLI::IsMember({"csv", "json"}));
+  exportv->add_option("--view", exp_view, "events (default), checkpoints, best, runs or history")
+      ->check(CLI::IsMember({"events", "checkpoints", "best", "runs", "history"}));
+  exportv->add_option("-o,--output", exp_output, "file to write (default: stdout)");
+
+  auto* gc = verb(app, "gc",
+                  "Dry run: what reconciliation would do (temp files, pruned files still on disk, "
+                  "live files missing); changes nothing",
+                  c);
 
   std::string sim_scenario, sim_root, sim_output;
   auto* simulate = app.add_subcommand(
@@ -85,14 +646,42 @@ int main(int argc, char** argv) {
   simulate_run->add_option("--run", run_index)->required();
   simulate_run->add_option("--out", run_out)->required();
 
+  // `demo` (issue 7) and its hidden training process `demo-train`.
+  ckptledger::DemoOptions demo_opts;
+  std::string demo_dir, demo_size;
+  auto* demo = app.add_subcommand(
+      "demo", "Train a small real model, SIGKILL it, resume it from the ledger, compare it with "
+              "an uninterrupted run and show the ledger (run again on the same --work-dir: resume)");
+  demo->add_option("--work-dir", demo_dir, "default: ./ckptledger-demo-<timestamp>/ (new)");
+  demo->add_option("--size", demo_size, "full (default, < 1 min) or small (CI)")
+      ->check(CLI::IsMember({"small", "full"}));
+  demo->add_flag("--no-kill", demo_opts.no_kill, "train without the injected SIGKILL");
+  ckptledger::DemoTrainOptions train_opts;
+  auto* demo_train = app.add_subcommand("demo-train", "");
+  demo_train->group("");
+  demo_train->add_option("--work-dir", train_opts.work_dir)->required();
+  demo_train->add_option("--size", train_opts.size);
+  demo_train->add_option("--seed", train_opts.seed);
+  demo_train->add_option("--status-fd", train_opts.status_fd);
+  demo_train->add_option("--label", train_opts.label);
+  demo_train->add_flag("--resume", train_opts.resume);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     int rc = app.exit(e);
-    return rc == 0 ? 0 : 2;
+    return rc == 0 ? 0 : kExitUsage;
   }
   try {
-    if (*verify) return run_verify(verify_target);
+    if (*runs) return run_runs(c);
+    if (*history) return run_history(c, h_kinds, h_since, h_path, h_limit);
+    if (*best) return run_best(c, metric, best_root);
+    if (*latest) return run_latest(c, latest_root);
+    if (*show) return run_show(c, show_path);
+    if (*verify) return run_verify(c);
+    if (*state) return run_state(c, as_of);
+    if (*exportv) return run_export(c, exp_format, exp_view, exp_output);
+    if (*gc) return run_gc(c);
     if (*simulate) {
       ckptledger::SimulateOptions o;
       o.scenario_path = sim_scenario;
@@ -105,8 +694,18 @@ int main(int argc, char** argv) {
     if (*simulate_run) {
       return ckptledger::simulate_run(run_scenario, run_root, run_index, run_out);
     }
+    if (*demo) {
+      if (!demo_dir.empty()) demo_opts.work_dir = demo_dir;
+      if (!demo_size.empty()) demo_opts.size = demo_size;
+      demo_opts.self_exe = self_exe(argv[0]);
+      return ckptledger::demo(demo_opts);
+    }
+    if (*demo_train) return ckptledger::demo_train(train_opts);
     std::fputs(app.help().c_str(), stdout);
     return 0;
+  } catch (const ckptledger::UsageError& e) {
+    fmt::print(stderr, "ckptledger: usage error: {}\n", e.what());
+    return kExitUsage;
   } catch (const ckptledger::Error& e) {
     fmt::print(stderr, "ckptledger: error: {}\n", e.what());
     return exit_code_for(e);

@@ -1,0 +1,223 @@
+// The catalog: read-only queries over one ledger, for the CLI verbs (runs, history, best, latest,
+// show, verify, state, export, gc) and for other tools through the SQL views of migration 0003
+// (checkpoints, best, runs, history).
+//
+// Contract:
+//  - A Catalog opens its ledger read-only (Ledger::open with OpenMode::kReadOnly): it never takes
+//    the writer's lock and never writes a byte; it reads while a training process appends (WAL).
+//    Each verb's queries run in one read transaction (one consistent snapshot).
+//  - A ledger older than this binary (written before a view existed) gets the missing views as
+//    TEMP views on the read-only connection, from the same embedded migration text: the same
+//    columns whatever the ledger's version (only slower without the newer indexes).
+//  - Errors are ckptledger::Error (NotFound: no ledger; Corruption / InvalidArgument: not a ledger
+//    or damaged; Version: newer than this binary; IOError; Busy). A malformed argument (a --since
+//    that is neither a seq nor a time, an unknown kind) is a UsageError.
+// Thread safety: one Catalog per thread.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "hook/hook_state.h"
+#include "ledger/ledger.h"
+
+namespace ckptledger {
+
+// A malformed command-line value (the CLI exits 2).
+class UsageError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// ---- Times and points ---------------------------------------------------------------------------
+
+// ISO-8601 UTC with microseconds: 2026-11-29T10:15:02.123456Z (the views' format).
+std::string format_iso8601_us(int64_t ts_us);
+// Accepts YYYY-MM-DD, YYYY-MM-DDTHH:MM[:SS[.ffffff]] (or a space for T), then Z, +HH:MM, -HH:MM or
+// nothing (UTC). Returns microseconds since the Unix epoch; nullopt when `text` is not such a time.
+std::optional<int64_t> parse_iso8601_us(const std::string& text);
+
+// A point in a ledger's history, as given to --since / --as-of: a seq (digits), a time (ISO-8601),
+// or the end of an epoch / iteration ("epoch:N", "iter:N": just before the first event past N).
+struct Point {
+  enum class Kind { kSeq, kTime, kEpoch, kIter } kind = Kind::kSeq;
+  int64_t value = 0;  // seq, ts_us, epoch or iter
+};
+// Throws UsageError naming `option` and the value. Without `counters`, epoch:N / iter:N are
+// refused.
+Point parse_point(const std::string& text, const std::string& option, bool counters = true);
+
+// ---- Query results ------------------------------------------------------------------------------
+
+// Rows of a query: each value is a JSON null, integer, real or string (SQLite's types).
+struct ResultSet {
+  std::vector<std::string> columns;
+  std::vector<std::vector<nlohmann::ordered_json>> rows;
+
+  // Index of `name`; throws std::out_of_range when there is no such column.
+  size_t column(const std::string& name) const;
+  const nlohmann::ordered_json& at(size_t row, const std::string& name) const {
+    return rows.at(row).at(column(name));
+  }
+  nlohmann::ordered_json row_object(size_t row) const;  // {column: value, ...}
+  nlohmann::ordered_json to_json() const;               // [row_object, ...]
+};
+
+struct HistoryFilter {
+  std::vector<std::string> kinds;  // empty: all (each must be an event kind name)
+  std::optional<Point> since;      // seq >= N, ts >= T, or past epoch/iter N
+  std::optional<std::string> path;
+  int64_t limit = 0;  // 0: no limit; otherwise the newest `limit` matching events
+};
+
+// `latest`: the newest committed regular checkpoint still live in the ledger whose file exists
+// with the recorded size and SHA-256 (what an automatic resume loads).
+struct LatestResult {
+  nlohmann::ordered_json checkpoint;  // null when none verifies; else path, step, epoch, iter, ...
+  struct Rejected {
+    std::string path;
+    std::string reason;
+  };
+  std::vector<Rejected> rejected;  // newer candidates that failed verification, newest first
+};
+
+// `state --as-of`: the hook state replayed with HookStateFold up to a seq.
+struct StateResult {
+  int64_t seq = 0;   // the last event applied (0: none)
+  std::string time;  // its time (ISO-8601), "" when none
+  HookState state;
+  nlohmann::ordered_json hub;  // the message hub values (spec §12 names)
+};
+
+// One live file checked by `verify`.
+struct FileCheck {
+  std::string path;
+  std::string kind;  // regular | best | published
+  int64_t expected_bytes = 0;
+  std::string expected_sha256;
+  int64_t actual_bytes = -1;  // -1: missing
+  std::string actual_sha256;  // "" when not computed (missing, size differs, unreadable)
+  std::string problem;  // "" | "missing" | "size differs" | "sha256 differs" | "unreadable: ..."
+};
+
+struct VerifyResult {
+  VerifyReport chain;
+  std::vector<FileCheck> files;
+  bool ok() const;
+};
+
+// One thing reconciliation would find (gc dry run), named as its recovered events name them
+// (hook/hook_events.h RecoveredPayload): torn_save (a save_begun without outcome; its temp file
+// would be removed), stray_temp (a temp file no save accounts for: removed), prune_completed
+// (pruned in the ledger, still on disk: removed), lost / corrupt (a live file missing, or of
+// another size: recorded, never chosen for resume), unknown_file (a *.pth the ledger never wrote:
+// left alone), in_flight (a temp file while a writer holds the ledger: left alone).
+struct GcAction {
+  std::string finding;
+  std::string action;  // what reconciliation would do
+  std::string path;
+  std::string reason;
+  int64_t seq = 0;  // the ledger event it is based on (0: none)
+  int64_t bytes = 0;
+  // False for what is only reported (unknown_file, in_flight).
+  bool actionable() const { return finding != "unknown_file" && finding != "in_flight"; }
+};
+
+// Called while verify hashes files: bytes done / total, file index / count.
+using ProgressFn = std::function<void(int64_t done_bytes, int64_t total_bytes, size_t file_index,
+                                      size_t file_count)>;
+
+class Catalog {
+ public:
+  // `ledger_or_work_dir`: the ledger file, or a work_dir holding ckptledger.sqlite.
+  static std::unique_ptr<Catalog> open(const std::string& ledger_or_work_dir);
+  ~Catalog();
+  Catalog(const Catalog&) = delete;
+  Catalog& operator=(const Catalog&) = delete;
+
+  const std::string& ledger_path() const { return ledger_->path(); }
+  std::string work_dir() const;  // the ledger's directory
+  const Ledger& ledger() const { return *ledger_; }
+
+  // Any SQL over the ledger (views included); `binds` are ?1, ?2, ... as text or integers.
+  ResultSet query(const std::string& sql, const std::vector<nlohmann::ordered_json>& binds = {});
+  // The same, row by row (export of a million events without holding them); `fn` returns false
+  // to stop.
+  void for_each_row(const std::string& sql, const std::vector<nlohmann::ordered_json>& binds,
+                    const std::function<bool(const std::vector<std::string>& columns,
+                                             const std::vector<nlohmann::ordered_json>& row)>& fn);
+
+  // `runs` view; `ended` 'unknown' is refined to 'running' (the writer lock is held) or 'crashed'.
+  ResultSet runs();
+  ResultSet history(const HistoryFilter& filter);
+  // `best` view, optionally one metric.
+  ResultSet best(const std::optional<std::string>& metric);
+  LatestResult latest();
+  // The `checkpoints` rows of one file (oldest first). `path` is made absolute; a bare file name
+  // matches the one ledger path with that name.
+  ResultSet checkpoint_rows(const std::string& path, std::string* resolved_path);
+  // Every event about `path`: its own events, and those naming it (superseded_by, source,
+  // previous_path).
+  ResultSet events_about(const std::string& path);
+  // The seq a point designates (clamped to [0, last seq]).
+  int64_t resolve_point(const Point& p);
+  StateResult state_as_of(const std::optional<Point>& as_of);
+  // Hash chain + each live file's size and SHA-256.
+  VerifyResult verify(const ProgressFn& progress = nullptr);
+  // What reconciliation would find and do; reads the disk, changes nothing.
+  std::vector<GcAction> gc_plan();
+  // True when a process holds the ledger's writer lock right now.
+  bool writer_active() const;
+
+ private:
+  Catalog() = default;
+  void ensure_views();
+  // One snapshot for a verb's queries: a deferred read transaction (nested uses share the outer).
+  class ReadTxn {
+   public:
+    explicit ReadTxn(const Catalog& c);
+    ~ReadTxn();
+    ReadTxn(const ReadTxn&) = delete;
+    ReadTxn& operator=(const ReadTxn&) = delete;
+
+   private:
+    sqlite3* db_;
+    bool owner_ = false;
+  };
+
+  std::unique_ptr<Ledger> ledger_;
+  // A descriptor of the ledger file for probing the writer lock, opened before SQLite's and closed
+  // after them: closing a descriptor drops this process's POSIX locks on the file, SQLite's too.
+  int lock_probe_fd_ = -1;
+};
+
+// Every ledger file (named ckptledger.sqlite) below `root`, sorted. Throws Error(kNotFound) when
+// `root` is not a directory.
+std::vector<std::string> find_ledgers(const std::string& root);
+
+// ---- Readable output (table.cc) -----------------------------------------------------------------
+
+// A value as a table cell: null "", integers as is, reals with up to 6 significant digits.
+std::string cell_text(const nlohmann::ordered_json& v);
+// A text table: a header line, a rule, one line per row; numbers right-aligned, the last column
+// not padded.
+class TextTable {
+ public:
+  explicit TextTable(std::vector<std::string> headers) : headers_(std::move(headers)) {}
+  void add(std::vector<std::string> cells);
+  bool empty() const { return rows_.empty(); }
+  std::string render() const;
+
+ private:
+  std::vector<std::string> headers_;
+  std::vector<std::vector<std::string>> rows_;
+};
+
+}  // namespace ckptledger

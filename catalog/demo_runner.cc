@@ -1,0 +1,319 @@
+#include "catalog/demo_runner.h"
+
+#include <cmath>
+#include <filesystem>
+#include <utility>
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <fmt/format.h>
+#include <torch/torch.h>
+
+#include "ledger/error.h"
+
+namespace ckptledger {
+namespace {
+
+constexpr int64_t kClasses = 3;
+constexpr double kBaseLr = 0.1;
+constexpr double kMomentum = 0.9;
+constexpr double kWeightDecay = 1e-4;
+constexpr double kEtaMin = 1e-3;
+constexpr double kNoise = 0.4;
+
+using GenericDict = c10::impl::GenericDict;
+using GenericList = c10::impl::GenericList;
+
+GenericDict str_dict() { return GenericDict(c10::StringType::get(), c10::AnyType::get()); }
+
+GenericList double_list(const std::vector<double>& v) {
+  GenericList l(c10::AnyType::get());
+  for (double x : v) l.push_back(x);
+  return l;
+}
+
+std::vector<double> to_doubles(const c10::IValue& v) {
+  std::vector<double> out;
+  if (!v.isList()) return out;
+  for (const c10::IValue& x : v.toListRef())
+    out.push_back(x.isInt() ? double(x.toInt()) : x.toDouble());
+  return out;
+}
+
+std::optional<c10::IValue> get(const GenericDict& d, const std::string& key) {
+  if (!d.contains(key)) return std::nullopt;
+  return d.at(key);
+}
+
+at::Generator generator(int64_t seed, uint64_t stream) {
+  return at::detail::createCPUGenerator(static_cast<uint64_t>(seed) * 1000003u + stream);
+}
+
+}  // namespace
+
+DemoSize demo_size(const std::string& name) {
+  if (name == "small") return {"small", 300, 32, 8, 16, 5};
+  if (name == "full") return {"full", 2000, 128, 20, 32, 12};
+  throw_error(ErrorCode::kInvalidArgument,
+              "demo: --size must be small or full; got \"" + name + "\"");
+}
+
+struct DemoRunner::Impl {
+  DemoSize size;
+  int64_t seed = 0;
+  torch::Tensor x_train, y_train, x_val, y_val;
+  torch::nn::Sequential model;
+  std::unique_ptr<torch::optim::SGD> optimizer;
+  // CosineAnnealingLR(T_max = epochs, eta_min), PyTorch's state_dict keys.
+  int64_t t_max = 1;
+  double eta_min = kEtaMin;
+  std::vector<double> base_lrs{kBaseLr};
+  int64_t last_epoch = 0;
+  std::vector<double> last_lr{kBaseLr};
+  // The batch order of the epoch `perm_epoch`.
+  int64_t perm_epoch = -1;
+  torch::Tensor perm;
+
+  std::string state_key(const torch::Tensor& p) const {
+    return c10::guts::to_string(p.unsafeGetTensorImpl());
+  }
+  torch::optim::SGDOptions& group_options() {
+    return static_cast<torch::optim::SGDOptions&>(optimizer->param_groups().at(0).options());
+  }
+
+  void make_data() {
+    // CS231n's spiral: arm c, point i: r = i / (n - 1), t = 4 c + 4 r + noise.
+    at::Generator gen = generator(seed, 0);
+    const int64_t n = size.points_per_class;
+    std::vector<torch::Tensor> xs, ys;
+    for (int64_t c = 0; c < kClasses; ++c) {
+      torch::Tensor r = torch::linspace(0.0, 1.0, n, torch::kFloat32);
+      torch::Tensor t = torch::linspace(4.0 * double(c), 4.0 * double(c + 1), n, torch::kFloat32) +
+                        torch::randn({n}, gen) * kNoise;
+      xs.push_back(torch::stack({r * torch::sin(t), r * torch::cos(t)}, 1));
+      ys.push_back(torch::full({n}, c, torch::kInt64));
+    }
+    torch::Tensor x = torch::cat(xs), y = torch::cat(ys);
+    torch::Tensor order = torch::randperm(x.size(0), gen);
+    x = x.index_select(0, order);
+    y = y.index_select(0, order);
+    const int64_t n_val = x.size(0) / 5;
+    x_val = x.slice(0, 0, n_val).contiguous();
+    y_val = y.slice(0, 0, n_val).contiguous();
+    x_train = x.slice(0, n_val).contiguous();
+    y_train = y.slice(0, n_val).contiguous();
+  }
+
+  double lr_at(int64_t epoch) const {
+    const double pi = std::acos(-1.0);
+    return eta_min +
+           (base_lrs.at(0) - eta_min) * (1.0 + std::cos(pi * double(epoch) / double(t_max))) / 2.0;
+  }
+
+  void step_scheduler() {
+    last_epoch += 1;
+    const double lr = lr_at(last_epoch);
+    group_options().lr(lr);
+    last_lr = {lr};
+  }
+
+  // PyTorch's optimizer.state_dict() for one SGD param group.
+  GenericDict optimizer_state() {
+    GenericDict state(c10::IntType::get(), c10::AnyType::get());
+    const std::vector<torch::Tensor>& params = optimizer->param_groups().at(0).params();
+    GenericList param_ids(c10::AnyType::get());
+    for (size_t i = 0; i < params.size(); ++i) {
+      param_ids.push_back(static_cast<int64_t>(i));
+      auto it = optimizer->state().find(state_key(params[i]));
+      if (it == optimizer->state().end()) continue;
+      const auto& s = static_cast<const torch::optim::SGDParamState&>(*it->second);
+      if (!s.momentum_buffer().defined()) continue;
+      GenericDict entry = str_dict();
+      entry.insert("momentum_buffer", s.momentum_buffer());
+      state.insert(static_cast<int64_t>(i), entry);
+    }
+    const torch::optim::SGDOptions& o = group_options();
+    GenericDict group = str_dict();
+    group.insert("lr", o.lr());
+    group.insert("momentum", o.momentum());
+    group.insert("dampening", o.dampening());
+    group.insert("weight_decay", o.weight_decay());
+    group.insert("nesterov", o.nesterov());
+    group.insert("maximize", false);
+    group.insert("foreach", c10::IValue());
+    group.insert("differentiable", false);
+    group.insert("initial_lr", base_lrs.at(0));
+    group.insert("params", param_ids);
+    GenericList groups(c10::AnyType::get());
+    groups.push_back(group);
+    GenericDict out = str_dict();
+    out.insert("state", state);
+    out.insert("param_groups", groups);
+    return out;
+  }
+
+  void load_optimizer(const GenericDict& sd) {
+    const std::vector<torch::Tensor>& params = optimizer->param_groups().at(0).params();
+    optimizer->state().clear();
+    if (auto st = get(sd, "state"); st && st->isGenericDict()) {
+      for (const auto& entry : st->toGenericDict()) {
+        if (!entry.key().isInt() || !entry.value().isGenericDict()) continue;
+        const int64_t idx = entry.key().toInt();
+        if (idx < 0 || idx >= static_cast<int64_t>(params.size())) continue;
+        auto buf = get(entry.value().toGenericDict(), "momentum_buffer");
+        if (!buf || !buf->isTensor()) continue;
+        auto s = std::make_unique<torch::optim::SGDParamState>();
+        s->momentum_buffer(buf->toTensor().clone());
+        optimizer->state()[state_key(params[static_cast<size_t>(idx)])] = std::move(s);
+      }
+    }
+    if (auto groups = get(sd, "param_groups"); groups && groups->isList()) {
+      const auto& list = groups->toListRef();
+      if (!list.empty() && list[0].isGenericDict()) {
+        if (auto lr = get(list[0].toGenericDict(), "lr"); lr && lr->isDouble()) {
+          group_options().lr(lr->toDouble());
+        }
+      }
+    }
+  }
+
+  GenericDict scheduler_state() const {
+    GenericDict d = str_dict();
+    d.insert("T_max", t_max);
+    d.insert("eta_min", eta_min);
+    d.insert("base_lrs", double_list(base_lrs));
+    d.insert("last_epoch", last_epoch);
+    d.insert("_step_count", last_epoch + 1);
+    d.insert("_last_lr", double_list(last_lr));
+    return d;
+  }
+
+  void load_scheduler(const GenericDict& d) {
+    if (auto v = get(d, "T_max"); v && v->isInt()) t_max = v->toInt();
+    if (auto v = get(d, "eta_min"); v && v->isDouble()) eta_min = v->toDouble();
+    if (auto v = get(d, "base_lrs"); v && !to_doubles(*v).empty()) base_lrs = to_doubles(*v);
+    if (auto v = get(d, "last_epoch"); v && v->isInt()) last_epoch = v->toInt();
+    if (auto v = get(d, "_last_lr"); v && !to_doubles(*v).empty()) last_lr = to_doubles(*v);
+  }
+};
+
+DemoRunner::DemoRunner(std::string work_dir, const DemoSize& size, int64_t seed)
+    : work_dir_(std::move(work_dir)), impl_(std::make_unique<Impl>()) {
+  if (work_dir_.empty() || work_dir_.front() != '/') {
+    throw_error(ErrorCode::kInvalidArgument,
+                "DemoRunner: work_dir must be absolute; got \"" + work_dir_ + "\"");
+  }
+  std::filesystem::create_directories(work_dir_);
+  torch::set_num_threads(1);
+  Impl& m = *impl_;
+  m.size = size;
+  m.seed = seed;
+  m.t_max = size.epochs;
+  m.make_data();
+  torch::manual_seed(static_cast<uint64_t>(seed));
+  m.model = torch::nn::Sequential(torch::nn::Linear(2, size.hidden), torch::nn::ReLU(),
+                                  torch::nn::Linear(size.hidden, size.hidden), torch::nn::ReLU(),
+                                  torch::nn::Linear(size.hidden, kClasses));
+  m.optimizer = std::make_unique<torch::optim::SGD>(
+      m.model->parameters(),
+      torch::optim::SGDOptions(kBaseLr).momentum(kMomentum).nesterov(true).weight_decay(
+          kWeightDecay));
+}
+
+DemoRunner::~DemoRunner() = default;
+
+int64_t DemoRunner::iters_per_epoch() const {
+  return (impl_->x_train.size(0) + impl_->size.batch_size - 1) / impl_->size.batch_size;
+}
+int64_t DemoRunner::train_count() const { return impl_->x_train.size(0); }
+int64_t DemoRunner::val_count() const { return impl_->x_val.size(0); }
+double DemoRunner::lr() const {
+  return static_cast<torch::optim::SGDOptions&>(impl_->optimizer->param_groups().at(0).options())
+      .lr();
+}
+
+std::string DemoRunner::describe() const {
+  const DemoSize& s = impl_->size;
+  return fmt::format(
+      "3-arm spiral, {} train / {} val points; MLP 2-{}-{}-3; SGD (momentum {}, Nesterov, "
+      "weight decay {}), cosine LR {} -> {}; {} epochs x {} batches of {}",
+      train_count(), val_count(), s.hidden, s.hidden, kMomentum, kWeightDecay, kBaseLr, kEtaMin,
+      s.epochs, iters_per_epoch(), s.batch_size);
+}
+
+double DemoRunner::train_step(int64_t batch_idx) {
+  Impl& m = *impl_;
+  if (m.perm_epoch != epoch()) {
+    at::Generator gen = generator(m.seed, static_cast<uint64_t>(epoch()) + 1);
+    m.perm = torch::randperm(m.x_train.size(0), gen);
+    m.perm_epoch = epoch();
+  }
+  const int64_t begin = batch_idx * m.size.batch_size;
+  const int64_t end = std::min(begin + m.size.batch_size, m.x_train.size(0));
+  torch::Tensor idx = m.perm.slice(0, begin, end);
+  torch::Tensor x = m.x_train.index_select(0, idx);
+  torch::Tensor y = m.y_train.index_select(0, idx);
+  m.model->train();
+  m.optimizer->zero_grad();
+  torch::Tensor loss = torch::nn::functional::cross_entropy(m.model->forward(x), y);
+  loss.backward();
+  m.optimizer->step();
+  if (batch_idx + 1 == iters_per_epoch()) m.step_scheduler();
+  return loss.item<double>();
+}
+
+Metrics DemoRunner::validate() {
+  Impl& m = *impl_;
+  torch::NoGradGuard no_grad;
+  m.model->eval();
+  torch::Tensor logits = m.model->forward(m.x_val);
+  const double loss = torch::nn::functional::cross_entropy(logits, m.y_val).item<double>();
+  const double acc = logits.argmax(1).eq(m.y_val).to(torch::kFloat64).mean().item<double>();
+  return {{"acc", acc}, {"loss", loss}};
+}
+
+c10::impl::GenericDict DemoRunner::checkpoint_state(bool with_optimizer, bool with_schedulers) {
+  GenericDict out = str_dict();
+  GenericDict sd(c10::StringType::get(), c10::TensorType::get());
+  for (const auto& item : impl_->model->named_parameters())
+    sd.insert(item.key(), item.value().detach());
+  out.insert("state_dict", sd);
+  if (with_optimizer) out.insert("optimizer", impl_->optimizer_state());
+  if (with_schedulers) {
+    GenericList schedulers(c10::AnyType::get());
+    schedulers.push_back(impl_->scheduler_state());
+    out.insert("param_schedulers", schedulers);
+  }
+  return out;
+}
+
+c10::impl::GenericDict DemoRunner::meta_extra() const {
+  GenericDict meta = str_dict();
+  meta.insert("seed", impl_->seed);
+  meta.insert("experiment_name", std::string("ckptledger-demo-") + impl_->size.name);
+  meta.insert("dataset", std::string("spiral3"));
+  return meta;
+}
+
+void DemoRunner::load_checkpoint(const c10::impl::GenericDict& ckpt, bool resume) {
+  if (auto sd = get(ckpt, "state_dict"); sd && sd->isGenericDict()) {
+    const GenericDict weights_in = sd->toGenericDict();
+    torch::NoGradGuard no_grad;
+    for (auto& item : impl_->model->named_parameters()) {
+      auto t = get(weights_in, item.key());
+      if (t && t->isTensor() && t->toTensor().sizes() == item.value().sizes()) {
+        item.value().copy_(t->toTensor());
+      }
+    }
+  }
+  if (!resume) return;
+  restore_counters(ckpt);
+  if (auto opt = get(ckpt, "optimizer"); opt && opt->isGenericDict()) {
+    impl_->load_optimizer(opt->toGenericDict());
+  }
+  if (auto sched = get(ckpt, "param_schedulers"); sched && sched->isList()) {
+    const auto& list = sched->toListRef();
+    if (!list.empty() && list[0].isGenericDict()) impl_->load_scheduler(list[0].toGenericDict());
+  }
+}
+
+}  // namespace ckptledger

@@ -1,0 +1,879 @@
+// The catalog (issue 6): the views of migration 0003, the Catalog queries, and the CLI verbs
+// (run through CKPT_BIN) with their exit codes. Ledgers are built by appending the events the hook
+// appends, directly with ckptledger::Ledger (no libtorch), with real files on disk.
+//
+// CatalogWriter.Run is not a test: tests/catalog_interop_test.py runs this binary with
+// --gtest_filter=CatalogWriter.Run and CKPT_WRITER_* set, as a writer whose append latency it
+// measures while Python holds a read transaction open. Without CKPT_WRITER_LEDGER it skips.
+#include <sqlite3.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <fmt/format.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "catalog/catalog.h"
+#include "hook/hook_events.h"
+#include "hook/hook_state.h"
+#include "ledger/ledger.h"
+#include "ledger/sha256.h"
+
+namespace ckptledger {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::ElementsAre;
+using ::testing::ElementsAreArray;
+using ::testing::HasSubstr;
+using ojson = nlohmann::ordered_json;
+
+const char* kConfig =
+    R"({"type":"CheckpointHook","interval":1,"max_keep_ckpts":2,"save_best":"acc","rule":"greater"})";
+
+std::string slurp(const std::string& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+void spit(const std::string& p, const std::string& content) {
+  std::ofstream out(p, std::ios::binary | std::ios::trunc);
+  out << content;
+}
+
+void raw_sql(const std::string& p, const std::string& sql) {
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(p.c_str(), &db), SQLITE_OK);
+  char* err = nullptr;
+  int rc = sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &err);
+  std::string msg = err ? err : "";
+  sqlite3_free(err);
+  sqlite3_close(db);
+  ASSERT_EQ(rc, SQLITE_OK) << msg;
+}
+
+struct Cli {
+  int rc = -1;
+  std::string out, err;
+  ojson json() const { return ojson::parse(out); }
+};
+
+// Appends what the hook appends, writing and removing the files as the hook does.
+class CatalogTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("ckptledger_catalog_" + std::to_string(::getpid()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    work_ = (dir_ / "work").string();
+    fs::create_directories(work_);
+    ledger_path_ = work_ + "/" + kDefaultLedgerName;
+  }
+  void TearDown() override {
+    w_.reset();
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+  }
+
+  // ---- the writer (one process = one open; a new open is a new run_id) ----
+  Ledger& writer() {
+    if (!w_) w_ = Ledger::open(ledger_path_);
+    return *w_;
+  }
+  void crash() { w_.reset(); }
+  int64_t append(Event e) { return writer().append(e); }
+  std::vector<int64_t> append_batch(std::vector<Event> events) {
+    writer().append_batch(events);
+    std::vector<int64_t> seqs;
+    for (const Event& e : events) seqs.push_back(e.seq);
+    return seqs;
+  }
+
+  std::string file(const std::string& name) const { return work_ + "/" + name; }
+  static std::string content(const std::string& path, int version) {
+    return fmt::format("checkpoint {} v{}\n", path, version);
+  }
+  static Event make(EventKind k, const std::string& path, int64_t epoch) {
+    Event e;
+    e.kind = k;
+    e.path = path;
+    e.step = epoch;
+    e.epoch = epoch;
+    e.iter = epoch * 10;
+    return e;
+  }
+
+  int64_t run_started(bool resume) {
+    RunStartedPayload rs;
+    rs.config = kConfig;
+    rs.work_dir = rs.out_dir = work_;
+    rs.pid = ::getpid();
+    rs.host = "testhost";
+    rs.resume = resume;
+    rs.version = "0.1.0";
+    Event e;
+    e.kind = EventKind::kRunStarted;
+    e.detail = to_detail(rs);
+    return append(e);
+  }
+  int64_t resumed(const std::string& path, int64_t epoch) {
+    Event e = make(EventKind::kResumed, path, epoch);
+    e.step.reset();
+    ResumedPayload rp;
+    rp.source = "auto";
+    e.detail = to_detail(rp);
+    return append(e);
+  }
+  int64_t begun(const std::string& path, int64_t epoch, const std::string& role) {
+    Event e = make(EventKind::kSaveBegun, path, epoch);
+    SavePayload sp;
+    sp.role = role;
+    e.detail = to_detail(sp);
+    return append(e);
+  }
+  // save_begun, the file, then [save_committed, pruned...] in one transaction, then the removals.
+  // Returns the seqs of the transaction.
+  std::vector<int64_t> save_regular(int64_t epoch, std::vector<int64_t> keep,
+                                    const std::vector<std::string>& prune, int version = 1) {
+    const std::string path = file(fmt::format("epoch_{}.pth", epoch));
+    begun(path, epoch, "regular");
+    const std::string c = content(path, version);
+    spit(path, c);
+    Event e = make(EventKind::kSaveCommitted, path, epoch);
+    e.bytes = static_cast<int64_t>(c.size());
+    e.digest = Sha256::hex(c);
+    SavePayload sp;
+    sp.role = "regular";
+    sp.keep_tracked = true;
+    sp.keep_ckpt_ids = std::move(keep);
+    e.detail = to_detail(sp);
+    std::vector<Event> batch{e};
+    for (const std::string& p : prune) batch.push_back(pruned(p, epoch, "rotation", path));
+    auto seqs = append_batch(batch);
+    for (const std::string& p : prune) fs::remove(p);
+    return seqs;
+  }
+  static Event pruned(const std::string& path, int64_t epoch, const std::string& reason,
+                      const std::string& by) {
+    Event p = make(EventKind::kPruned, path, epoch);
+    PrunePayload pp;
+    pp.reason = reason;
+    pp.superseded_by = by;
+    p.detail = to_detail(pp);
+    return p;
+  }
+  // [save_committed, best_updated, pruned(best_replaced)?]
+  std::vector<int64_t> save_best(const std::string& metric, int64_t epoch, double score,
+                                 const std::string& previous) {
+    const std::string path = file(fmt::format("best_{}_epoch_{}.pth", metric, epoch));
+    begun(path, epoch, "best");
+    const std::string c = content(path, 1);
+    spit(path, c);
+    Event e = make(EventKind::kSaveCommitted, path, epoch);
+    e.bytes = static_cast<int64_t>(c.size());
+    e.digest = Sha256::hex(c);
+    SavePayload sp;
+    sp.role = "best";
+    sp.key = metric;
+    e.detail = to_detail(sp);
+    Event b = make(EventKind::kBestUpdated, path, epoch);
+    b.metric = metric;
+    b.score = score;
+    BestPayload bp;
+    bp.rule = "greater";
+    bp.previous_path = previous;
+    b.detail = to_detail(bp);
+    std::vector<Event> batch{e, b};
+    if (!previous.empty()) batch.push_back(pruned(previous, epoch, "best_replaced", path));
+    auto seqs = append_batch(batch);
+    if (!previous.empty()) fs::remove(previous);
+    return seqs;
+  }
+  int64_t validated(int64_t epoch, std::vector<std::pair<std::string, std::optional<double>>> m) {
+    Event e = make(EventKind::kValidated, "", epoch);
+    ValidatedPayload vp;
+    vp.metrics = std::move(m);
+    e.detail = to_detail(vp);
+    return append(e);
+  }
+  int64_t save_failed(const std::string& path, const std::string& error) {
+    Event e;
+    e.kind = EventKind::kSaveFailed;
+    e.path = path;
+    SavePayload sp;
+    sp.error = error;
+    e.detail = to_detail(sp);
+    return append(e);
+  }
+  int64_t published(const std::string& path, const std::string& source, bool already_present) {
+    const std::string c = content(path, 1);
+    if (!already_present) spit(path, c);
+    Event e;
+    e.kind = EventKind::kPublished;
+    e.path = path;
+    e.bytes = static_cast<int64_t>(c.size());
+    e.digest = Sha256::hex(c);
+    PublishedPayload pp;
+    pp.source = source;
+    pp.keys = {"meta", "state_dict"};
+    pp.already_present = already_present;
+    e.detail = to_detail(pp);
+    return append(e);
+  }
+  int64_t recovered(const std::string& path, const std::string& finding) {
+    Event e;
+    e.kind = EventKind::kRecovered;
+    e.path = path;
+    RecoveredPayload rp;
+    rp.finding = finding;
+    rp.action = "none";
+    rp.detail = "SHA-256 differs";
+    e.detail = to_detail(rp);
+    return append(e);
+  }
+  int64_t run_finished() {
+    Event e;
+    e.kind = EventKind::kRunFinished;
+    return append(e);
+  }
+
+  // The story every view test reads: three processes (a crash, a finish, one still open).
+  struct Story {
+    int64_t a_start, a_last, torn_begun, b_start, b_resumed, b_begun, failed, e4, prune2, pub,
+        pub_again, corrupt, b_finish, c_start, e5, best5;
+    std::vector<int64_t> e1, e1_again, best1, e2, best2, e2_again, e3;
+  };
+  Story story() {
+    Story s;
+    // Process A: fresh start, epochs 1-3, dies in the middle of epoch 4's save.
+    s.a_start = run_started(false);
+    s.e1 = save_regular(1, {1}, {});
+    validated(1, {{"acc", 0.5}, {"loss", std::nullopt}});
+    s.best1 = save_best("acc", 1, 0.5, "");
+    s.e1_again = save_regular(1, {1}, {}, 2);  // §7.6 re-save: overwrites epoch_1.pth
+    s.e2 = save_regular(2, {1, 2}, {});
+    validated(2, {{"acc", 0.7}, {"loss", 0.3}});
+    s.best2 = save_best("acc", 2, 0.7, file("best_acc_epoch_1.pth"));
+    s.e2_again = save_regular(2, {1, 2}, {}, 2);
+    s.e3 = save_regular(3, {2, 3}, {file("epoch_1.pth")});
+    s.torn_begun = begun(file("epoch_4.pth"), 4, "regular");
+    s.a_last = s.torn_begun;
+    crash();
+    // Process B: resumes from epoch 3, a failed save and its retry, a publish, finishes.
+    s.b_start = run_started(true);
+    s.b_resumed = resumed(file("epoch_3.pth"), 3);
+    s.b_begun = begun(file("epoch_4.pth"), 4, "regular");
+    s.failed = save_failed(file("epoch_4.pth"), "cannot write: No space left on device");
+    auto e4 = save_regular(4, {3, 4}, {file("epoch_2.pth")});
+    s.e4 = e4[0];
+    s.prune2 = e4[1];
+    s.pub = published(file("epoch_4-0123abcd.pth"), file("epoch_4.pth"), false);
+    s.pub_again = published(file("epoch_4-0123abcd.pth"), file("epoch_4.pth"), true);
+    s.corrupt = recovered(file("epoch_3.pth"), "corrupt");
+    s.b_finish = run_finished();
+    crash();
+    // Process C: starts without resume (a fresh message hub), still running.
+    s.c_start = run_started(false);
+    s.e5 = save_regular(5, {5}, {})[0];
+    validated(5, {{"acc", 0.2}, {"loss", 0.9}});
+    s.best5 = save_best("acc", 5, 0.2, "")[1];
+    return s;
+  }
+
+  std::unique_ptr<Catalog> catalog() { return Catalog::open(work_); }
+
+  Cli cli(const std::string& args) {
+    const char* bin = std::getenv("CKPT_BIN");
+    Cli r;
+    if (!bin) {
+      ADD_FAILURE() << "CKPT_BIN is not set (ctest sets it)";
+      return r;
+    }
+    const std::string out = (dir_ / "cli.out").string(), err = (dir_ / "cli.err").string();
+    const std::string cmd = fmt::format("'{}' {} > '{}' 2> '{}'", bin, args, out, err);
+    int st = std::system(cmd.c_str());
+    r.rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    r.out = slurp(out);
+    r.err = slurp(err);
+    return r;
+  }
+
+  fs::path dir_;
+  std::string work_;
+  std::string ledger_path_;
+  std::unique_ptr<Ledger> w_;
+};
+
+std::vector<std::string> column_names(Catalog& c, const std::string& view) {
+  return c.query("SELECT * FROM " + view + " LIMIT 0").columns;
+}
+
+// ---- the views: a contract ------------------------------------------------------------------
+
+TEST_F(CatalogTest, ViewsHaveTheirContractColumns) {
+  run_started(false);
+  crash();
+  auto c = catalog();
+  EXPECT_THAT(column_names(*c, "checkpoints"),
+              ElementsAre("path", "kind", "step", "epoch", "iter", "status", "bytes", "sha256",
+                          "committed_at", "removed_at", "removed_reason", "removed_by_seq", "seq",
+                          "run_id"));
+  EXPECT_THAT(column_names(*c, "best"),
+              ElementsAre("metric", "rule", "score", "path", "step", "epoch", "iter", "since",
+                          "seq", "bytes", "sha256", "status"));
+  EXPECT_THAT(
+      column_names(*c, "runs"),
+      ElementsAre("run_id", "started_at", "ended_at", "ended", "config", "resumed_from", "resume",
+                  "pid", "host", "work_dir", "out_dir", "version", "started_seq", "last_seq"));
+  EXPECT_THAT(column_names(*c, "history"),
+              ElementsAre("seq", "time", "ts_us", "run_id", "kind", "step", "epoch", "iter", "path",
+                          "metric", "score", "bytes", "sha256", "summary", "detail"));
+}
+
+TEST_F(CatalogTest, CheckpointsViewTellsEachFilesStory) {
+  Story s = story();
+  auto c = catalog();
+  ResultSet rs = c->query(
+      "SELECT path, kind, step, status, removed_reason, removed_by_seq, seq, bytes IS NOT NULL, "
+      "length(sha256), committed_at IS NOT NULL, removed_at IS NOT NULL FROM checkpoints "
+      "ORDER BY seq");
+  std::vector<std::string> got;
+  for (const auto& r : rs.rows) {
+    std::string name = fs::path(r[0].get<std::string>()).filename().string();
+    got.push_back(fmt::format("{} {} {} {} {} {} {}", r[6].get<int64_t>(), name,
+                              r[1].get<std::string>(), cell_text(r[2]), r[3].get<std::string>(),
+                              cell_text(r[4]), cell_text(r[5])));
+    const bool committed = r[3] != "failed";
+    EXPECT_EQ(r[7], committed ? 1 : 0) << got.back();
+    EXPECT_EQ(r[8], committed ? ojson(64) : ojson(nullptr)) << got.back();
+    EXPECT_EQ(r[9], committed ? 1 : 0) << got.back();
+    EXPECT_EQ(r[10], r[3] == "live" ? 0 : 1) << got.back();
+  }
+  const std::string enospc = "cannot write: No space left on device";
+  EXPECT_THAT(
+      got,
+      ElementsAreArray({
+          fmt::format("{} epoch_1.pth regular 1 replaced overwritten {}", s.e1[0], s.e1_again[0]),
+          fmt::format("{} best_acc_epoch_1.pth best 1 replaced best_replaced {}", s.best1[0],
+                      s.best2[2]),
+          fmt::format("{} epoch_1.pth regular 1 pruned rotation {}", s.e1_again[0], s.e3[1]),
+          fmt::format("{} epoch_2.pth regular 2 replaced overwritten {}", s.e2[0], s.e2_again[0]),
+          fmt::format("{} best_acc_epoch_2.pth best 2 live  ", s.best2[0]),
+          fmt::format("{} epoch_2.pth regular 2 pruned rotation {}", s.e2_again[0], s.prune2),
+          fmt::format("{} epoch_3.pth regular 3 corrupt corrupt {}", s.e3[0], s.corrupt),
+          // A save whose process died before its outcome: failed, torn, ended by the retry.
+          fmt::format("{} epoch_4.pth regular 4 failed torn_save {}", s.torn_begun, s.b_begun),
+          fmt::format("{} epoch_4.pth regular 4 failed {} {}", s.failed, enospc, s.failed),
+          fmt::format("{} epoch_4.pth regular 4 live  ", s.e4),
+          // The second publish of the same content wrote no file: no row.
+          fmt::format("{} epoch_4-0123abcd.pth published  live  ", s.pub),
+          fmt::format("{} epoch_5.pth regular 5 live  ", s.e5),
+          fmt::format("{} best_acc_epoch_5.pth best 5 live  ", s.best5 - 1),
+      }));
+}
+
+TEST_F(CatalogTest, LiveCheckpointsAreTheFoldsLiveFiles) {
+  story();
+  auto c = catalog();
+  HookState st;
+  HookStateFold fold(st);
+  c->ledger().replay(fold);
+  ResultSet live = c->query("SELECT path, sha256 FROM checkpoints WHERE status = 'live'");
+  std::map<std::string, std::string> view;
+  for (const auto& r : live.rows) view[r[0]] = r[1];
+  std::map<std::string, std::string> folded;
+  for (const auto& [p, f] : st.live) folded[p] = f.digest;
+  EXPECT_EQ(view, folded);
+}
+
+TEST_F(CatalogTest, BestViewIsTheHookStatesBestSinceTheLastFreshStart) {
+  Story s = story();
+  {
+    auto c = catalog();
+    ResultSet b = c->best(std::nullopt);
+    ASSERT_EQ(b.rows.size(), 1u);
+    // Process C started without resume: its 0.2 is the best, not A's 0.7 (as the hook's hub).
+    EXPECT_EQ(b.at(0, "metric"), "acc");
+    EXPECT_EQ(b.at(0, "rule"), "greater");
+    EXPECT_DOUBLE_EQ(b.at(0, "score").get<double>(), 0.2);
+    EXPECT_EQ(b.at(0, "path"), file("best_acc_epoch_5.pth"));
+    EXPECT_EQ(b.at(0, "step"), 5);
+    EXPECT_EQ(b.at(0, "seq"), s.best5);
+    EXPECT_EQ(b.at(0, "status"), "live");
+    EXPECT_EQ(b.at(0, "sha256"), Sha256::hex(content(file("best_acc_epoch_5.pth"), 1)));
+    HookState st;
+    HookStateFold fold(st);
+    c->ledger().replay(fold);
+    ASSERT_EQ(st.best.size(), 1u);
+    EXPECT_EQ(st.best.at("acc").path, b.at(0, "path"));
+    EXPECT_DOUBLE_EQ(st.best.at("acc").score, b.at(0, "score").get<double>());
+    EXPECT_TRUE(c->best(std::string("loss")).rows.empty());
+  }
+  // A new best in C replaces it; the view follows.
+  save_best("acc", 6, 0.3, file("best_acc_epoch_5.pth"));
+  ResultSet b = catalog()->best(std::string("acc"));
+  ASSERT_EQ(b.rows.size(), 1u);
+  EXPECT_EQ(b.at(0, "path"), file("best_acc_epoch_6.pth"));
+}
+
+TEST_F(CatalogTest, RunsViewSaysHowEachProcessEnded) {
+  Story s = story();
+  ResultSet r = catalog()->runs();
+  ASSERT_EQ(r.rows.size(), 3u);
+  EXPECT_EQ(r.at(0, "ended"), "crashed");
+  EXPECT_EQ(r.at(0, "last_seq"), s.a_last);
+  EXPECT_TRUE(r.at(0, "resumed_from").is_null());
+  EXPECT_EQ(r.at(0, "resume"), 0);
+  EXPECT_EQ(r.at(0, "started_seq"), s.a_start);
+  EXPECT_EQ(r.at(1, "ended"), "finished");
+  EXPECT_EQ(r.at(1, "resumed_from"), file("epoch_3.pth"));
+  EXPECT_EQ(r.at(1, "resume"), 1);
+  EXPECT_EQ(r.at(1, "last_seq"), s.b_finish);
+  EXPECT_EQ(r.at(1, "config"), kConfig);
+  EXPECT_EQ(r.at(1, "host"), "testhost");
+  EXPECT_EQ(r.at(1, "work_dir"), work_);
+  // C holds the writer lock: the catalog says running (the view: unknown); ended_at unknown.
+  EXPECT_EQ(r.at(2, "ended"), "running");
+  EXPECT_TRUE(r.at(2, "ended_at").is_null());
+  for (size_t i = 0; i < 2; ++i) {
+    EXPECT_LE(r.at(i, "started_at").get<std::string>(), r.at(i, "ended_at").get<std::string>());
+  }
+  EXPECT_EQ(
+      catalog()->query("SELECT ended FROM runs WHERE started_seq = ?", {s.c_start}).rows[0][0],
+      "unknown");
+  crash();
+  EXPECT_EQ(catalog()->runs().at(2, "ended"), "crashed");
+}
+
+TEST_F(CatalogTest, HistoryViewIsReadable) {
+  Story s = story();
+  auto c = catalog();
+  auto summary = [&](int64_t seq) {
+    return c->query("SELECT summary FROM history WHERE seq = ?", {seq}).rows.at(0).at(0);
+  };
+  EXPECT_THAT(summary(s.a_start).get<std::string>(),
+              HasSubstr(fmt::format("pid {} on testhost, fresh start", ::getpid())));
+  EXPECT_EQ(summary(s.a_start + 3), "acc=0.5, loss=None");
+  EXPECT_EQ(summary(s.best2[1]), "acc = 0.7 (greater; previous none)");
+  EXPECT_EQ(summary(s.best2[2]), "best_replaced, superseded by best_acc_epoch_2.pth");
+  EXPECT_EQ(summary(s.e3[1]), "rotation, superseded by epoch_3.pth");
+  EXPECT_THAT(summary(s.e3[0]).get<std::string>(), HasSubstr("regular, "));
+  EXPECT_THAT(summary(s.e3[0]).get<std::string>(), HasSubstr(", keep [2,3]"));
+  EXPECT_EQ(summary(s.failed), "failed: cannot write: No space left on device");
+  EXPECT_EQ(summary(s.b_resumed), "resumed (auto)");
+  EXPECT_EQ(summary(s.pub_again).get<std::string>(),
+            fmt::format("from {}, keys [\"meta\",\"state_dict\"] (already present)",
+                        file("epoch_4.pth")));
+  EXPECT_EQ(summary(s.corrupt), "corrupt: none (SHA-256 differs)");
+  EXPECT_EQ(summary(s.b_finish), "training finished");
+  // Every event once, in order, with its time as ISO-8601 text.
+  ResultSet h = c->query("SELECT seq, time, ts_us FROM history ORDER BY seq");
+  ASSERT_EQ(static_cast<int64_t>(h.rows.size()), c->ledger().last_seq());
+  for (size_t i = 0; i < h.rows.size(); ++i) {
+    EXPECT_EQ(h.rows[i][0], static_cast<int64_t>(i + 1));
+    EXPECT_EQ(h.rows[i][1], format_iso8601_us(h.rows[i][2].get<int64_t>()));
+  }
+}
+
+TEST_F(CatalogTest, OldLedgerGetsTheViewsWithoutBeingWritten) {
+  {
+    LedgerOptions o;
+    o.migrate_to = 2;  // as written by the binary before migration 0003
+    w_ = Ledger::open(ledger_path_, o);
+    run_started(false);
+    save_regular(1, {1}, {});
+    save_best("acc", 1, 0.5, "");
+    crash();
+  }
+  raw_sql(ledger_path_, "PRAGMA wal_checkpoint(TRUNCATE)");
+  const std::string before = slurp(ledger_path_);
+  {
+    auto c = catalog();
+    EXPECT_EQ(c->ledger().schema_version(), 2);
+    EXPECT_EQ(c->best(std::nullopt).rows.size(), 1u);
+    EXPECT_EQ(c->query("SELECT count(*) FROM checkpoints WHERE status = 'live'").rows[0][0], 2);
+    EXPECT_EQ(c->runs().rows.size(), 1u);
+    EXPECT_EQ(c->latest().checkpoint["path"], file("epoch_1.pth"));
+  }
+  EXPECT_TRUE(slurp(ledger_path_) == before) << "the catalog wrote to an old ledger";
+}
+
+TEST_F(CatalogTest, ReadersNeverTakeTheWriterLock) {
+  run_started(false);
+  crash();
+  auto c = catalog();
+  c->query("BEGIN");
+  c->query("SELECT count(*) FROM checkpoints");
+  // A writer opens and appends while the catalog holds a read transaction.
+  run_started(true);
+  EXPECT_EQ(writer().last_seq(), 2);
+  EXPECT_TRUE(c->writer_active());
+  // The reader still sees its snapshot.
+  EXPECT_EQ(c->query("SELECT count(*) FROM events").rows[0][0], 1);
+  c->query("COMMIT");
+  EXPECT_EQ(c->query("SELECT count(*) FROM events").rows[0][0], 2);
+}
+
+// ---- Catalog queries -------------------------------------------------------------------------
+
+TEST_F(CatalogTest, LatestIsTheNewestRegularFileThatVerifies) {
+  Story s = story();
+  crash();
+  LatestResult r = catalog()->latest();
+  EXPECT_EQ(r.checkpoint["path"], file("epoch_5.pth"));
+  EXPECT_EQ(r.checkpoint["seq"], s.e5);
+  EXPECT_EQ(r.checkpoint["step"], 5);
+  EXPECT_EQ(r.checkpoint["epoch"], 5);
+  EXPECT_EQ(r.checkpoint["iter"], 50);
+  EXPECT_EQ(r.checkpoint["sha256"], Sha256::hex(content(file("epoch_5.pth"), 1)));
+  EXPECT_TRUE(r.rejected.empty());
+  // Same size, one byte flipped: skipped for epoch_4 (epoch_3 is recorded corrupt: never chosen).
+  std::string c5 = slurp(file("epoch_5.pth"));
+  c5[0] ^= 1;
+  spit(file("epoch_5.pth"), c5);
+  r = catalog()->latest();
+  EXPECT_EQ(r.checkpoint["path"], file("epoch_4.pth"));
+  ASSERT_EQ(r.rejected.size(), 1u);
+  EXPECT_EQ(r.rejected[0].path, file("epoch_5.pth"));
+  EXPECT_EQ(r.rejected[0].reason, "sha256 differs");
+  fs::remove(file("epoch_4.pth"));
+  r = catalog()->latest();
+  EXPECT_TRUE(r.checkpoint.is_null());
+  ASSERT_EQ(r.rejected.size(), 2u);
+  EXPECT_EQ(r.rejected[1].reason, "missing");
+}
+
+TEST_F(CatalogTest, StateAsOfReplaysTheHookStateToThatPoint) {
+  Story s = story();
+  auto c = catalog();
+  StateResult at = c->state_as_of(Point{Point::Kind::kSeq, s.best2[1]});
+  EXPECT_EQ(at.seq, s.best2[1]);
+  EXPECT_EQ(at.hub["best_score"], 0.7);
+  EXPECT_EQ(at.hub["best_ckpt"], file("best_acc_epoch_2.pth"));
+  EXPECT_EQ(at.hub["last_ckpt"], file("epoch_2.pth"));
+  EXPECT_EQ(at.hub["keep_ckpt_ids"], ojson::parse("[1,2]"));
+  // The end of epoch 3: just before the first event past epoch 3.
+  at = c->state_as_of(Point{Point::Kind::kEpoch, 3});
+  EXPECT_EQ(at.seq, s.torn_begun - 1);
+  EXPECT_EQ(at.hub["last_ckpt"], file("epoch_3.pth"));
+  EXPECT_EQ(at.state.runs, 1);
+  // A time: every event at or before it.
+  const int64_t ts =
+      c->query("SELECT ts_us FROM events WHERE seq = ?", {s.b_start}).rows[0][0].get<int64_t>();
+  at = c->state_as_of(Point{Point::Kind::kTime, ts});
+  EXPECT_EQ(at.seq, c->query("SELECT max(seq) FROM events WHERE ts_us <= ?", {ts}).rows[0][0]);
+  EXPECT_EQ(at.state.runs, 2);
+  // Now: process C started afresh, its best only.
+  at = c->state_as_of(std::nullopt);
+  EXPECT_EQ(at.seq, c->ledger().last_seq());
+  EXPECT_EQ(at.hub["best_score"], 0.2);
+  EXPECT_EQ(at.state.runs, 3);
+  EXPECT_EQ(c->state_as_of(Point{Point::Kind::kSeq, 0}).hub, ojson::object());
+}
+
+TEST_F(CatalogTest, VerifyChecksTheChainAndEveryLiveFile) {
+  story();
+  crash();
+  {
+    VerifyResult r = catalog()->verify();
+    // epoch_3 is recorded corrupt (not live): not checked. 5 live files.
+    EXPECT_TRUE(r.ok());
+    EXPECT_EQ(r.files.size(), 5u);
+  }
+  spit(file("epoch_4.pth"), "short");
+  fs::remove(file("best_acc_epoch_2.pth"));
+  std::vector<std::pair<int64_t, int64_t>> progress;
+  VerifyResult r =
+      catalog()->verify([&](int64_t d, int64_t t, size_t, size_t) { progress.emplace_back(d, t); });
+  EXPECT_FALSE(r.ok());
+  std::map<std::string, std::string> problems;
+  for (const auto& f : r.files) {
+    if (!f.problem.empty()) problems[f.path] = f.problem;
+  }
+  EXPECT_EQ(problems, (std::map<std::string, std::string>{{file("best_acc_epoch_2.pth"), "missing"},
+                                                          {file("epoch_4.pth"), "size differs"}}));
+  ASSERT_FALSE(progress.empty());
+  EXPECT_EQ(progress.back().first, progress.back().second);
+}
+
+TEST_F(CatalogTest, GcPlansWhatReconciliationWouldDo) {
+  story();
+  crash();
+  EXPECT_TRUE(catalog()->gc_plan().empty());
+  spit(file(".epoch_6.pth.ckptledger-tmp"), "partial");
+  spit(file("epoch_2.pth"), "pruned but back");
+  fs::remove(file("epoch_5.pth"));
+  spit(file("epoch_4.pth"), "x");
+  spit(file("foreign.pth"), "not ours");
+  std::vector<GcAction> plan = catalog()->gc_plan();
+  std::vector<std::string> got;
+  for (const auto& a : plan) got.push_back(a.finding + " " + fs::path(a.path).filename().string());
+  EXPECT_THAT(got, ::testing::UnorderedElementsAre(
+                       "prune_completed epoch_2.pth", "corrupt epoch_4.pth", "lost epoch_5.pth",
+                       "stray_temp .epoch_6.pth.ckptledger-tmp", "unknown_file foreign.pth"));
+  // A save begun and never finished (its process is gone), with its temp file.
+  begun(file("epoch_6.pth"), 6, "regular");
+  crash();
+  plan = catalog()->gc_plan();
+  got.clear();
+  for (const auto& a : plan) got.push_back(a.finding + " " + fs::path(a.path).filename().string());
+  EXPECT_THAT(got, ::testing::Contains("torn_save .epoch_6.pth.ckptledger-tmp"));
+  EXPECT_THAT(got, ::testing::Not(::testing::Contains("stray_temp .epoch_6.pth.ckptledger-tmp")));
+  // While a writer holds the ledger, a temp file may be a save in flight: left alone.
+  writer();
+  plan = catalog()->gc_plan();
+  got.clear();
+  for (const auto& a : plan) got.push_back(a.finding + " " + fs::path(a.path).filename().string());
+  EXPECT_THAT(got, ::testing::Contains("in_flight .epoch_6.pth.ckptledger-tmp"));
+  crash();
+  // Nothing was changed.
+  EXPECT_TRUE(fs::exists(file(".epoch_6.pth.ckptledger-tmp")));
+  EXPECT_TRUE(fs::exists(file("epoch_2.pth")));
+}
+
+TEST(CatalogTime, Iso8601RoundTripsAndRejectsGarbage) {
+  EXPECT_EQ(format_iso8601_us(0), "1970-01-01T00:00:00.000000Z");
+  EXPECT_EQ(format_iso8601_us(1795933574057446), "2026-11-29T06:26:14.057446Z");
+  EXPECT_EQ(parse_iso8601_us("2026-11-29T06:26:14.057446Z"), 1795933574057446);
+  EXPECT_EQ(parse_iso8601_us("2026-11-29 06:26:14.057446"), 1795933574057446);
+  EXPECT_EQ(parse_iso8601_us("2026-11-29T08:26:14.057446+02:00"), 1795933574057446);
+  EXPECT_EQ(parse_iso8601_us("2026-11-29T06:26Z"), 1795933560000000);
+  EXPECT_EQ(parse_iso8601_us("2026-11-29"), 1795910400000000);
+  for (const char* bad : {"", "yesterday", "2026-13-01", "2026-02-30", "2026-11-29T25:00",
+                          "2026-11-29T06:26:14.Z", "2026-11-29X"}) {
+    EXPECT_EQ(parse_iso8601_us(bad), std::nullopt) << bad;
+  }
+  EXPECT_EQ(parse_point("42", "--as-of").kind, Point::Kind::kSeq);
+  EXPECT_EQ(parse_point("epoch:30", "--as-of").value, 30);
+  EXPECT_EQ(parse_point("iter:7", "--as-of").kind, Point::Kind::kIter);
+  EXPECT_EQ(parse_point("2026-11-29", "--as-of").kind, Point::Kind::kTime);
+  EXPECT_THROW(parse_point("epoch:x", "--as-of"), UsageError);
+  EXPECT_THROW(parse_point("epoch:3", "--since", /*counters=*/false), UsageError);
+  EXPECT_THROW(parse_point("99999999999999999999999", "--as-of"), UsageError);
+}
+
+TEST(CatalogTable, AlignsNumbersRight) {
+  TextTable t({"name", "n"});
+  t.add({"a", "1"});
+  t.add({"bbb", "100"});
+  EXPECT_EQ(t.render(), "name    n\n----  ---\na       1\nbbb   100\n");
+  EXPECT_EQ(cell_text(nullptr), "");
+  EXPECT_EQ(cell_text(0.1 + 0.2), "0.3");
+  EXPECT_EQ(cell_text(7), "7");
+}
+
+// ---- the CLI ---------------------------------------------------------------------------------
+
+TEST_F(CatalogTest, CliVerbsPrintTablesAndJson) {
+  Story s = story();
+  crash();
+  // best --json: one object per metric with at least metric, rule, score, path, step.
+  Cli r = cli("best --json " + work_);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  ojson best = r.json();
+  ASSERT_EQ(best.size(), 1u);
+  for (const char* k : {"metric", "rule", "score", "path", "step"})
+    EXPECT_TRUE(best[0].contains(k));
+  EXPECT_EQ(best[0]["path"], file("best_acc_epoch_5.pth"));
+  r = cli("best " + ledger_path_);  // the ledger file works as well as the work_dir
+  EXPECT_EQ(r.rc, 0);
+  EXPECT_THAT(r.out, HasSubstr("best_acc_epoch_5.pth"));
+  EXPECT_THAT(r.out, HasSubstr("metric"));
+  EXPECT_EQ(cli("best --metric loss " + work_).rc, 8);
+
+  // latest --json: one object with at least path, step, epoch, iter, sha256.
+  r = cli("latest --json " + work_);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  ojson latest = r.json();
+  EXPECT_EQ(latest["path"], file("epoch_5.pth"));
+  for (const char* k : {"step", "epoch", "iter", "sha256"}) EXPECT_TRUE(latest.contains(k)) << k;
+
+  r = cli("runs --json " + work_);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  ojson runs = r.json();
+  ASSERT_EQ(runs.size(), 3u);
+  EXPECT_EQ(runs[1]["ended"], "finished");
+  EXPECT_EQ(runs[1]["config"]["max_keep_ckpts"], 2);  // config as JSON, not text
+  EXPECT_EQ(runs[2]["ended"], "crashed");
+
+  r = cli(fmt::format("history --json --kind pruned,best_updated --since {} {}", s.b_start, work_));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  ojson h = r.json();
+  ASSERT_EQ(h.size(), 2u);  // B's rotation of epoch_2, C's best
+  EXPECT_EQ(h[0]["seq"], s.prune2);
+  EXPECT_EQ(h[0]["detail"]["reason"], "rotation");
+  EXPECT_EQ(h[1]["seq"], s.best5);
+  r = cli(fmt::format("history --json --kind validated --kind run_started {}", work_));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(r.json().size(), 6u);
+  r = cli(fmt::format("history --json --path {} {}", file("epoch_4.pth"), work_));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(r.json().size(), 5u);  // torn begun, begun, failed, begun, committed
+  r = cli(fmt::format("history --limit 2 {}", work_));
+  EXPECT_EQ(r.rc, 0);
+  EXPECT_THAT(r.out, HasSubstr("acc = 0.2 (greater; previous none)"));
+
+  r = cli("show epoch_4.pth --json " + work_);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  ojson show = r.json();
+  EXPECT_EQ(show["path"], file("epoch_4.pth"));
+  ASSERT_EQ(show["checkpoints"].size(), 3u);
+  EXPECT_EQ(show["checkpoints"][2]["status"], "live");
+  EXPECT_EQ(show["on_disk"]["matches_ledger"], true);
+  EXPECT_EQ(show["events"].back()["kind"], "published");  // its copy names it as source
+  EXPECT_EQ(cli("show nothing.pth " + work_).rc, 8);
+
+  r = cli("state --as-of epoch:3 --json " + work_);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(r.json()["hub"]["last_ckpt"], file("epoch_3.pth"));
+  EXPECT_EQ(r.json()["hub"]["best_score"], 0.7);
+
+  r = cli("export --format csv --view checkpoints " + work_);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(r.out.substr(0, r.out.find('\r')),
+            "path,kind,step,epoch,iter,status,bytes,sha256,committed_at,removed_at,removed_reason,"
+            "removed_by_seq,seq,run_id");
+  EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 14);  // header + 13 rows
+  r = cli("export --json " + work_);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(static_cast<int64_t>(r.json().size()), s.best5);
+
+  EXPECT_EQ(cli("verify " + work_).rc, 0);
+  EXPECT_EQ(cli("gc " + work_).rc, 0);
+  spit(file("epoch_5.pth"), "tampered");
+  r = cli("verify --json " + work_);
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_EQ(r.json()["file_problems"][0]["path"], file("epoch_5.pth"));
+  EXPECT_TRUE(r.err.empty()) << "no progress bar when stderr is not a terminal: " << r.err;
+  r = cli("gc --json " + work_);
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_EQ(r.json()["findings"][0]["finding"], "corrupt");
+}
+
+TEST_F(CatalogTest, CliVerifyFindsAHandEditedChain) {
+  story();
+  crash();
+  raw_sql(ledger_path_,
+          "DROP TRIGGER events_append_only_update; UPDATE events SET score = 0.99 WHERE "
+          "kind = 'best_updated' AND step = 2");
+  Cli r = cli("verify " + work_);
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_THAT(r.out, HasSubstr("hash chain BROKEN"));
+}
+
+TEST_F(CatalogTest, CliBestAndLatestOverARootOfWorkDirs) {
+  story();
+  crash();
+  const std::string other = (dir_ / "more" / "exp2").string();
+  fs::create_directories(other);
+  {
+    auto l = Ledger::open(other + "/" + kDefaultLedgerName);
+    Event e = make(EventKind::kBestUpdated, other + "/best_acc_epoch_9.pth", 9);
+    e.metric = "acc";
+    e.score = 0.99;
+    e.detail = R"({"v":1,"rule":"greater"})";
+    l->append(e);
+  }
+  Cli r = cli("best --json --root " + dir_.string());
+  ASSERT_EQ(r.rc, 0) << r.err;
+  ojson all = r.json();
+  ASSERT_EQ(all.size(), 2u);
+  EXPECT_EQ(all[0]["work_dir"], other);
+  EXPECT_EQ(all[0]["score"], 0.99);
+  EXPECT_EQ(all[1]["work_dir"], work_);
+  r = cli("latest --json --root " + dir_.string());
+  ASSERT_EQ(r.rc, 0) << r.err;
+  ASSERT_EQ(r.json().size(), 1u);  // exp2 has no regular checkpoint
+  EXPECT_EQ(r.json()[0]["path"], file("epoch_5.pth"));
+  r = cli("best --root " + dir_.string());
+  EXPECT_THAT(r.out, HasSubstr("more/exp2"));
+  EXPECT_EQ(cli("best --root " + (dir_ / "more" / "exp2").string() + "/nothing").rc, 3);
+}
+
+TEST_F(CatalogTest, CliErrorsHaveDistinctExitCodes) {
+  story();
+  crash();
+  // 2: malformed arguments.
+  for (const std::string& args :
+       {"best --bogus " + work_, "history --since yesterday " + work_,
+        "history --kind nonsense " + work_, "export --format xml " + work_,
+        "state --as-of epoch:x " + work_, std::string("show"), "history --limit -1 " + work_}) {
+    Cli r = cli(args);
+    EXPECT_EQ(r.rc, 2) << args << ": " << r.err;
+    EXPECT_FALSE(r.err.empty()) << args;
+  }
+  // 3: no ledger.
+  Cli r = cli("best " + (dir_ / "nowhere").string());
+  EXPECT_EQ(r.rc, 3);
+  EXPECT_THAT(r.err, HasSubstr("no such file"));
+  fs::create_directories(dir_ / "empty");
+  EXPECT_EQ(cli("latest " + (dir_ / "empty").string()).rc, 3);
+  // 5: a ledger of a newer version.
+  const std::string newer = (dir_ / "newer.sqlite").string();
+  fs::copy_file(ledger_path_, newer);
+  raw_sql(newer, "PRAGMA user_version = 999");
+  r = cli("runs " + newer);
+  EXPECT_EQ(r.rc, 5);
+  EXPECT_THAT(r.err, HasSubstr("newer"));
+  // 4: not a ledger, truncated, damaged pages.
+  const std::string junk = (dir_ / "junk.sqlite").string();
+  spit(junk, std::string(4096, 'x'));
+  r = cli("best " + junk);
+  EXPECT_EQ(r.rc, 4);
+  EXPECT_THAT(r.err, HasSubstr("not an SQLite database"));
+  const std::string cut = (dir_ / "cut.sqlite").string();
+  spit(cut, slurp(ledger_path_).substr(0, 3000));
+  r = cli("latest " + cut);
+  EXPECT_EQ(r.rc, 4);
+  EXPECT_THAT(r.err, HasSubstr("truncated"));
+  const std::string damaged = (dir_ / "damaged.sqlite").string();
+  std::string bytes = slurp(ledger_path_);
+  ASSERT_GT(bytes.size(), 8192u);
+  for (size_t i = 2048; i < bytes.size() - 1024; ++i) bytes[i] = static_cast<char>(0xA5);
+  spit(damaged, bytes);
+  r = cli("export " + damaged);
+  EXPECT_EQ(r.rc, 4) << r.err;
+  EXPECT_THAT(r.err, ::testing::AnyOf(HasSubstr("malformed"), HasSubstr("corrupt"),
+                                      HasSubstr("hash chain")));
+}
+
+// ---- a writer for tests/catalog_interop_test.py ------------------------------------------------
+
+TEST(CatalogWriter, Run) {
+  const char* ledger = std::getenv("CKPT_WRITER_LEDGER");
+  if (!ledger) GTEST_SKIP() << "a helper for catalog_interop_test.py";
+  const int n =
+      std::atoi(std::getenv("CKPT_WRITER_APPENDS") ? std::getenv("CKPT_WRITER_APPENDS") : "200");
+  const std::string stats =
+      std::getenv("CKPT_WRITER_STATS") ? std::getenv("CKPT_WRITER_STATS") : "";
+  auto l = Ledger::open(ledger);
+  std::vector<double> us;
+  for (int i = 0; i < n; ++i) {
+    Event e;
+    e.kind = EventKind::kValidated;
+    e.step = e.epoch = i;
+    e.detail = R"({"v":1,"metrics":{"acc":0.5},"auto_key":""})";
+    auto t0 = std::chrono::steady_clock::now();
+    l->append(e);
+    us.push_back(
+        std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(us.begin(), us.end());
+  ojson j = {{"appends", n},
+             {"p50_us", us[us.size() / 2]},
+             {"p99_us", us[us.size() * 99 / 100]},
+             {"max_us", us.back()}};
+  if (!stats.empty()) spit(stats, j.dump());
+}
+
+}  // namespace
+}  // namespace ckptledger
