@@ -524,9 +524,22 @@ struct CheckpointHook::Impl {
         indicators = {cfg.resolve_auto(state.auto_key, nullptr)};
       }
     }
+    // `validated` is decided now ('auto' must be resolved in the hub the best files record) but
+    // appended after every save this validation triggers: a validation counts as complete only
+    // once its outcome is committed, so a crash in between makes it due again (issue 5).
     Event validated = make(EventKind::kValidated, "", cur, E, I);
     validated.detail = to_detail(vp);
-    record({validated});
+    decide({validated});
+    struct AppendAtEnd {
+      Impl* impl;
+      Event e;
+      ~AppendAtEnd() {
+        impl->pool->post([impl = impl, e = e]() mutable {
+          std::vector<Event> v{e};
+          impl->ledger->append_batch(v);
+        });
+      }
+    } append_validated{this, validated};
 
     if (metrics.empty()) {
       emit(LogLevel::kWarning,
@@ -558,12 +571,17 @@ struct CheckpointHook::Impl {
                          cfg.options.by_epoch ? "epoch" : "iter"));
         continue;
       }
-      if (!better(ind.rule, score, prev)) continue;
-      updated = true;
-
       std::string name = "best_" + ind.key + "_" + tmpl_name;
       std::replace(name.begin(), name.end(), '/', '_');
       const std::string path = join(out_dir, name);
+      if (!better(ind.rule, score, prev)) {
+        // The same validation, re-run after a crash that hit between its best's commit and the
+        // end of its re-save: the best is already committed, the re-save is still owed.
+        if (prev && prev->path == path && prev->score == score) updated = true;
+        continue;
+      }
+      updated = true;
+
       const std::string old = prev ? prev->path : std::string();
 
       Event best = make(EventKind::kBestUpdated, path, cur, E, I);
