@@ -268,6 +268,27 @@ TEST_F(RecoveryTest, ValidationDueAtTheResumePointRunsAgain) {
   EXPECT_TRUE(fs::exists(p("best_acc_epoch_3.pth")));
 }
 
+// A validation is complete only once what it triggered is committed: its `validated` event comes
+// after the best save and the re-save, so a crash in between makes it due again.
+TEST_F(RecoveryTest, ValidatedIsRecordedAfterTheSavesItTriggered) {
+  train(2);
+  LedgerOptions ro;
+  ro.mode = OpenMode::kReadOnly;
+  auto l = Ledger::open(ledger_path(), ro);
+  int64_t last_commit_seq = 0;
+  std::vector<std::pair<int64_t, int64_t>> order;  // (validated seq, last commit before it)
+  l->for_each([&](const Event& e) {
+    if (e.kind == EventKind::kSaveCommitted) last_commit_seq = e.seq;
+    if (e.kind == EventKind::kValidated) order.push_back({e.seq, last_commit_seq});
+    return true;
+  });
+  ASSERT_EQ(order.size(), 2u);
+  for (const auto& [validated_seq, commit_seq] : order) {
+    EXPECT_EQ(commit_seq, validated_seq - 1)
+        << "validated at seq " << validated_seq << " does not follow its re-save's commit";
+  }
+}
+
 TEST_F(RecoveryTest, CompletedValidationIsNotRunAgain) {
   train(2);
   CheckpointHook hook(
