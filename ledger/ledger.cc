@@ -232,7 +232,13 @@ std::unique_ptr<Ledger> Ledger::open(const std::string& path, const LedgerOption
   if (!exists && (l->read_only_ || !options.create_if_missing)) {
     throw_error(ErrorCode::kNotFound, fmt::format("ledger {}: no such file", path));
   }
-  if (exists && st.st_size > 0) probe_header(path, st.st_size);
+  // A hot rollback journal means a transaction (often the very first, creating the schema) died
+  // half-way: page 1 may be zeros until SQLite rolls the journal back, so the header probe and the
+  // immutable connection (which ignores journals) are skipped and SQLite recovers the file.
+  struct stat journal {};
+  const bool hot_journal =
+      ::stat((path + "-journal").c_str(), &journal) == 0 && journal.st_size > 0;
+  if (exists && st.st_size > 0 && !hot_journal) probe_header(path, st.st_size);
 
   if (!l->read_only_) {
     // The lock comes first: migrations and the writer row are written under it.
@@ -282,9 +288,12 @@ std::unique_ptr<Ledger> Ledger::open(const std::string& path, const LedgerOption
       probe_uri += c;
     }
   }
-  probe_uri += has_wal ? "?mode=ro" : "?immutable=1";
+  const bool recover = hot_journal && !l->read_only_;
+  probe_uri += recover ? "?mode=rw" : has_wal ? "?mode=ro" : "?immutable=1";
   int rc = sqlite3_open_v2(probe_uri.c_str(), &l->db_,
-                           SQLITE_OPEN_READONLY | SQLITE_OPEN_URI | SQLITE_OPEN_NOMUTEX, nullptr);
+                           (recover ? SQLITE_OPEN_READWRITE : SQLITE_OPEN_READONLY) |
+                               SQLITE_OPEN_URI | SQLITE_OPEN_NOMUTEX,
+                           nullptr);
   if (rc != SQLITE_OK) fail(l->db_, rc, path, "open");
   sqlite3_extended_result_codes(l->db_, 1);
   sqlite3_busy_timeout(l->db_, options.busy_timeout_ms);

@@ -433,6 +433,19 @@ TEST_F(LedgerTest, DeletedMiddleEventIsDetectedAsAGap) {
   EXPECT_THAT(r.problem, HasSubstr("missing"));
 }
 
+// A real ledger whose creating process was SIGKILLed by the torture test: page 1 is still zeros and
+// a hot rollback journal holds the way back. SQLite's recovery must run, not the header probe.
+TEST_F(LedgerTest, LedgerKilledWhileBeingCreatedIsRecoveredAndInitialised) {
+  const fs::path data = fs::path(std::getenv("CKPT_TEST_DATA")) / "killed_during_creation";
+  fs::copy_file(data / "ckptledger.sqlite", path_);
+  fs::copy_file(data / "ckptledger.sqlite-journal", path_ + "-journal");
+  auto l = Ledger::open(path_);
+  EXPECT_EQ(l->schema_version(), latest_schema_version());
+  Event e = committed(1, "/c/e1");
+  EXPECT_EQ(l->append(e), 1);
+  EXPECT_TRUE(l->verify().ok());
+}
+
 TEST_F(LedgerTest, PathThatIsADirectoryIsRefused) {
   fs::create_directories(path_);
   try {
