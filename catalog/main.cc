@@ -650,8 +650,9 @@ int main(int argc, char** argv) {
   ckptledger::DemoOptions demo_opts;
   std::string demo_dir, demo_size;
   auto* demo = app.add_subcommand(
-      "demo", "Train a small real model, SIGKILL it, resume it from the ledger, compare it with "
-              "an uninterrupted run and show the ledger (run again on the same --work-dir: resume)");
+      "demo",
+      "Train a small real model, SIGKILL it, resume it from the ledger, compare it with "
+      "an uninterrupted run and show the ledger (run again on the same --work-dir: resume)");
   demo->add_option("--work-dir", demo_dir, "default: ./ckptledger-demo-<timestamp>/ (new)");
   demo->add_option("--size", demo_size, "full (default, < 1 min) or small (CI)")
       ->check(CLI::IsMember({"small", "full"}));

@@ -43,9 +43,11 @@ int main(int argc, char** argv) {
   MyRunner runner(work_dir);
 
   // MMEngine's CheckpointHook options, same names and defaults.
-  ckptledger::CheckpointHook hook(ckptledger::HookConfig::from_json({
-      {"interval", 1}, {"max_keep_ckpts", 2}, {"save_best", "acc"},
-      {"published_keys", {"meta", "state_dict"}}}),
+  ckptledger::CheckpointHook hook(
+      ckptledger::HookConfig::from_json({{"interval", 1},
+                                         {"max_keep_ckpts", 2},
+                                         {"save_best", "acc"},
+                                         {"published_keys", {"meta", "state_dict"}}}),
       [](ckptledger::LogLevel level, const std::string& msg) {
         std::cout << ckptledger::log_level_name(level) << " " << msg << "\n";
       });
