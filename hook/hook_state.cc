@@ -60,6 +60,17 @@ void HookStateFold::on_run_started(const Event& e) {
   }
 }
 
+// A file that is gone (pruned) or unusable (lost, corrupt): no longer live, never resumed from,
+// never rotated.
+void HookStateFold::forget(const std::string& path) {
+  s_.live.erase(path);
+  s_.regular_order.erase(std::remove(s_.regular_order.begin(), s_.regular_order.end(), path),
+                         s_.regular_order.end());
+  for (auto it = s_.regular_path_by_step.begin(); it != s_.regular_path_by_step.end();) {
+    it = it->second == path ? s_.regular_path_by_step.erase(it) : std::next(it);
+  }
+}
+
 void HookStateFold::on_save_begun(const Event& e) {
   s_.in_flight[e.path] =
       HookState::Begun{e.step.value_or(0), e.epoch.value_or(0), e.iter.value_or(0)};
@@ -77,12 +88,7 @@ void HookStateFold::on_recovered(const Event& e) {
     s_.pruned_pending.erase(e.path);
   } else if (p.finding == "lost" || p.finding == "corrupt") {
     // Never chosen for resume again, never deleted by rotation.
-    s_.live.erase(e.path);
-    s_.regular_order.erase(std::remove(s_.regular_order.begin(), s_.regular_order.end(), e.path),
-                           s_.regular_order.end());
-    for (auto it = s_.regular_path_by_step.begin(); it != s_.regular_path_by_step.end();) {
-      it = it->second == e.path ? s_.regular_path_by_step.erase(it) : std::next(it);
-    }
+    forget(e.path);
   } else if (p.finding == "unknown_file") {
     s_.reported_unknown.insert(e.path);
   }
@@ -116,12 +122,7 @@ void HookStateFold::on_save_committed(const Event& e) {
 void HookStateFold::on_pruned(const Event& e) {
   auto p = from_detail<PrunePayload>(e.detail, e.seq);
   if (!e.path.empty()) s_.pruned_pending.insert(e.path);
-  s_.live.erase(e.path);
-  s_.regular_order.erase(std::remove(s_.regular_order.begin(), s_.regular_order.end(), e.path),
-                         s_.regular_order.end());
-  for (auto it = s_.regular_path_by_step.begin(); it != s_.regular_path_by_step.end();) {
-    it = it->second == e.path ? s_.regular_path_by_step.erase(it) : std::next(it);
-  }
+  forget(e.path);
   if (p.keep_tracked) {
     s_.keep_tracked = true;
     s_.keep_ckpt_ids = p.keep_ckpt_ids;

@@ -76,6 +76,7 @@ class HookStateFold : public EventHandler {
   void on_validated(const Event& e) override;
 
  private:
+  void forget(const std::string& path);
   HookState& s_;
 };
 
