@@ -2,7 +2,11 @@
 // beside opening the same database and running `SELECT 1`, measured in the same run (this machine
 // is shared and noisy: compare ratios across runs). Goal: best and latest < 50 ms.
 //
-//   catalog_bench [--dir DIR] [--events N] [--runs N] [--reuse]
+//   catalog_bench [--dir DIR] [--events N] [--runs N] [--reuse] [--cli PATH]
+//
+// With --cli (scripts/run bench passes build/catalog/ckptledger), the same two queries are also
+// timed as whole processes (`ckptledger best --json`, `ckptledger latest --json`: start-up, open,
+// query, print) beside the `sqlite3` shell running `SELECT 1` on the same file.
 //
 // The ledger is built with Ledger::append_batch from what the hook appends per epoch (save_begun,
 // save_committed + rotation prune, validated, and about one epoch in ten a best save per metric:
@@ -11,6 +15,8 @@
 // the end are written for real (small, with the recorded SHA-256) so `latest` verifies one.
 // --reuse keeps a ledger of the right size from an earlier run in DIR.
 #include <sqlite3.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -49,6 +55,28 @@ double median(std::vector<double> v) {
 // Content of a synthetic checkpoint file (small, deterministic).
 std::string content_of(const std::string& path, int64_t step) {
   return fmt::format("synthetic checkpoint {} step {}\n", path, step);
+}
+
+// Runs argv to completion with stdout on /dev/null; milliseconds from fork to reaped exit.
+double process_ms(const std::vector<std::string>& args) {
+  std::vector<char*> argv;
+  for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  auto t0 = Clock::now();
+  pid_t pid = ::fork();
+  if (pid < 0) throw std::runtime_error("fork failed");
+  if (pid == 0) {
+    if (std::FILE* null = std::freopen("/dev/null", "w", stdout); !null) ::_exit(126);
+    ::execvp(argv[0], argv.data());
+    ::_exit(127);
+  }
+  int st = 0;
+  ::waitpid(pid, &st, 0);
+  const double ms = ms_since(t0);
+  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+    throw std::runtime_error(fmt::format("{} {} failed (status {})", args[0], args[1], st));
+  }
+  return ms;
 }
 
 class Generator {
@@ -248,6 +276,7 @@ int main(int argc, char** argv) {
   int64_t events = 1000000;
   int runs = 21;
   bool reuse = false;
+  std::string cli;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--dir" && i + 1 < argc) {
@@ -258,8 +287,12 @@ int main(int argc, char** argv) {
       runs = std::max(1, std::stoi(argv[++i]));
     } else if (a == "--reuse") {
       reuse = true;
+    } else if (a == "--cli" && i + 1 < argc) {
+      cli = argv[++i];
     } else {
-      fmt::print(stderr, "usage: catalog_bench [--dir DIR] [--events N] [--runs N] [--reuse]\n");
+      fmt::print(
+          stderr,
+          "usage: catalog_bench [--dir DIR] [--events N] [--runs N] [--reuse] [--cli PATH]\n");
       return 2;
     }
   }
@@ -268,7 +301,7 @@ int main(int argc, char** argv) {
     if (!reuse || event_count(ledger) < events) build_ledger(dir, events);
     const int64_t n = event_count(ledger);
 
-    std::vector<double> base, open_only, best, latest;
+    std::vector<double> base, open_only, best, latest, p_base, p_best, p_latest;
     std::string best_path, latest_path;
     for (int r = 0; r < runs; ++r) {
       // Baseline: open the same database read-only and run SELECT 1.
@@ -303,6 +336,12 @@ int main(int argc, char** argv) {
         latest_path = lr.checkpoint.is_null() ? "" : lr.checkpoint["path"].get<std::string>();
       }
       latest.push_back(ms_since(t0));
+
+      if (!cli.empty()) {
+        p_base.push_back(process_ms({"sqlite3", "-readonly", ledger, "SELECT 1"}));
+        p_best.push_back(process_ms({cli, "best", "--json", ledger}));
+        p_latest.push_back(process_ms({cli, "latest", "--json", ledger}));
+      }
     }
     if (best_path.empty() || latest_path.empty())
       throw std::runtime_error("no best / latest found");
@@ -319,6 +358,16 @@ int main(int argc, char** argv) {
     fmt::print("{:<52}{:>10.3f}{:>12.2f}   goal < 50 ms: {}\n",
                "latest (open + newest live regular + SHA-256 check)", median(latest),
                median(latest) / b, median(latest) < 50 ? "met" : "NOT met");
+    if (!cli.empty()) {
+      const double pb = median(p_base);
+      fmt::print("{:<52}{:>10.3f}{:>12}\n", "process baseline: sqlite3 -readonly DB 'SELECT 1'", pb,
+                 "1.00");
+      fmt::print("{:<52}{:>10.3f}{:>12.2f}   goal < 50 ms: {}\n", "process: ckptledger best --json",
+                 median(p_best), median(p_best) / pb, median(p_best) < 50 ? "met" : "NOT met");
+      fmt::print("{:<52}{:>10.3f}{:>12.2f}   goal < 50 ms: {}\n",
+                 "process: ckptledger latest --json", median(p_latest), median(p_latest) / pb,
+                 median(p_latest) < 50 ? "met" : "NOT met");
+    }
     fmt::print("best[0]: {}\nlatest:  {}\n", best_path, latest_path);
   } catch (const std::exception& e) {
     fmt::print(stderr, "catalog_bench: {}\n", e.what());

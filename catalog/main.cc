@@ -1,4 +1,6 @@
-// `ckptledger`: the command-line tool. Each verb opens ledgers read-only unless it says otherwise;
+// `ckptledger`: the command-line tool. It does not link libtorch; `simulate` and `demo` are handed
+// over to `ckptledger-train` (catalog/train_main.cc). Each verb opens ledgers read-only unless it
+// says otherwise;
 // the catalog verbs (runs, history, best, latest, show, verify, state, export, gc) take a ledger
 // file or a work_dir (default: the current directory), print a readable table, or JSON with --json.
 //
@@ -9,21 +11,23 @@
 // such file; best --metric: no best for that metric).
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <climits>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>
 
 #include "catalog/catalog.h"
-#include "catalog/demo.h"
-#include "catalog/simulate.h"
+#include "catalog/cli.h"
 #include "ledger/ledger.h"
 #include "ledger/sha256.h"
 
@@ -35,27 +39,8 @@ using ckptledger::Catalog;
 using ckptledger::cell_text;
 using ckptledger::TextTable;
 
-constexpr int kExitProblems = 1;
-constexpr int kExitUsage = 2;
-constexpr int kExitNothing = 8;
-
-int exit_code_for(const ckptledger::Error& e) {
-  switch (e.code()) {
-    case ckptledger::ErrorCode::kInvalidArgument:
-      return 4;
-    case ckptledger::ErrorCode::kNotFound:
-      return 3;
-    case ckptledger::ErrorCode::kCorruption:
-      return 4;
-    case ckptledger::ErrorCode::kVersion:
-      return 5;
-    case ckptledger::ErrorCode::kIOError:
-      return 6;
-    case ckptledger::ErrorCode::kBusy:
-      return 7;
-  }
-  return 6;
-}
+using ckptledger::cli::kExitNothing;
+using ckptledger::cli::kExitProblems;
 
 void print_json(const ojson& j) { std::fputs((j.dump(2) + "\n").c_str(), stdout); }
 void print_text(const std::string& s) { std::fputs(s.c_str(), stdout); }
@@ -550,12 +535,31 @@ int run_gc(const Common& c) {
   return actions ? kExitProblems : 0;
 }
 
-// The running binary, for `simulate` to start its runs with.
-std::string self_exe(const char* argv0) {
-  char buf[PATH_MAX];
-  ssize_t n = ::readlink("/proc/self/exe", buf, sizeof(buf) - 1);
-  if (n <= 0) return argv0;
-  return std::string(buf, static_cast<size_t>(n));
+// The verbs that train through the real hook live in `ckptledger-train` (it links libtorch, which
+// costs ~0.5 s of start-up): this binary hands them over, so that the catalog verbs start fast.
+constexpr const char* kTrainVerbs[] = {"simulate", "simulate-run", "demo", "demo-train"};
+
+bool is_train_verb(const char* arg) {
+  for (const char* v : kTrainVerbs) {
+    if (std::strcmp(arg, v) == 0) return true;
+  }
+  return false;
+}
+
+// Replaces this process with `ckptledger-train` from this binary's directory, same arguments.
+int hand_over(int argc, char** argv) {
+  const fs::path train =
+      fs::path(ckptledger::cli::self_exe(argv[0])).parent_path() / "ckptledger-train";
+  std::vector<char*> args(argv, argv + argc);
+  std::string exe = train.string();
+  args[0] = exe.data();
+  args.push_back(nullptr);
+  ::execv(exe.c_str(), args.data());
+  fmt::print(stderr,
+             "ckptledger: error: `{}` is provided by {}, which cannot be started: {} (install or "
+             "build it next to this binary)\n",
+             argv[1], exe, std::strerror(errno));
+  return ckptledger::cli::kExitIO;
 }
 
 CLI::App* verb(CLI::App& app, const char* name, const char* help, Common& c) {
@@ -568,6 +572,7 @@ CLI::App* verb(CLI::App& app, const char* name, const char* help, Common& c) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc > 1 && is_train_verb(argv[1])) return hand_over(argc, argv);
   CLI::App app{"ckptledger: MMEngine's CheckpointHook on an append-only SQLite ledger"};
   app.set_version_flag("--version", std::string("ckptledger ") + CKPTLEDGER_VERSION);
   app.require_subcommand(0, 1);
@@ -628,52 +633,22 @@ int main(int argc, char** argv) {
                   "live files missing); changes nothing",
                   c);
 
-  std::string sim_scenario, sim_root, sim_output;
-  auto* simulate = app.add_subcommand(
-      "simulate", "Run a scenario through the real hook (one process per run) and write its trace");
-  simulate->add_option("scenario", sim_scenario, "SCENARIO.json, or a case file")->required();
-  simulate->add_option("--root", sim_root, "scenario root: created if missing, must be empty")
-      ->required();
-  simulate->add_option("-o,--output", sim_output, "trace file (default: stdout)");
-
-  // Hidden: one run of a scenario, started by `simulate` in the scenario root.
-  std::string run_scenario, run_root, run_out;
-  int run_index = 0;
-  auto* simulate_run = app.add_subcommand("simulate-run", "");
-  simulate_run->group("");
-  simulate_run->add_option("scenario", run_scenario)->required();
-  simulate_run->add_option("--root", run_root)->required();
-  simulate_run->add_option("--run", run_index)->required();
-  simulate_run->add_option("--out", run_out)->required();
-
-  // `demo` (issue 7) and its hidden training process `demo-train`.
-  ckptledger::DemoOptions demo_opts;
-  std::string demo_dir, demo_size;
-  auto* demo = app.add_subcommand(
-      "demo",
-      "Train a small real model, SIGKILL it, resume it from the ledger, compare it with "
-      "an uninterrupted run and show the ledger (run again on the same --work-dir: resume)");
-  demo->add_option("--work-dir", demo_dir, "default: ./ckptledger-demo-<timestamp>/ (new)");
-  demo->add_option("--size", demo_size, "full (default, < 1 min) or small (CI)")
-      ->check(CLI::IsMember({"small", "full"}));
-  demo->add_flag("--no-kill", demo_opts.no_kill, "train without the injected SIGKILL");
-  ckptledger::DemoTrainOptions train_opts;
-  auto* demo_train = app.add_subcommand("demo-train", "");
-  demo_train->group("");
-  demo_train->add_option("--work-dir", train_opts.work_dir)->required();
-  demo_train->add_option("--size", train_opts.size);
-  demo_train->add_option("--seed", train_opts.seed);
-  demo_train->add_option("--status-fd", train_opts.status_fd);
-  demo_train->add_option("--label", train_opts.label);
-  demo_train->add_flag("--resume", train_opts.resume);
+  // Listed for --help; hand_over() takes them before parsing.
+  app.add_subcommand("simulate",
+                     "Run a scenario through the real hook and write its trace (ckptledger-train)")
+      ->allow_extras();
+  app.add_subcommand("demo",
+                     "Train a small real model, SIGKILL it, resume it from the ledger, compare it "
+                     "with an uninterrupted run and show the ledger (ckptledger-train)")
+      ->allow_extras();
 
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     int rc = app.exit(e);
-    return rc == 0 ? 0 : kExitUsage;
+    return rc == 0 ? 0 : ckptledger::cli::kExitUsage;
   }
-  try {
+  return ckptledger::cli::guarded([&]() -> int {
     if (*runs) return run_runs(c);
     if (*history) return run_history(c, h_kinds, h_since, h_path, h_limit);
     if (*best) return run_best(c, metric, best_root);
@@ -683,35 +658,7 @@ int main(int argc, char** argv) {
     if (*state) return run_state(c, as_of);
     if (*exportv) return run_export(c, exp_format, exp_view, exp_output);
     if (*gc) return run_gc(c);
-    if (*simulate) {
-      ckptledger::SimulateOptions o;
-      o.scenario_path = sim_scenario;
-      o.root = sim_root;
-      if (!sim_output.empty()) o.output = sim_output;
-      o.self_exe = self_exe(argv[0]);
-      ckptledger::simulate(o);
-      return 0;
-    }
-    if (*simulate_run) {
-      return ckptledger::simulate_run(run_scenario, run_root, run_index, run_out);
-    }
-    if (*demo) {
-      if (!demo_dir.empty()) demo_opts.work_dir = demo_dir;
-      if (!demo_size.empty()) demo_opts.size = demo_size;
-      demo_opts.self_exe = self_exe(argv[0]);
-      return ckptledger::demo(demo_opts);
-    }
-    if (*demo_train) return ckptledger::demo_train(train_opts);
     std::fputs(app.help().c_str(), stdout);
     return 0;
-  } catch (const ckptledger::UsageError& e) {
-    fmt::print(stderr, "ckptledger: usage error: {}\n", e.what());
-    return kExitUsage;
-  } catch (const ckptledger::Error& e) {
-    fmt::print(stderr, "ckptledger: error: {}\n", e.what());
-    return exit_code_for(e);
-  } catch (const std::exception& e) {
-    fmt::print(stderr, "ckptledger: error: {}\n", e.what());
-    return 6;
-  }
+  });
 }

@@ -291,8 +291,7 @@ class CatalogTest : public ::testing::Test {
 
   std::unique_ptr<Catalog> catalog() { return Catalog::open(work_); }
 
-  Cli cli(const std::string& args) {
-    const char* bin = std::getenv("CKPT_BIN");
+  Cli cli(const std::string& args, const char* bin = std::getenv("CKPT_BIN")) {
     Cli r;
     if (!bin) {
       ADD_FAILURE() << "CKPT_BIN is not set (ctest sets it)";
@@ -844,6 +843,27 @@ TEST_F(CatalogTest, CliErrorsHaveDistinctExitCodes) {
   EXPECT_EQ(r.rc, 4) << r.err;
   EXPECT_THAT(r.err, ::testing::AnyOf(HasSubstr("malformed"), HasSubstr("corrupt"),
                                       HasSubstr("hash chain")));
+}
+
+TEST_F(CatalogTest, CliHandsSimulateAndDemoToCkptledgerTrainBesideIt) {
+  // Next to its sibling (the build tree, an install): the sibling answers, same arguments.
+  Cli r = cli("simulate --help");
+  EXPECT_EQ(r.rc, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("ckptledger-train simulate"));
+  EXPECT_THAT(r.out, HasSubstr("--root"));
+  r = cli("demo --size huge");
+  EXPECT_EQ(r.rc, 2) << r.err;
+  // Alone: a clear error that names the missing binary; the catalog verbs still work.
+  const fs::path alone = dir_ / "alone";
+  fs::create_directories(alone);
+  fs::copy_file(std::getenv("CKPT_BIN"), alone / "ckptledger");
+  const std::string bin = (alone / "ckptledger").string();
+  r = cli("demo --size small", bin.c_str());
+  EXPECT_EQ(r.rc, 6);
+  EXPECT_THAT(r.err, HasSubstr((alone / "ckptledger-train").string()));
+  EXPECT_THAT(r.err, HasSubstr("`demo`"));
+  story();
+  EXPECT_EQ(cli("best " + work_, bin.c_str()).rc, 0);
 }
 
 // ---- a writer for tests/catalog_interop_test.py ------------------------------------------------

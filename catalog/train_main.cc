@@ -1,0 +1,88 @@
+// `ckptledger-train`: the verbs that train through the real CheckpointHook and so link libtorch.
+// Users call them through `ckptledger simulate|demo ...`, which hands them over to this binary
+// (catalog/main.cc); the hidden verbs are the child processes these start (one per run).
+//   simulate SCENARIO --root DIR [-o TRACE]    spec/simulate.md
+//   demo [--work-dir DIR] [--size small|full]  issue 7: train, SIGKILL, resume, compare, show
+// Exit codes as `ckptledger` (catalog/cli.h).
+#include <cstdio>
+#include <string>
+
+#include <CLI/CLI.hpp>
+
+#include "catalog/cli.h"
+#include "catalog/demo.h"
+#include "catalog/simulate.h"
+
+int main(int argc, char** argv) {
+  namespace cli = ckptledger::cli;
+  CLI::App app{"ckptledger-train: the verbs of `ckptledger` that train through the real hook"};
+  app.set_version_flag("--version", std::string("ckptledger-train ") + CKPTLEDGER_VERSION);
+  app.require_subcommand(1, 1);
+
+  std::string sim_scenario, sim_root, sim_output;
+  auto* simulate = app.add_subcommand(
+      "simulate", "Run a scenario through the real hook (one process per run) and write its trace");
+  simulate->add_option("scenario", sim_scenario, "SCENARIO.json, or a case file")->required();
+  simulate->add_option("--root", sim_root, "scenario root: created if missing, must be empty")
+      ->required();
+  simulate->add_option("-o,--output", sim_output, "trace file (default: stdout)");
+
+  // Hidden: one run of a scenario, started by `simulate` in the scenario root.
+  std::string run_scenario, run_root, run_out;
+  int run_index = 0;
+  auto* simulate_run = app.add_subcommand("simulate-run", "");
+  simulate_run->group("");
+  simulate_run->add_option("scenario", run_scenario)->required();
+  simulate_run->add_option("--root", run_root)->required();
+  simulate_run->add_option("--run", run_index)->required();
+  simulate_run->add_option("--out", run_out)->required();
+
+  // `demo` (issue 7) and its hidden training process `demo-train`.
+  ckptledger::DemoOptions demo_opts;
+  std::string demo_dir, demo_size;
+  auto* demo = app.add_subcommand(
+      "demo",
+      "Train a small real model, SIGKILL it, resume it from the ledger, compare it with "
+      "an uninterrupted run and show the ledger (run again on the same --work-dir: resume)");
+  demo->add_option("--work-dir", demo_dir, "default: ./ckptledger-demo-<timestamp>/ (new)");
+  demo->add_option("--size", demo_size, "full (default, < 1 min) or small (CI)")
+      ->check(CLI::IsMember({"small", "full"}));
+  demo->add_flag("--no-kill", demo_opts.no_kill, "train without the injected SIGKILL");
+  ckptledger::DemoTrainOptions train_opts;
+  auto* demo_train = app.add_subcommand("demo-train", "");
+  demo_train->group("");
+  demo_train->add_option("--work-dir", train_opts.work_dir)->required();
+  demo_train->add_option("--size", train_opts.size);
+  demo_train->add_option("--seed", train_opts.seed);
+  demo_train->add_option("--status-fd", train_opts.status_fd);
+  demo_train->add_option("--label", train_opts.label);
+  demo_train->add_flag("--resume", train_opts.resume);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int rc = app.exit(e);
+    return rc == 0 ? 0 : cli::kExitUsage;
+  }
+  return cli::guarded([&]() -> int {
+    if (*simulate) {
+      ckptledger::SimulateOptions o;
+      o.scenario_path = sim_scenario;
+      o.root = sim_root;
+      if (!sim_output.empty()) o.output = sim_output;
+      o.self_exe = cli::self_exe(argv[0]);
+      ckptledger::simulate(o);
+      return 0;
+    }
+    if (*simulate_run) {
+      return ckptledger::simulate_run(run_scenario, run_root, run_index, run_out);
+    }
+    if (*demo) {
+      if (!demo_dir.empty()) demo_opts.work_dir = demo_dir;
+      if (!demo_size.empty()) demo_opts.size = demo_size;
+      demo_opts.self_exe = cli::self_exe(argv[0]);
+      return ckptledger::demo(demo_opts);
+    }
+    return ckptledger::demo_train(train_opts);
+  });
+}
