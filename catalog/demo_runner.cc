@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 #include <torch/torch.h>
 
+#include "catalog/torch_state.h"
 #include "ledger/error.h"
 
 namespace ckptledger {
@@ -20,29 +21,7 @@ constexpr double kWeightDecay = 1e-4;
 constexpr double kEtaMin = 1e-3;
 constexpr double kNoise = 0.4;
 
-using GenericDict = c10::impl::GenericDict;
-using GenericList = c10::impl::GenericList;
-
-GenericDict str_dict() { return GenericDict(c10::StringType::get(), c10::AnyType::get()); }
-
-GenericList double_list(const std::vector<double>& v) {
-  GenericList l(c10::AnyType::get());
-  for (double x : v) l.push_back(x);
-  return l;
-}
-
-std::vector<double> to_doubles(const c10::IValue& v) {
-  std::vector<double> out;
-  if (!v.isList()) return out;
-  for (const c10::IValue& x : v.toListRef())
-    out.push_back(x.isInt() ? double(x.toInt()) : x.toDouble());
-  return out;
-}
-
-std::optional<c10::IValue> get(const GenericDict& d, const std::string& key) {
-  if (!d.contains(key)) return std::nullopt;
-  return d.at(key);
-}
+using namespace torch_state;  // NOLINT: str_dict, get, double_list, ...
 
 at::Generator generator(int64_t seed, uint64_t stream) {
   return at::detail::createCPUGenerator(static_cast<uint64_t>(seed) * 1000003u + stream);
@@ -73,12 +52,7 @@ struct DemoRunner::Impl {
   int64_t perm_epoch = -1;
   torch::Tensor perm;
 
-  std::string state_key(const torch::Tensor& p) const {
-    return c10::guts::to_string(p.unsafeGetTensorImpl());
-  }
-  torch::optim::SGDOptions& group_options() {
-    return static_cast<torch::optim::SGDOptions&>(optimizer->param_groups().at(0).options());
-  }
+  torch::optim::SGDOptions& group_options() { return sgd_options(*optimizer); }
 
   void make_data() {
     // CS231n's spiral: arm c, point i: r = i / (n - 1), t = 4 c + 4 r + noise.
@@ -116,65 +90,8 @@ struct DemoRunner::Impl {
     last_lr = {lr};
   }
 
-  // PyTorch's optimizer.state_dict() for one SGD param group.
-  GenericDict optimizer_state() {
-    GenericDict state(c10::IntType::get(), c10::AnyType::get());
-    const std::vector<torch::Tensor>& params = optimizer->param_groups().at(0).params();
-    GenericList param_ids(c10::AnyType::get());
-    for (size_t i = 0; i < params.size(); ++i) {
-      param_ids.push_back(static_cast<int64_t>(i));
-      auto it = optimizer->state().find(state_key(params[i]));
-      if (it == optimizer->state().end()) continue;
-      const auto& s = static_cast<const torch::optim::SGDParamState&>(*it->second);
-      if (!s.momentum_buffer().defined()) continue;
-      GenericDict entry = str_dict();
-      entry.insert("momentum_buffer", s.momentum_buffer());
-      state.insert(static_cast<int64_t>(i), entry);
-    }
-    const torch::optim::SGDOptions& o = group_options();
-    GenericDict group = str_dict();
-    group.insert("lr", o.lr());
-    group.insert("momentum", o.momentum());
-    group.insert("dampening", o.dampening());
-    group.insert("weight_decay", o.weight_decay());
-    group.insert("nesterov", o.nesterov());
-    group.insert("maximize", false);
-    group.insert("foreach", c10::IValue());
-    group.insert("differentiable", false);
-    group.insert("initial_lr", base_lrs.at(0));
-    group.insert("params", param_ids);
-    GenericList groups(c10::AnyType::get());
-    groups.push_back(group);
-    GenericDict out = str_dict();
-    out.insert("state", state);
-    out.insert("param_groups", groups);
-    return out;
-  }
-
-  void load_optimizer(const GenericDict& sd) {
-    const std::vector<torch::Tensor>& params = optimizer->param_groups().at(0).params();
-    optimizer->state().clear();
-    if (auto st = get(sd, "state"); st && st->isGenericDict()) {
-      for (const auto& entry : st->toGenericDict()) {
-        if (!entry.key().isInt() || !entry.value().isGenericDict()) continue;
-        const int64_t idx = entry.key().toInt();
-        if (idx < 0 || idx >= static_cast<int64_t>(params.size())) continue;
-        auto buf = get(entry.value().toGenericDict(), "momentum_buffer");
-        if (!buf || !buf->isTensor()) continue;
-        auto s = std::make_unique<torch::optim::SGDParamState>();
-        s->momentum_buffer(buf->toTensor().clone());
-        optimizer->state()[state_key(params[static_cast<size_t>(idx)])] = std::move(s);
-      }
-    }
-    if (auto groups = get(sd, "param_groups"); groups && groups->isList()) {
-      const auto& list = groups->toListRef();
-      if (!list.empty() && list[0].isGenericDict()) {
-        if (auto lr = get(list[0].toGenericDict(), "lr"); lr && lr->isDouble()) {
-          group_options().lr(lr->toDouble());
-        }
-      }
-    }
-  }
+  GenericDict optimizer_state() { return sgd_state_dict(*optimizer, base_lrs.at(0)); }
+  void load_optimizer(const GenericDict& sd) { load_sgd_state_dict(*optimizer, sd); }
 
   GenericDict scheduler_state() const {
     GenericDict d = str_dict();
