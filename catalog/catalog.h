@@ -26,6 +26,7 @@
 #include <nlohmann/json.hpp>
 
 #include "hook/hook_state.h"
+#include "hook/reconcile.h"
 #include "ledger/ledger.h"
 
 namespace ckptledger {
@@ -113,23 +114,6 @@ struct VerifyResult {
   bool ok() const;
 };
 
-// One thing reconciliation would find (gc dry run), named as its recovered events name them
-// (hook/hook_events.h RecoveredPayload): torn_save (a save_begun without outcome; its temp file
-// would be removed), stray_temp (a temp file no save accounts for: removed), prune_completed
-// (pruned in the ledger, still on disk: removed), lost / corrupt (a live file missing, or of
-// another size: recorded, never chosen for resume), unknown_file (a *.pth the ledger never wrote:
-// left alone), in_flight (a temp file while a writer holds the ledger: left alone).
-struct GcAction {
-  std::string finding;
-  std::string action;  // what reconciliation would do
-  std::string path;
-  std::string reason;
-  int64_t seq = 0;  // the ledger event it is based on (0: none)
-  int64_t bytes = 0;
-  // False for what is only reported (unknown_file, in_flight).
-  bool actionable() const { return finding != "unknown_file" && finding != "in_flight"; }
-};
-
 // Called while verify hashes files: bytes done / total, file index / count.
 using ProgressFn = std::function<void(int64_t done_bytes, int64_t total_bytes, size_t file_index,
                                       size_t file_count)>;
@@ -171,8 +155,13 @@ class Catalog {
   StateResult state_as_of(const std::optional<Point>& as_of);
   // Hash chain + each live file's size and SHA-256.
   VerifyResult verify(const ProgressFn& progress = nullptr);
-  // What reconciliation would find and do; reads the disk, changes nothing.
-  std::vector<GcAction> gc_plan();
+  // What reconciliation (hook/reconcile.h) would find and do if a training process started now;
+  // reads the disk, changes nothing. While a writer holds the ledger, its in-flight saves are
+  // reported as `in_flight` instead of torn.
+  ReconcilePlan gc_plan();
+  // Where reconciliation looks: the newest run's work_dir (else the ledger's directory) and every
+  // run's out_dir.
+  ReconcileScope reconcile_scope();
   // True when a process holds the ledger's writer lock right now.
   bool writer_active() const;
 
@@ -197,6 +186,11 @@ class Catalog {
   // after them: closing a descriptor drops this process's POSIX locks on the file, SQLite's too.
   int lock_probe_fd_ = -1;
 };
+
+// `gc --apply`: takes the writer's lock (Error(kBusy) while a training process holds it), replays
+// the ledger and carries out reconciliation exactly as a training start would (recovery=repair).
+// Returns what was done.
+ReconcilePlan gc_apply(const std::string& ledger_or_work_dir);
 
 // Every ledger file (named ckptledger.sqlite) below `root`, sorted. Throws Error(kNotFound) when
 // `root` is not a directory.

@@ -175,102 +175,42 @@ VerifyResult Catalog::verify(const ProgressFn& progress) {
   return r;
 }
 
-std::vector<GcAction> Catalog::gc_plan() {
-  ResultSet rows, dirs, pending;
-  {
-    ReadTxn txn(*this);
-    rows = query(
-        "SELECT path, kind, status, bytes, seq, removed_by_seq, removed_reason FROM checkpoints "
-        "ORDER BY seq");
-    dirs = query("SELECT DISTINCT out_dir FROM runs WHERE out_dir IS NOT NULL AND out_dir != ''");
-    // Saves begun without any outcome yet (torn, or in flight while a writer runs).
-    pending = query(
-        "SELECT b.path, b.seq FROM events b WHERE b.kind = 'save_begun' AND NOT EXISTS ("
-        "SELECT 1 FROM events z WHERE z.path = b.path AND z.seq > b.seq AND (z.kind IN "
-        "('save_committed', 'save_failed', 'save_begun') OR (z.kind = 'recovered' AND "
-        "json_extract(z.detail, '$.finding') = 'torn_save'))) ORDER BY b.seq");
+ReconcileScope Catalog::reconcile_scope() {
+  ReconcileScope scope;
+  ResultSet rs = query("SELECT work_dir, out_dir FROM runs ORDER BY started_seq");
+  for (const auto& row : rs.rows) {
+    if (!str(row[0]).empty()) scope.work_dir = str(row[0]);
+    if (!str(row[1]).empty()) scope.extra_dirs.insert(str(row[1]));
   }
-  const bool writing = writer_active();
-  std::map<std::string, size_t> last;  // path -> its newest row
-  std::set<std::string> scan_dirs{work_dir()};
-  for (size_t i = 0; i < rows.rows.size(); ++i) {
-    const std::string path = str(rows.rows[i][0]);
-    last[path] = i;
-    scan_dirs.insert(fs::path(path).parent_path().string());
-  }
-  for (const auto& d : dirs.rows) scan_dirs.insert(str(d[0]));
-  std::map<std::string, int64_t> begun;  // final path -> save_begun seq
-  for (const auto& p : pending.rows) {
-    begun[str(p[0])] = num(p[1]);
-    scan_dirs.insert(fs::path(str(p[0])).parent_path().string());
-  }
+  if (scope.work_dir.empty()) scope.work_dir = work_dir();
+  scope.writer_active = writer_active();
+  return scope;
+}
 
-  std::vector<GcAction> plan;
-  for (const auto& [path, i] : last) {
-    const auto& row = rows.rows[i];
-    const std::string status = str(row[2]);
-    struct stat st {};
-    const bool exists = ::stat(path.c_str(), &st) == 0;
-    if (begun.count(path)) continue;  // being rewritten (or torn): see below
-    if (status == "live") {
-      if (!exists) {
-        plan.push_back({"lost", "record lost (never chosen for resume)", path,
-                        "committed and live in the ledger, missing on disk", num(row[4]), 0});
-      } else if (static_cast<int64_t>(st.st_size) != num(row[3])) {
-        plan.push_back({"corrupt", "record corrupt (never chosen for resume)", path,
-                        fmt::format("{} bytes on disk, {} recorded (size only: `verify` hashes)",
-                                    static_cast<int64_t>(st.st_size), num(row[3])),
-                        num(row[4]), static_cast<int64_t>(st.st_size)});
-      }
-    } else if ((status == "pruned" || status == "replaced") && exists) {
-      plan.push_back({"prune_completed", "remove the file", path,
-                      fmt::format("{} in the ledger ({}), still on disk", status, str(row[6])),
-                      num(row[5]), static_cast<int64_t>(st.st_size)});
-    }
+ReconcilePlan Catalog::gc_plan() {
+  ReadTxn txn(*this);
+  ReconcileScope scope = reconcile_scope();
+  StateResult now = state_as_of(std::nullopt);
+  return plan_reconcile(now.state, scope);
+}
+
+ReconcilePlan gc_apply(const std::string& ledger_or_work_dir) {
+  ReconcileScope scope;
+  std::string path;
+  {
+    auto cat = Catalog::open(ledger_or_work_dir);
+    scope = cat->reconcile_scope();
+    path = cat->ledger_path();
   }
-  const std::string suffix = kTempSuffix;
-  std::set<std::string> torn_with_temp;
-  for (const std::string& d : scan_dirs) {
-    std::error_code ec;
-    fs::directory_iterator it(d, ec), end;
-    for (; !ec && it != end; it.increment(ec)) {
-      if (!it->is_regular_file(ec)) continue;
-      const std::string name = it->path().filename().string();
-      const std::string full = (fs::path(d) / name).string();
-      const int64_t size = static_cast<int64_t>(it->file_size(ec));
-      if (name.size() > suffix.size() &&
-          name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0) {
-        // write_durably's temp file of <dir>/<final> is <dir>/.<final><suffix>.
-        std::string final_name = name.substr(0, name.size() - suffix.size());
-        if (!final_name.empty() && final_name[0] == '.') final_name.erase(0, 1);
-        const std::string final_path = (fs::path(d) / final_name).string();
-        auto b = begun.find(final_path);
-        if (writing) {
-          plan.push_back({"in_flight", "none (a writer holds the ledger)", full,
-                          "a save in progress?", b == begun.end() ? 0 : b->second, size});
-        } else if (b != begun.end()) {
-          torn_with_temp.insert(final_path);
-          plan.push_back({"torn_save", "remove the temp file, record torn_save", full,
-                          "save_begun without save_committed: the process died while writing",
-                          b->second, size});
-        } else {
-          plan.push_back({"stray_temp", "remove the temp file", full,
-                          "a temp file no save accounts for", 0, size});
-        }
-      } else if (name.size() > 4 && name.compare(name.size() - 4, 4, ".pth") == 0 &&
-                 last.count(full) == 0 && begun.count(full) == 0) {
-        plan.push_back({"unknown_file", "none (left alone)", full,
-                        "a checkpoint-like file this ledger never wrote", 0, size});
-      }
-    }
-  }
-  if (!writing) {
-    for (const auto& [path, seq] : begun) {
-      if (torn_with_temp.count(path)) continue;
-      plan.push_back({"torn_save", "record torn_save", path,
-                      "save_begun without save_committed: the process died while writing", seq, 0});
-    }
-  }
+  scope.writer_active = false;  // the lock below proves it
+  LedgerOptions rw;
+  rw.create_if_missing = false;
+  auto ledger = Ledger::open(path, rw);
+  HookState state;
+  HookStateFold fold(state);
+  ledger->replay(fold);
+  ReconcilePlan plan = plan_reconcile(state, scope);
+  apply_reconcile(plan, *ledger, state, FileSystem::posix());
   return plan;
 }
 

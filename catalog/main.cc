@@ -506,33 +506,57 @@ int run_export(const Common& c, std::string format, const std::string& view,
   return 0;
 }
 
-int run_gc(const Common& c) {
-  auto cat = Catalog::open(c.ledger);
-  std::vector<ckptledger::GcAction> plan = cat->gc_plan();
-  size_t actions = 0;
-  for (const auto& a : plan) actions += a.actionable();
+// Reported only: unknown files (left alone) and saves a live writer is making.
+bool actionable(const ckptledger::Finding& f) {
+  return f.finding != "unknown_file" && f.finding != "in_flight";
+}
+
+int run_gc(const Common& c, bool apply) {
+  std::string ledger_path, work_dir;
+  {
+    auto cat = Catalog::open(c.ledger);
+    ledger_path = cat->ledger_path();
+    work_dir = cat->work_dir();
+  }
+  ckptledger::ReconcilePlan plan =
+      apply ? ckptledger::gc_apply(ledger_path) : Catalog::open(ledger_path)->gc_plan();
+  size_t actions = 0, removed = 0;
+  for (const auto& f : plan.findings) {
+    actions += actionable(f);
+    removed += !f.remove.empty();
+  }
   if (c.json) {
     ojson a = ojson::array();
-    for (const auto& g : plan) {
-      a.push_back({{"finding", g.finding},
-                   {"action", g.action},
-                   {"path", g.path},
-                   {"reason", g.reason},
-                   {"seq", g.seq ? ojson(g.seq) : ojson(nullptr)},
-                   {"bytes", g.bytes}});
+    for (const auto& f : plan.findings) {
+      a.push_back({{"finding", f.finding},
+                   {"action", f.action},
+                   {"path", f.path},
+                   {"detail", f.detail},
+                   {"remove", f.remove.empty() ? ojson(nullptr) : ojson(f.remove)},
+                   {"bytes", f.bytes < 0 ? ojson(nullptr) : ojson(f.bytes)}});
     }
-    print_json({{"ledger", cat->ledger_path()}, {"dry_run", true}, {"findings", a}});
+    print_json({{"ledger", ledger_path}, {"dry_run", !apply}, {"findings", a}});
   } else {
-    TextTable t({"finding", "would", "bytes", "seq", "path", "why"});
-    for (const auto& g : plan) {
-      t.add({g.finding, g.action, std::to_string(g.bytes), g.seq ? std::to_string(g.seq) : "",
-             rel(g.path, cat->work_dir()), g.reason});
+    TextTable t({"finding", "action", "bytes", "path", "detail"});
+    for (const auto& f : plan.findings) {
+      std::string what = f.action;
+      if (!f.remove.empty() && f.remove != f.path) what += ": " + rel(f.remove, work_dir);
+      t.add({f.finding, what, f.bytes < 0 ? "" : std::to_string(f.bytes), rel(f.path, work_dir),
+             f.detail});
     }
-    print_text(fmt::format("{}: dry run, nothing changed: {} thing(s) reconciliation would do\n",
-                           cat->ledger_path(), actions));
+    if (apply) {
+      print_text(
+          fmt::format("{}: {} finding(s) recorded as `recovered` events, {} file(s) removed\n",
+                      ledger_path, plan.findings.size(), removed));
+    } else {
+      print_text(fmt::format(
+          "{}: dry run, nothing changed: {} thing(s) reconciliation would do (gc --apply does "
+          "them)\n",
+          ledger_path, actions));
+    }
     if (!t.empty()) print_text(t.render());
   }
-  return actions ? kExitProblems : 0;
+  return !apply && actions ? kExitProblems : 0;
 }
 
 // The verbs that train through the real hook live in `ckptledger-train` (it links libtorch, which
@@ -628,10 +652,14 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"events", "checkpoints", "best", "runs", "history"}));
   exportv->add_option("-o,--output", exp_output, "file to write (default: stdout)");
 
+  bool gc_apply = false;
   auto* gc = verb(app, "gc",
-                  "Dry run: what reconciliation would do (temp files, pruned files still on disk, "
-                  "live files missing); changes nothing",
+                  "What reconciliation would do (temp files, pruned files still on disk, live "
+                  "files missing); a dry run unless --apply",
                   c);
+  gc->add_flag("--apply", gc_apply,
+               "do it, as a training start would: takes the writer's lock (exit 7 while a "
+               "training process holds it), records each finding as a `recovered` event");
 
   // Listed for --help; hand_over() takes them before parsing.
   app.add_subcommand("simulate",
@@ -657,7 +685,7 @@ int main(int argc, char** argv) {
     if (*verify) return run_verify(c);
     if (*state) return run_state(c, as_of);
     if (*exportv) return run_export(c, exp_format, exp_view, exp_output);
-    if (*gc) return run_gc(c);
+    if (*gc) return run_gc(c, gc_apply);
     std::fputs(app.help().c_str(), stdout);
     return 0;
   });

@@ -15,6 +15,7 @@
 
 #include "hook/checkpoint_format.h"
 #include "hook/durable_file.h"
+#include "hook/reconcile.h"
 #include "hook/hook_events.h"
 #include "hook/hook_state.h"
 #include "hook/stager.h"
@@ -138,99 +139,24 @@ struct CheckpointHook::Impl {
     reconcile();
   }
 
-  // Checks the ledger against the disk before anything else happens (RocksDB WalSet::CheckWals),
-  // repairs what a crash leaves behind and records every finding as a `recovered` event.
-  // Detection is here; the policy (repair or refuse) is cfg.options.recovery.
+  // Checks the ledger against the disk before anything else happens (hook/reconcile.h), repairs
+  // what a crash leaves behind and records every finding as a `recovered` event. The policy
+  // (repair or refuse) is cfg.options.recovery.
   void reconcile() {
-    std::vector<Event> findings;
-    std::vector<std::string> remove;
-    std::vector<std::string> problems;  // what strict mode refuses
-    auto finding = [&](const std::string& what, const std::string& path, const std::string& action,
-                       const std::string& detail, const HookState::Begun* at = nullptr) {
-      Event e;
-      e.kind = EventKind::kRecovered;
-      e.path = path;
-      if (at) {
-        e.step = at->step;
-        e.epoch = at->epoch;
-        e.iter = at->iter;
-      }
-      RecoveredPayload rp;
-      rp.finding = what;
-      rp.action = action;
-      rp.detail = detail;
-      e.detail = to_detail(rp);
-      findings.push_back(e);
-      emit(LogLevel::kWarning, fmt::format("recovery: {} {}: {}{}", what, path, action,
-                                           detail.empty() ? "" : " (" + detail + ")"));
-    };
-    auto temp_of = [](const std::string& path) {
-      fs::path p(path);
-      return (p.parent_path() / ("." + p.filename().string() + kTempSuffix)).string();
-    };
-    std::set<std::string> dirs{work_dir};
-    // A save that began and never committed: the process died while writing it.
-    for (const auto& [path, begun] : state.in_flight) {
-      const std::string temp = temp_of(path);
-      const bool had_temp = fs::exists(temp);
-      if (had_temp) remove.push_back(temp);
-      finding("torn_save", path, had_temp ? "aborted, temp file removed" : "aborted", "", &begun);
-      dirs.insert(fs::path(path).parent_path().string());
+    ReconcileScope scope;
+    scope.work_dir = work_dir;
+    if (!out_dir.empty()) scope.extra_dirs.insert(out_dir);
+    ReconcilePlan plan;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      plan = plan_reconcile(state, scope);
     }
-    // A prune that was decided (and recorded) but whose file is still there.
-    for (const std::string& path : state.pruned_pending) {
-      if (state.live.count(path) || !fs::exists(path)) continue;
-      remove.push_back(path);
-      finding("prune_completed", path, "removed", "");
+    if (plan.empty()) return;
+    for (const Finding& f : plan.findings) {
+      emit(LogLevel::kWarning, fmt::format("recovery: {} {}: {}{}", f.finding, f.path, f.action,
+                                           f.detail.empty() ? "" : " (" + f.detail + ")"));
     }
-    // Committed files must still be there with the size the commit recorded; the SHA-256 of the
-    // one a resume loads is checked in resume().
-    for (const auto& [path, f] : state.live) {
-      dirs.insert(fs::path(path).parent_path().string());
-      std::error_code ec;
-      auto size = fs::file_size(path, ec);
-      if (ec) {
-        finding("lost", path, "never chosen for resume", "the file is missing");
-        problems.push_back(path + " is missing");
-      } else if (f.bytes > 0 && static_cast<int64_t>(size) != f.bytes) {
-        std::string d = fmt::format("{} bytes on disk, {} committed", size, f.bytes);
-        finding("corrupt", path, "never chosen for resume", d);
-        problems.push_back(path + ": " + d);
-      }
-    }
-    // Temp files no in-flight save accounts for, and checkpoint files the ledger never wrote.
-    for (const std::string& dir : dirs) {
-      std::error_code ec;
-      for (const auto& entry : fs::directory_iterator(dir, ec)) {
-        const std::string path = entry.path().string();
-        const std::string name = entry.path().filename().string();
-        if (!entry.is_regular_file()) continue;
-        if (name.size() > std::string(kTempSuffix).size() &&
-            name.compare(name.size() - std::string(kTempSuffix).size(), std::string::npos,
-                         kTempSuffix) == 0) {
-          if (std::find(remove.begin(), remove.end(), path) == remove.end()) {
-            remove.push_back(path);
-            finding("stray_temp", path, "removed", "");
-          }
-        } else if (entry.path().extension() == ".pth" && !state.live.count(path) &&
-                   !state.pruned_pending.count(path) && !state.reported_unknown.count(path)) {
-          finding("unknown_file", path, "left alone", "not written by this ledger");
-        }
-      }
-    }
-    // last_checkpoint names the ledger's last regular checkpoint (it may lag after a crash).
-    const std::string last_file = join(work_dir, "last_checkpoint");
-    std::string last_content;
-    if (fs::exists(last_file)) {
-      std::ifstream in(last_file);
-      std::getline(in, last_content, '\0');
-    }
-    const bool stale_last = !state.last_ckpt.empty() && last_content != state.last_ckpt;
-    if (stale_last) {
-      finding("stale_last_checkpoint", last_file, "rewritten",
-              fmt::format("named '{}', the ledger's last is '{}'", last_content, state.last_ckpt));
-    }
-    if (findings.empty()) return;
+    const std::vector<std::string> problems = plan.problems();
     if (cfg.options.recovery == RecoveryMode::kStrict && !problems.empty()) {
       std::string all;
       for (const std::string& p : problems) all += (all.empty() ? "" : "; ") + p;
@@ -238,14 +164,8 @@ struct CheckpointHook::Impl {
                   fmt::format("ledger {} disagrees with the disk (recovery=strict): {}",
                               ledger->path(), all));
     }
-    ledger->append_batch(findings);
-    {
-      std::lock_guard<std::mutex> lock(mu);
-      HookStateFold fold(state);
-      for (const Event& e : findings) dispatch(e, fold);
-    }
-    for (const std::string& p : remove) remove_durably(p, *files);
-    if (stale_last) write_text_durably(last_file, state.last_ckpt, *files);
+    std::lock_guard<std::mutex> lock(mu);
+    apply_reconcile(plan, *ledger, state, *files);
   }
 
   // The state is the fold of the ledger (§17.3); also how a failed write is rolled back.

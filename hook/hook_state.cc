@@ -43,7 +43,8 @@ bool operator==(const HookState& a, const HookState& b) {
          live_eq(a.live, b.live) && a.regular_path_by_step == b.regular_path_by_step &&
          a.regular_order == b.regular_order && a.config == b.config && a.runs == b.runs &&
          a.in_flight.size() == b.in_flight.size() && a.pruned_pending == b.pruned_pending &&
-         a.validated == b.validated && a.reported_unknown == b.reported_unknown;
+         a.validated == b.validated && a.reported_unknown == b.reported_unknown &&
+         a.retired == b.retired;
 }
 
 void HookStateFold::on_run_started(const Event& e) {
@@ -82,6 +83,7 @@ void HookStateFold::on_recovered(const Event& e) {
   auto p = from_detail<RecoveredPayload>(e.detail, e.seq);
   if (p.finding == "torn_save") {
     s_.in_flight.erase(e.path);
+    if (!s_.live.count(e.path)) s_.retired.insert(e.path);
     // A validation whose best save was torn did not complete: it is due again.
     s_.validated.erase({e.epoch.value_or(-1), e.iter.value_or(-1)});
   } else if (p.finding == "prune_completed") {
@@ -89,6 +91,7 @@ void HookStateFold::on_recovered(const Event& e) {
   } else if (p.finding == "lost" || p.finding == "corrupt") {
     // Never chosen for resume again, never deleted by rotation.
     forget(e.path);
+    s_.retired.insert(e.path);
   } else if (p.finding == "unknown_file") {
     s_.reported_unknown.insert(e.path);
   }
@@ -98,6 +101,7 @@ void HookStateFold::on_save_committed(const Event& e) {
   auto p = from_detail<SavePayload>(e.detail, e.seq);
   s_.in_flight.erase(e.path);
   s_.pruned_pending.erase(e.path);
+  s_.retired.erase(e.path);
   LiveFile f{p.role,
              e.step.value_or(0),
              e.epoch.value_or(0),

@@ -55,6 +55,9 @@ struct HookState {
   std::set<std::string> pruned_pending;             // pruned, removal not yet confirmed
   std::set<std::pair<int64_t, int64_t>> validated;  // (epoch, iter) of complete validations
   std::set<std::string> reported_unknown;           // unknown files already reported
+  // Written by this ledger, now neither live nor pending (recorded lost, corrupt, or torn): such a
+  // file on disk is never reported as unknown.
+  std::set<std::string> retired;
 
   // Hub keys of spec §12 for this state. `single` selects best_score/best_ckpt naming; `keys` are
   // the indicator keys in order (their entries are shown when set).

@@ -604,39 +604,96 @@ TEST_F(CatalogTest, VerifyChecksTheChainAndEveryLiveFile) {
   EXPECT_EQ(progress.back().first, progress.back().second);
 }
 
+std::vector<std::string> findings_of(const ckptledger::ReconcilePlan& plan) {
+  std::vector<std::string> got;
+  for (const auto& f : plan.findings) {
+    got.push_back(f.finding + " " + fs::path(f.path).filename().string() +
+                  (f.remove.empty() ? "" : " -" + fs::path(f.remove).filename().string()));
+  }
+  return got;
+}
+
 TEST_F(CatalogTest, GcPlansWhatReconciliationWouldDo) {
   story();
   crash();
+  // last_checkpoint lags (never written by this fixture): rewritten to the ledger's last.
+  EXPECT_THAT(findings_of(catalog()->gc_plan()),
+              ::testing::ElementsAre("stale_last_checkpoint last_checkpoint"));
+  spit(file("last_checkpoint"), catalog()->state_as_of(std::nullopt).state.last_ckpt);
   EXPECT_TRUE(catalog()->gc_plan().empty());
   spit(file(".epoch_6.pth.ckptledger-tmp"), "partial");
   spit(file("epoch_2.pth"), "pruned but back");
   fs::remove(file("epoch_5.pth"));
   spit(file("epoch_4.pth"), "x");
   spit(file("foreign.pth"), "not ours");
-  std::vector<GcAction> plan = catalog()->gc_plan();
-  std::vector<std::string> got;
-  for (const auto& a : plan) got.push_back(a.finding + " " + fs::path(a.path).filename().string());
-  EXPECT_THAT(got, ::testing::UnorderedElementsAre(
-                       "prune_completed epoch_2.pth", "corrupt epoch_4.pth", "lost epoch_5.pth",
-                       "stray_temp .epoch_6.pth.ckptledger-tmp", "unknown_file foreign.pth"));
+  EXPECT_THAT(
+      findings_of(catalog()->gc_plan()),
+      ::testing::UnorderedElementsAre(
+          "prune_completed epoch_2.pth -epoch_2.pth", "corrupt epoch_4.pth", "lost epoch_5.pth",
+          "stray_temp .epoch_6.pth.ckptledger-tmp -.epoch_6.pth.ckptledger-tmp",
+          "unknown_file foreign.pth"));
   // A save begun and never finished (its process is gone), with its temp file.
   begun(file("epoch_6.pth"), 6, "regular");
   crash();
-  plan = catalog()->gc_plan();
-  got.clear();
-  for (const auto& a : plan) got.push_back(a.finding + " " + fs::path(a.path).filename().string());
-  EXPECT_THAT(got, ::testing::Contains("torn_save .epoch_6.pth.ckptledger-tmp"));
-  EXPECT_THAT(got, ::testing::Not(::testing::Contains("stray_temp .epoch_6.pth.ckptledger-tmp")));
-  // While a writer holds the ledger, a temp file may be a save in flight: left alone.
+  std::vector<std::string> got = findings_of(catalog()->gc_plan());
+  EXPECT_THAT(got, ::testing::Contains("torn_save epoch_6.pth -.epoch_6.pth.ckptledger-tmp"));
+  EXPECT_THAT(got, ::testing::Not(::testing::Contains(::testing::StartsWith("stray_temp"))));
+  // While a writer holds the ledger, a begun save may be in flight: left alone.
   writer();
-  plan = catalog()->gc_plan();
-  got.clear();
-  for (const auto& a : plan) got.push_back(a.finding + " " + fs::path(a.path).filename().string());
-  EXPECT_THAT(got, ::testing::Contains("in_flight .epoch_6.pth.ckptledger-tmp"));
+  got = findings_of(catalog()->gc_plan());
+  EXPECT_THAT(got, ::testing::Contains("in_flight epoch_6.pth"));
+  EXPECT_THAT(got, ::testing::Not(::testing::Contains(::testing::StartsWith("torn_save"))));
   crash();
   // Nothing was changed.
   EXPECT_TRUE(fs::exists(file(".epoch_6.pth.ckptledger-tmp")));
   EXPECT_TRUE(fs::exists(file("epoch_2.pth")));
+}
+
+TEST_F(CatalogTest, GcApplyRepairsAsATrainingStartWouldAndRecordsIt) {
+  story();
+  crash();
+  spit(file("last_checkpoint"), catalog()->state_as_of(std::nullopt).state.last_ckpt);
+  spit(file(".epoch_6.pth.ckptledger-tmp"), "partial");
+  spit(file("epoch_2.pth"), "pruned but back");
+  fs::remove(file("epoch_5.pth"));
+  spit(file("foreign.pth"), "not ours");
+  const int64_t before = catalog()->ledger().last_seq();
+  // Refused while a training process holds the ledger: exit 7, nothing changed.
+  writer();
+  Cli r = cli("gc --apply " + work_);
+  EXPECT_EQ(r.rc, 7) << r.err;
+  EXPECT_TRUE(fs::exists(file("epoch_2.pth")));
+  crash();
+  EXPECT_EQ(catalog()->ledger().last_seq(), before);
+  // The dry run says what --apply does, exit 1.
+  r = cli("gc " + work_);
+  EXPECT_EQ(r.rc, 1) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("dry run"));
+  r = cli("gc --apply --json " + work_);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["dry_run"], false);
+  EXPECT_EQ(j["findings"].size(), 4u) << r.out;
+  // Done: temp file and unfinished prune removed, the foreign file left alone, the lost file
+  // recorded; each finding is a `recovered` event of gc's own run, appended after `before`.
+  EXPECT_FALSE(fs::exists(file(".epoch_6.pth.ckptledger-tmp")));
+  EXPECT_FALSE(fs::exists(file("epoch_2.pth")));
+  EXPECT_TRUE(fs::exists(file("foreign.pth")));
+  ResultSet rec = catalog()->query(
+      "SELECT json_extract(detail, '$.finding') FROM events WHERE kind = 'recovered' AND seq > ? "
+      "ORDER BY seq",
+      {before});
+  std::vector<std::string> kinds;
+  for (const auto& row : rec.rows) kinds.push_back(row[0].get<std::string>());
+  EXPECT_THAT(kinds, ::testing::UnorderedElementsAre("prune_completed", "lost", "stray_temp",
+                                                     "unknown_file"));
+  EXPECT_TRUE(catalog()->ledger().verify().ok());
+  // The lost file is out of the state (never resumed from); a second gc finds nothing to do and
+  // does not report the foreign file again.
+  EXPECT_EQ(catalog()->state_as_of(std::nullopt).state.live.count(file("epoch_5.pth")), 0u);
+  EXPECT_TRUE(catalog()->gc_plan().empty());
+  r = cli("gc " + work_);
+  EXPECT_EQ(r.rc, 0) << r.out;
 }
 
 TEST(CatalogTime, Iso8601RoundTripsAndRejectsGarbage) {
@@ -747,6 +804,8 @@ TEST_F(CatalogTest, CliVerbsPrintTablesAndJson) {
   EXPECT_EQ(static_cast<int64_t>(r.json().size()), s.best5);
 
   EXPECT_EQ(cli("verify " + work_).rc, 0);
+  EXPECT_EQ(cli("gc " + work_).rc, 1);  // last_checkpoint: never written by this fixture
+  spit(file("last_checkpoint"), catalog()->state_as_of(std::nullopt).state.last_ckpt);
   EXPECT_EQ(cli("gc " + work_).rc, 0);
   spit(file("epoch_5.pth"), "tampered");
   r = cli("verify --json " + work_);
