@@ -49,73 +49,17 @@
 #include <fmt/format.h>
 #include <torch/torch.h>
 
+#include "bench/bench_util.h"
 #include "hook/checkpoint_hook.h"
-#include "hook/hook_config.h"
-#include "hook/runner.h"
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
 namespace fs = std::filesystem;
 using ckptledger::CheckpointHook;
 using ckptledger::HookConfig;
-using ckptledger::LogLevel;
-using ckptledger::Runner;
-
-double seconds_since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
+using namespace ckptledger::bench;  // NOLINT: bench_util.h
 
 double mib(double bytes) { return bytes / 1048576.0; }
-
-// A runner whose counters the bench sets and whose checkpoint state is its (live) state dict.
-class BenchRunner : public Runner {
- public:
-  BenchRunner(std::string work_dir, c10::impl::GenericDict state_dict)
-      : work_dir_(std::move(work_dir)), state_dict_(std::move(state_dict)) {
-    for (const auto& kv : state_dict_) params_.push_back(kv.value().toTensor());
-  }
-  int64_t epoch() const override { return epoch_; }
-  int64_t iter() const override { return iter_; }
-  int64_t max_epochs() const override { return 1'000'000'000; }
-  int64_t max_iters() const override { return 1'000'000'000'000; }
-  std::string work_dir() const override { return work_dir_; }
-  c10::impl::GenericDict checkpoint_state(bool, bool) override {
-    c10::impl::GenericDict d(c10::StringType::get(), c10::AnyType::get());
-    d.insert("state_dict", state_dict_);
-    return d;
-  }
-  bool has_param_schedulers() const override { return false; }
-  void load_checkpoint(const c10::impl::GenericDict&, bool) override {}
-
-  void set_counters(int64_t epoch, int64_t iter) {
-    epoch_ = epoch;
-    iter_ = iter;
-  }
-  // What an optimizer step does to the parameters: every one changes, in place.
-  void update_all() {
-    torch::NoGradGuard no_grad;
-    for (torch::Tensor& p : params_) p.mul_(0.999).add_(1e-4);
-  }
-  // One parameter tensor (rotating), the per-iteration update of the training loop.
-  void update_one() {
-    torch::NoGradGuard no_grad;
-    params_[next_++ % params_.size()].mul_(0.999).add_(1e-4);
-  }
-  const std::vector<torch::Tensor>& params() const { return params_; }
-
- private:
-  std::string work_dir_;
-  c10::impl::GenericDict state_dict_;
-  std::vector<torch::Tensor> params_;
-  size_t next_ = 0;
-  int64_t epoch_ = 0, iter_ = 0;
-};
 
 // GPT-2-small-like layers (d_model 768, MLP 3072): 12 tensors and ~27 MiB per layer, as many as
 // fit in `size_mib`, then a token embedding and a final norm that fill the rest.
@@ -168,25 +112,6 @@ double memcpy_seconds(const std::vector<torch::Tensor>& params, std::vector<char
   return s;
 }
 
-// Baseline of figure 3: write `size` bytes of `buf` into a new file, fdatasync, close.
-double raw_write_seconds(const std::string& path, const std::vector<char>& buf, size_t size) {
-  auto t0 = Clock::now();
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) throw std::runtime_error("open " + path + ": " + std::strerror(errno));
-  size_t done = 0;
-  while (done < size) {
-    ssize_t n = ::write(fd, buf.data() + done, size - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) throw std::runtime_error("write " + path + ": " + std::strerror(errno));
-    done += static_cast<size_t>(n);
-  }
-  if (::fdatasync(fd) != 0) throw std::runtime_error("fdatasync " + path);
-  if (::close(fd) != 0) throw std::runtime_error("close " + path);
-  const double s = seconds_since(t0);
-  fs::remove(path);
-  return s;
-}
-
 // VmRSS / VmHWM of this process, in bytes.
 struct Rss {
   int64_t rss = 0, hwm = 0;
@@ -212,28 +137,6 @@ bool reset_peak_rss() {
   out.flush();
   return static_cast<bool>(out);
 }
-
-HookConfig save_config(bool sync) {
-  HookConfig c;
-  c.interval = 1;
-  c.by_epoch = true;
-  c.sync = sync;
-  c.save_optimizer = false;
-  c.save_param_scheduler = false;
-  return c;
-}
-
-struct Logs {
-  int warnings = 0, errors = 0;
-  std::string first;
-  ckptledger::LogSink sink() {
-    return [this](LogLevel level, const std::string& msg) {
-      if (level == LogLevel::kInfo) return;
-      (level == LogLevel::kWarning ? warnings : errors)++;
-      if (first.empty()) first = msg;
-    };
-  }
-};
 
 // One row of the results table.
 struct Row {
@@ -334,18 +237,9 @@ int run_size(const fs::path& dir, int64_t size_mib, int rounds, int pairs) {
   // One save through `hook` at epoch end; returns {stall, until idle} in seconds and the file
   // size. Every tensor changes right after the call returns, while an async writer works.
   auto save = [&](CheckpointHook& hook, BenchRunner& r, uintmax_t* size) {
-    r.set_counters(epoch++, 0);
-    auto t0 = Clock::now();
-    hook.after_train_epoch(r);
-    const double stall = seconds_since(t0);
-    r.update_all();
-    hook.wait_idle();
-    const double idle = seconds_since(t0);
-    if (hook.last_stage_saves().size() != 1) throw std::runtime_error("expected one save");
-    const std::string path = hook.last_stage_saves().front();
-    *size = fs::file_size(path);
-    fs::remove(path);  // outside the timed region: every save goes to a fresh file
-    return std::pair<double, double>{stall, idle};
+    TimedSave t = timed_save(hook, r, epoch++, [&] { r.update_all(); });
+    *size = t.bytes;
+    return std::pair<double, double>{t.stall, t.idle};
   };
 
   // Warm-ups (untimed): the baselines' buffer, the sync hook's first save.

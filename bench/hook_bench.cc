@@ -29,66 +29,21 @@
 #include <fmt/format.h>
 #include <torch/torch.h>
 
+#include "bench/bench_util.h"
 #include "hook/checkpoint_hook.h"
-#include "hook/hook_config.h"
-#include "hook/runner.h"
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
 namespace fs = std::filesystem;
 using ckptledger::CheckpointHook;
 using ckptledger::HookConfig;
-using ckptledger::LogLevel;
 using ckptledger::Runner;
-
-double seconds_since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
+using namespace ckptledger::bench;  // NOLINT: bench_util.h
 
 double pct(std::vector<double> v, int p) {
   std::sort(v.begin(), v.end());
   return v[std::min(v.size() - 1, v.size() * static_cast<size_t>(p) / 100)];
 }
-
-// A runner whose counters the bench sets and whose checkpoint state is a fixed state dict.
-class BenchRunner : public Runner {
- public:
-  BenchRunner(std::string work_dir, c10::impl::GenericDict state_dict)
-      : work_dir_(std::move(work_dir)), state_dict_(std::move(state_dict)) {}
-  int64_t epoch() const override { return epoch_; }
-  int64_t iter() const override { return iter_; }
-  int64_t max_epochs() const override { return max_epochs_; }
-  int64_t max_iters() const override { return max_iters_; }
-  std::string work_dir() const override { return work_dir_; }
-  c10::impl::GenericDict checkpoint_state(bool, bool) override {
-    c10::impl::GenericDict d(c10::StringType::get(), c10::AnyType::get());
-    d.insert("state_dict", state_dict_);
-    return d;
-  }
-  bool has_param_schedulers() const override { return false; }
-  void load_checkpoint(const c10::impl::GenericDict&, bool) override {}
-
-  void set_counters(int64_t epoch, int64_t iter) {
-    epoch_ = epoch;
-    iter_ = iter;
-  }
-  void set_max(int64_t max_epochs, int64_t max_iters) {
-    max_epochs_ = max_epochs;
-    max_iters_ = max_iters;
-  }
-
- private:
-  std::string work_dir_;
-  c10::impl::GenericDict state_dict_;
-  int64_t epoch_ = 0, iter_ = 0;
-  int64_t max_epochs_ = 1'000'000'000, max_iters_ = 1'000'000'000'000;
-};
 
 // A model-like state dict of `mib` MiB: 75% in 4 MiB tensors, ~23% in 1 MiB tensors, the rest in
 // 16 KiB and 4 KiB tensors (biases, norms). Float32, random content (every page touched).
@@ -121,47 +76,6 @@ c10::impl::GenericDict make_state_dict(int64_t mib, int64_t* bytes, int64_t* ten
 __attribute__((noinline)) void empty_call(Runner& runner, int64_t batch_idx) {
   asm volatile("" : : "r"(&runner), "r"(batch_idx) : "memory");
 }
-
-// Baseline for section 2: write `bytes` from a reused buffer into a new file, fdatasync, close.
-double raw_write_seconds(const std::string& path, const std::vector<char>& buf) {
-  auto t0 = Clock::now();
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) throw std::runtime_error("open " + path + ": " + std::strerror(errno));
-  size_t done = 0;
-  while (done < buf.size()) {
-    ssize_t n = ::write(fd, buf.data() + done, buf.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) throw std::runtime_error("write " + path + ": " + std::strerror(errno));
-    done += static_cast<size_t>(n);
-  }
-  if (::fdatasync(fd) != 0) throw std::runtime_error("fdatasync " + path);
-  if (::close(fd) != 0) throw std::runtime_error("close " + path);
-  const double s = seconds_since(t0);
-  fs::remove(path);
-  return s;
-}
-
-HookConfig save_config(bool sync) {
-  HookConfig c;
-  c.interval = 1;
-  c.by_epoch = true;
-  c.sync = sync;
-  c.save_optimizer = false;
-  c.save_param_scheduler = false;
-  return c;
-}
-
-struct Logs {
-  int warnings = 0, errors = 0;
-  std::string first;
-  ckptledger::LogSink sink() {
-    return [this](LogLevel level, const std::string& msg) {
-      if (level == LogLevel::kInfo) return;
-      (level == LogLevel::kWarning ? warnings : errors)++;
-      if (first.empty()) first = msg;
-    };
-  }
-};
 
 struct Spread {
   double med, lo, hi;
@@ -241,28 +155,20 @@ int run(const fs::path& dir, int rounds, int64_t mib, int batches) {
 
   // One save through `hook`; returns {stall, until idle} in seconds and the file size.
   auto save = [&](CheckpointHook& hook, BenchRunner& runner, uintmax_t* size) {
-    runner.set_counters(epoch++, 0);
-    auto t0 = Clock::now();
-    hook.after_train_epoch(runner);
-    const double stall = seconds_since(t0);
-    hook.wait_idle();
-    const double idle = seconds_since(t0);
-    if (hook.last_stage_saves().size() != 1) throw std::runtime_error("expected one save");
-    const std::string path = hook.last_stage_saves().front();
-    *size = fs::file_size(path);
-    fs::remove(path);  // outside the timed region: every save goes to a fresh file
-    return std::pair<double, double>{stall, idle};
+    TimedSave t = timed_save(hook, runner, epoch++, [] {});
+    *size = t.bytes;
+    return std::pair<double, double>{t.stall, t.idle};
   };
 
   uintmax_t file_bytes = 0;
   // Untimed warm-up of the async hook: its first save allocates the staging buffers.
   auto cold = save(async_hook, async_runner, &file_bytes);
   std::vector<char> buf(file_bytes, 'x');  // reused; every page touched before timing
-  raw_write_seconds((dir / "baseline.bin").string(), buf);  // untimed warm-up, as above
+  raw_write_seconds((dir / "baseline.bin").string(), buf, buf.size());  // untimed warm-up, as above
   std::vector<double> base_s, sync_s, async_stall, async_idle;
   for (int r = 0; r < rounds; ++r) {  // interleaved
     uintmax_t sz = 0;
-    base_s.push_back(raw_write_seconds((dir / "baseline.bin").string(), buf));
+    base_s.push_back(raw_write_seconds((dir / "baseline.bin").string(), buf, buf.size()));
     sync_s.push_back(save(sync_hook, sync_runner, &sz).second);
     if (sz != file_bytes) fmt::print("note: sync file is {} bytes, async {}\n", sz, file_bytes);
     auto a = save(async_hook, async_runner, &sz);
