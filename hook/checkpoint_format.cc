@@ -11,15 +11,21 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <condition_variable>
 #include <cstring>
 #include <exception>
+#include <map>
 #include <memory>
+#include <mutex>
+#include <set>
+#include <thread>
 #include <unordered_map>
 #include <unordered_set>
 #include <utility>
 #include <vector>
 
 #include "ledger/error.h"
+#include "ledger/sha256.h"
 
 namespace ckptledger {
 namespace {
@@ -249,6 +255,16 @@ class ByteSource {
     }
     read_in_range(offset, out, n);
   }
+  // The reader has read record `name`, [offset, offset + n), into `data` and keeps it there,
+  // unchanged, until it calls abandon() or the source's finish: a hashing source hashes it where
+  // it lies. Returns true when the source checks the record's CRC-32 `crc` itself (a source that
+  // verifies a known SHA-256 over these very bytes needs no CRC), false when the reader must.
+  virtual bool kept(uint64_t /*offset*/, const void* /*data*/, size_t /*n*/, uint32_t /*crc*/,
+                    const std::string& /*name*/) const {
+    return false;
+  }
+  // The reader is unwinding: stop using what kept() was given, before it is freed.
+  virtual void abandon() const noexcept {}
 
  private:
   virtual void read_in_range(uint64_t offset, void* out, size_t n) const = 0;
@@ -268,9 +284,145 @@ class MemorySource final : public ByteSource {
   std::string_view bytes_;
 };
 
+// Reads pieces of a file at given offsets until done; pread semantics with the reader's errors.
+void pread_exact(int fd, const std::string& name, uint64_t offset, void* out, size_t n) {
+  auto* dst = static_cast<char*>(out);
+  while (n > 0) {
+    const ssize_t got = ::pread(fd, dst, n, static_cast<off_t>(offset));
+    if (got < 0) {
+      if (errno == EINTR) continue;
+      throw_error(ErrorCode::kIOError, "checkpoint " + name + ": read at " +
+                                           std::to_string(offset) + ": " + std::strerror(errno));
+    }
+    if (got == 0) corrupt(name, "truncated while reading (the file shrank)");
+    dst += got;
+    offset += static_cast<uint64_t>(got);
+    n -= static_cast<size_t>(got);
+  }
+}
+
+// The SHA-256 of a whole file, computed on a second thread while the reader loads it, so that
+// the file is read once: the records the reader keeps in memory (data.pkl, every storage) are
+// hashed where they lie, and the bytes in between (zip headers, the central directory, records
+// the reader skips) are read by the thread itself. The thread hashes in file order; it reads a
+// gap itself when the gap is small or the reader is done, and otherwise waits for the reader to
+// load it (readers load records in file order, so it never waits long).
+// Thread safety: kept() from the reader's thread; finish()/abandon() join the thread.
+class BackgroundFileHash {
+ public:
+  BackgroundFileHash(int fd, uint64_t size, std::string name)
+      : fd_(fd), size_(size), name_(std::move(name)), thread_([this] { run(); }) {}
+  ~BackgroundFileHash() { abandon(); }
+  BackgroundFileHash(const BackgroundFileHash&) = delete;
+  BackgroundFileHash& operator=(const BackgroundFileHash&) = delete;
+
+  void kept(uint64_t offset, const char* data, size_t n) {
+    if (n == 0) return;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      regions_[offset] = {data, n};
+    }
+    cv_.notify_one();
+  }
+  // Waits for the digest of the whole file (lowercase hex); rethrows a read error of the thread.
+  std::string finish() {
+    stop(/*abort=*/false);
+    if (error_) std::rethrow_exception(error_);
+    return hex_;
+  }
+  // After finish(): whether the region kept at `offset` was hashed, whole, from the reader's
+  // memory (rather than, in part, from the thread's own read of the file).
+  bool hashed_in_place(uint64_t offset) const { return in_place_.count(offset) > 0; }
+  void abandon() noexcept { stop(/*abort=*/true); }
+
+ private:
+  // Gaps up to this size are read by the thread at once rather than waited for.
+  static constexpr uint64_t kReadGap = 1 << 20;
+
+  void stop(bool abort) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      done_ = true;
+      abort_ = abort_ || abort;
+    }
+    cv_.notify_one();
+    if (thread_.joinable()) thread_.join();
+  }
+
+  void run() {
+    try {
+      Sha256 sha;
+      std::vector<char> buf;
+      uint64_t cursor = 0;
+      while (cursor < size_) {
+        const char* mem = nullptr;
+        uint64_t end = 0;
+        {
+          std::unique_lock<std::mutex> lock(mu_);
+          for (;;) {
+            if (abort_) return;
+            while (!regions_.empty() &&
+                   regions_.begin()->first + regions_.begin()->second.second <= cursor) {
+              regions_.erase(regions_.begin());
+            }
+            if (!regions_.empty() && regions_.begin()->first <= cursor) {
+              const auto& [offset, region] = *regions_.begin();
+              mem = region.first + (cursor - offset);
+              end = offset + region.second;
+              if (offset == cursor && end <= size_) in_place_.insert(offset);
+              regions_.erase(regions_.begin());
+              break;
+            }
+            const uint64_t next = regions_.empty() ? size_ : regions_.begin()->first;
+            if (done_ || next - cursor <= kReadGap) {
+              end = std::min(next, size_);
+              break;
+            }
+            cv_.wait(lock);
+          }
+        }
+        end = std::min(end, size_);
+        if (mem != nullptr) {
+          sha.update(mem, end - cursor);
+          cursor = end;
+          continue;
+        }
+        while (cursor < end) {
+          const size_t n = static_cast<size_t>(std::min<uint64_t>(end - cursor, kReadGap));
+          buf.resize(n);
+          pread_exact(fd_, name_, cursor, buf.data(), n);
+          sha.update(buf.data(), n);
+          cursor += n;
+        }
+      }
+      hex_ = sha.hex_digest();
+    } catch (...) {
+      error_ = std::current_exception();
+    }
+  }
+
+  const int fd_;
+  const uint64_t size_;
+  const std::string name_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<uint64_t, std::pair<const char*, size_t>> regions_;  // guarded by mu_
+  bool done_ = false;                                           // guarded by mu_
+  bool abort_ = false;                                          // guarded by mu_
+  std::string hex_;                                             // written by the thread
+  std::exception_ptr error_;                                    // written by the thread
+  std::set<uint64_t> in_place_;                                 // written by the thread
+  std::thread thread_;  // last: started once everything it uses exists
+};
+
+uint32_t crc32(const void* data, size_t n);
+
 class FileSource final : public ByteSource {
  public:
-  explicit FileSource(const std::string& path) : ByteSource(path) {
+  // With `hash`, the file's SHA-256 is computed while it is read (finish_hash()), and the CRC-32
+  // of the records hashed in place is left to that digest: the caller compares it with a known
+  // one and discards the load when it differs.
+  explicit FileSource(const std::string& path, bool hash = false) : ByteSource(path) {
     fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd_ < 0) {
       const int err = errno;
@@ -288,28 +440,52 @@ class FileSource final : public ByteSource {
       throw_error(ErrorCode::kInvalidArgument, "checkpoint " + path + ": not a regular file");
     }
     size_ = static_cast<uint64_t>(st.st_size);
+    if (hash) hash_ = std::make_unique<BackgroundFileHash>(fd_, size_, path);
   }
-  ~FileSource() override { ::close(fd_); }
+  ~FileSource() override {
+    hash_.reset();  // joins the hashing thread before its descriptor is closed
+    ::close(fd_);
+  }
   uint64_t size() const override { return size_; }
+  bool kept(uint64_t offset, const void* data, size_t n, uint32_t crc,
+            const std::string& name) const override {
+    if (!hash_) return false;
+    hash_->kept(offset, static_cast<const char*>(data), n);
+    deferred_.push_back({offset, static_cast<const char*>(data), n, crc, name});
+    return true;
+  }
+  void abandon() const noexcept override {
+    if (hash_) hash_->abandon();
+  }
+  // The digest of the whole file; call once the reader is done with it (what it kept still
+  // alive). Records the thread did not hash in place (it read some of their bytes itself, racing
+  // ahead of the reader) get their CRC-32 checked here, as the reader would have.
+  std::string finish_hash() const {
+    if (!hash_) return std::string();
+    std::string hex = hash_->finish();
+    for (const Deferred& d : deferred_) {
+      if (!hash_->hashed_in_place(d.offset) && crc32(d.data, d.size) != d.crc) {
+        corrupt(name(), "CRC-32 mismatch in record " + d.name);
+      }
+    }
+    return hex;
+  }
 
  private:
   void read_in_range(uint64_t offset, void* out, size_t n) const override {
-    auto* dst = static_cast<char*>(out);
-    while (n > 0) {
-      const ssize_t got = ::pread(fd_, dst, n, static_cast<off_t>(offset));
-      if (got < 0) {
-        if (errno == EINTR) continue;
-        throw_error(ErrorCode::kIOError, "checkpoint " + name() + ": read at " +
-                                             std::to_string(offset) + ": " + std::strerror(errno));
-      }
-      if (got == 0) corrupt(name(), "truncated while reading (the file shrank)");
-      dst += got;
-      offset += static_cast<uint64_t>(got);
-      n -= static_cast<size_t>(got);
-    }
+    pread_exact(fd_, name(), offset, out, n);
   }
+  struct Deferred {
+    uint64_t offset;
+    const char* data;
+    size_t size;
+    uint32_t crc;
+    std::string name;
+  };
   int fd_ = -1;
   uint64_t size_ = 0;
+  std::unique_ptr<BackgroundFileHash> hash_;
+  mutable std::vector<Deferred> deferred_;  // kept records whose CRC-32 the reader left to us
 };
 
 // CRC-32 (IEEE 802.3, as zip uses), slice-by-8: ~3 GB/s, so verifying costs little next to I/O.
@@ -395,8 +571,9 @@ class ZipDirectory {
     return it == entries_.end() ? nullptr : &it->second;
   }
 
-  // Reads the entry's data into out (entry.size bytes) and verifies its CRC-32.
-  void read(const std::string& name, const Entry& e, void* out) const {
+  // Reads the entry's data into out (entry.size bytes) and verifies its CRC-32. With `keep`, the
+  // caller keeps `out` until the source is done (ByteSource::kept), which may take the CRC over.
+  void read(const std::string& name, const Entry& e, void* out, bool keep = false) const {
     uint8_t local[kLocalHeaderSize];
     src_.read(e.local_header_offset, local, sizeof(local));
     if (le32(local) != 0x04034b50) corrupt(src_.name(), "bad zip local header for " + name);
@@ -405,7 +582,9 @@ class ZipDirectory {
     std::string local_name(name_len, '\0');
     src_.read(e.local_header_offset + kLocalHeaderSize, local_name.data(), name_len);
     if (local_name != name) corrupt(src_.name(), "zip local header names " + local_name);
-    src_.read(e.local_header_offset + kLocalHeaderSize + name_len + extra_len, out, e.size);
+    const uint64_t data_offset = e.local_header_offset + kLocalHeaderSize + name_len + extra_len;
+    src_.read(data_offset, out, e.size);
+    if (keep && src_.kept(data_offset, out, e.size, e.crc, name)) return;
     if (crc32(out, e.size) != e.crc) corrupt(src_.name(), "CRC-32 mismatch in record " + name);
   }
 
@@ -1075,7 +1254,8 @@ class PickleReader {
   std::unordered_map<std::string, std::pair<c10::Storage, c10::ScalarType>> storages_;
 };
 
-c10::IValue read_from(const ByteSource& src) {
+// `finish` runs once everything is read, while what the source was told to keep is still alive.
+c10::IValue read_from(const ByteSource& src, const std::function<void()>& finish = nullptr) {
   const ZipDirectory zip(src);
   const std::string& first = zip.first_name();
   const size_t slash = first.find('/');
@@ -1092,7 +1272,17 @@ c10::IValue read_from(const ByteSource& src) {
   const auto* pkl = zip.find(prefix + "data.pkl");
   if (pkl == nullptr) corrupt(src.name(), "not a PyTorch archive (no " + prefix + "data.pkl)");
   std::string pickle(pkl->size, '\0');
-  zip.read(prefix + "data.pkl", *pkl, pickle.data());
+  // What the source was told to keep (ByteSource::kept) lives until it is done with it: the
+  // guard, declared after, tells it to stop first when this function unwinds.
+  std::vector<c10::Storage> kept_storages;
+  struct AbandonOnUnwind {
+    const ByteSource& src;
+    bool finished = false;
+    ~AbandonOnUnwind() {
+      if (!finished) src.abandon();
+    }
+  } guard{src};
+  zip.read(prefix + "data.pkl", *pkl, pickle.data(), /*keep=*/true);
 
   auto load_storage = [&](const std::string& key, c10::ScalarType dtype, int64_t numel) {
     const std::string record = prefix + "data/" + key;
@@ -1113,19 +1303,37 @@ c10::IValue read_from(const ByteSource& src) {
       throw_error(ErrorCode::kIOError, "checkpoint " + src.name() + ": allocating " + record +
                                            ": " + e.what_without_backtrace());
     }
-    zip.read(record, *entry, storage.data());
+    zip.read(record, *entry, storage.data(), /*keep=*/true);
+    kept_storages.push_back(storage);
     return storage;
   };
+  c10::IValue result;
   try {
-    return PickleReader(pickle, load_storage, src.name()).parse();
+    result = PickleReader(pickle, load_storage, src.name()).parse();
   } catch (const c10::Error& e) {
     corrupt(src.name(), std::string("data.pkl: ") + e.what_without_backtrace());
   }
+  if (finish) finish();
+  guard.finished = true;
+  return result;
 }
 
 }  // namespace
 
 c10::IValue read_checkpoint(const std::string& path) { return read_from(FileSource(path)); }
+
+VerifiedCheckpoint read_checkpoint_verified(const std::string& path,
+                                            const std::string& expected_sha256) {
+  VerifiedCheckpoint out;
+  const FileSource src(path, /*hash=*/true);
+  out.bytes = src.size();
+  c10::IValue value = read_from(src, [&] { out.sha256 = src.finish_hash(); });
+  out.matches = out.sha256 == expected_sha256;
+  // The CRC-32s of the records hashed in place were left to the digest: a load that does not
+  // match it is never handed out.
+  if (out.matches) out.value = std::move(value);
+  return out;
+}
 
 c10::IValue read_checkpoint_bytes(std::string_view bytes, const std::string& name) {
   return read_from(MemorySource(bytes, name));

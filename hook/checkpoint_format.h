@@ -68,6 +68,23 @@ uint64_t write_checkpoint(const c10::IValue& obj, const CheckpointSink& sink);
 // record, a big-endian archive, a pickled class such as mmengine's HistoryBuffer).
 c10::IValue read_checkpoint(const std::string& path);
 
+// A checkpoint read against the SHA-256 recorded for its file.
+struct VerifiedCheckpoint {
+  bool matches = false;  // the file's SHA-256 is the expected one
+  std::string sha256;    // the file's SHA-256 (lowercase hex)
+  uint64_t bytes = 0;    // the file's size
+  c10::IValue value;     // the checkpoint when `matches`; None otherwise (the load is discarded)
+};
+
+// Reads a checkpoint whose SHA-256 is known (recorded when it was committed) in one pass: the
+// reader loads it while a second thread hashes the bytes it loads (and reads the few bytes between
+// records itself), then the digest is compared with `expected_sha256`. The records' CRC-32s are
+// not recomputed for bytes the digest covers (a matching SHA-256 implies them); they are for any
+// the hashing thread read on its own. Throws what read_checkpoint throws when the file does not
+// read as a checkpoint (a file that does not match may fail that way, too).
+VerifiedCheckpoint read_checkpoint_verified(const std::string& path,
+                                            const std::string& expected_sha256);
+
 // As read_checkpoint, from an archive in memory; `name` stands for the path in error messages.
 c10::IValue read_checkpoint_bytes(std::string_view bytes, const std::string& name = "<memory>");
 

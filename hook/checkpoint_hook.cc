@@ -15,9 +15,9 @@
 
 #include "hook/checkpoint_format.h"
 #include "hook/durable_file.h"
-#include "hook/reconcile.h"
 #include "hook/hook_events.h"
 #include "hook/hook_state.h"
+#include "hook/reconcile.h"
 #include "hook/stager.h"
 #include "hook/writer_pool.h"
 #include "ledger/ledger.h"
@@ -95,6 +95,9 @@ c10::IValue hub_to_ivalue(const nlohmann::json& hub) {
 struct CheckpointHook::Impl {
   ValidatedConfig cfg;
   LogSink log;
+  // `log` is called from the training thread and, when a failure cannot be recorded, from the
+  // writer pool: one call at a time, so a sink needs no lock of its own.
+  mutable std::mutex log_mu;
   std::unique_ptr<Ledger> ledger;
   std::unique_ptr<Stager> stager;
   mutable std::mutex mu;
@@ -112,7 +115,9 @@ struct CheckpointHook::Impl {
   std::unique_ptr<WriterPool> pool;
 
   void emit(LogLevel level, const std::string& msg) const {
-    if (log) log(level, msg);
+    if (!log) return;
+    std::lock_guard<std::mutex> lock(log_mu);
+    log(level, msg);
   }
 
   // The indicator keys as the hub names them ('auto' stays 'auto' until resolved).
@@ -135,8 +140,23 @@ struct CheckpointHook::Impl {
       throw_error(ErrorCode::kIOError, "cannot create work_dir " + work_dir + ": " + ec.message());
     }
     ledger = Ledger::open(ledger_file());
-    rebuild_state();
-    reconcile();
+    try {
+      rebuild_state();
+      reconcile();
+    } catch (...) {
+      // A refused ledger stays refused: the next hook call opens and checks it again rather than
+      // carrying on with it.
+      ledger.reset();
+      throw;
+    }
+  }
+
+  // §4.3 with §17.6: out_dir is joined with work_dir's basename unless it is work_dir itself,
+  // compared as normalised absolute paths.
+  std::string resolve_out_dir() const {
+    if (!cfg.options.out_dir) return work_dir;
+    std::string given = strip_trailing_slash(absolute_normal(*cfg.options.out_dir));
+    return given == work_dir ? given : join(given, fs::path(work_dir).filename().string());
   }
 
   // Checks the ledger against the disk before anything else happens (hook/reconcile.h), repairs
@@ -145,11 +165,34 @@ struct CheckpointHook::Impl {
   void reconcile() {
     ReconcileScope scope;
     scope.work_dir = work_dir;
-    if (!out_dir.empty()) scope.extra_dirs.insert(out_dir);
+    scope.extra_dirs.insert(out_dir.empty() ? resolve_out_dir() : out_dir);
+    scope.ledger = ledger.get();
+    scope.ours = checkpoint_name_matcher(cfg.filename_tmpl);
     ReconcilePlan plan;
     {
       std::lock_guard<std::mutex> lock(mu);
       plan = plan_reconcile(state, scope);
+    }
+    // The ledger lost events the work_dir saw (hook/reconcile.h): no policy repairs that.
+    // Resuming would load an older checkpoint than the newest one, and the next saves would
+    // overwrite files the ledger does not know. Nothing is appended and no file is touched, so
+    // the user can still put the missing -wal (or the right ledger) back.
+    if (!plan.behind.empty()) {
+      std::string all;
+      for (const std::string& b : plan.behind) all += (all.empty() ? "" : "; ") + b;
+      throw_error(
+          ErrorCode::kCorruption,
+          fmt::format(
+              "ledger {} is behind the work_dir {}: {}. The ledger lost events that the disk "
+              "saw: it was restored from an older copy, or its -wal file was deleted after the "
+              "training process died (or another program wrote checkpoints here). Refusing to "
+              "start (recovery={}): no event was appended and no file touched; resuming would "
+              "start from an older checkpoint and later saves could overwrite these files. Put "
+              "back the ledger's -wal file or the ledger that belongs to this work_dir; or, to "
+              "go on from what this ledger knows, move the files it does not know (and "
+              "last_checkpoint) out of the way",
+              ledger->path(), work_dir, all,
+              cfg.options.recovery == RecoveryMode::kStrict ? "strict" : "repair"));
     }
     if (plan.empty()) return;
     for (const Finding& f : plan.findings) {
@@ -618,27 +661,41 @@ std::optional<std::string> CheckpointHook::resume(Runner& runner, bool resume,
   m.open_ledger(runner);
   m.resume_mode = resume;
   std::string path;
+  c10::IValue ckpt;
   ResumedPayload rp;
   if (load_from) {
     path = absolute_normal(*load_from);
     rp.source = "load_from";
+    ckpt = read_checkpoint(path);
   } else if (resume) {
     rp.source = "auto";
-    // Newest committed regular checkpoint whose bytes still match the ledger (§17.3).
+    // Newest committed regular checkpoint whose bytes still match the ledger (§17.3). Each
+    // candidate is loaded and hashed in one read of the file (the SHA-256 on a second thread);
+    // a load whose digest is not the committed one is discarded.
     for (auto it = m.state.regular_order.rbegin(); it != m.state.regular_order.rend(); ++it) {
       auto live = m.state.live.find(*it);
       if (live == m.state.live.end()) continue;
       std::string why;
       try {
-        uint64_t size = 0;
-        std::string digest = Sha256::file_hex(*it, &size);
-        if (digest == live->second.digest) {
+        VerifiedCheckpoint v = read_checkpoint_verified(*it, live->second.digest);
+        if (v.matches) {
           path = *it;
+          ckpt = std::move(v.value);
           break;
         }
         why = "SHA-256 mismatch";
-      } catch (const Error& e) {
-        why = e.what();
+      } catch (const Error& load_error) {
+        // The file does not load. Unless its bytes are exactly the committed ones (then the
+        // reader refuses what was written, and a fallback would hide that: raised), it is
+        // corrupt or gone.
+        std::string digest;
+        try {
+          digest = Sha256::file_hex(*it);
+        } catch (const Error& e) {
+          why = e.what();  // missing or unreadable
+        }
+        if (!digest.empty() && digest == live->second.digest) throw;
+        if (why.empty()) why = std::string("SHA-256 mismatch (") + load_error.what() + ")";
       }
       rp.rejected += (rp.rejected.empty() ? "" : "; ") + *it + ": " + why;
       m.corrupt_on_resume.push_back({*it, why});
@@ -652,7 +709,6 @@ std::optional<std::string> CheckpointHook::resume(Runner& runner, bool resume,
   } else {
     return std::nullopt;
   }
-  c10::IValue ckpt = read_checkpoint(path);
   runner.load_checkpoint(ckpt.toGenericDict(), resume);
   Event e;
   e.kind = EventKind::kResumed;
@@ -668,14 +724,7 @@ void CheckpointHook::before_train(Runner& runner) {
   Impl& m = *impl_;
   m.begin_stage();
   m.open_ledger(runner);
-  // §4.3 with §17.6: out_dir is joined with work_dir's basename unless it is work_dir itself,
-  // compared as normalised absolute paths.
-  if (!m.cfg.options.out_dir) {
-    m.out_dir = m.work_dir;
-  } else {
-    std::string given = strip_trailing_slash(absolute_normal(*m.cfg.options.out_dir));
-    m.out_dir = given == m.work_dir ? given : join(given, fs::path(m.work_dir).filename().string());
-  }
+  m.out_dir = m.resolve_out_dir();
   m.emit(LogLevel::kInfo, fmt::format("Checkpoints will be saved to {}.", m.out_dir));
 
   RunStartedPayload rs;

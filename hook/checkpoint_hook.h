@@ -62,7 +62,8 @@ class CheckpointHook {
   // After a resume, a loop runs a due validation again when this is false (nothing due is
   // skipped: issue 5); the reference loops in hook/loops.h do.
   bool validation_complete(int64_t epoch, int64_t iter) const;
-  // The live state (the fold of every event this hook appended or replayed).
+  // The live state (the fold of every event this hook appended or replayed). Read it after
+  // wait_idle(): the writer pool patches committed files' bytes, digest and seq into it.
   const HookState& state() const;
 
  private:

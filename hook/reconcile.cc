@@ -3,9 +3,11 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <map>
 
 #include <fmt/format.h>
 
+#include "hook/hook_config.h"
 #include "hook/hook_events.h"
 #include "ledger/event_handler.h"
 #include "ledger/payload.h"
@@ -25,6 +27,36 @@ bool is_temp(const std::string& name) {
 std::string temp_of(const std::string& path) {
   fs::path p(path);
   return (p.parent_path() / ("." + p.filename().string() + kTempSuffix)).string();
+}
+
+// The longest common prefix and suffix of two strings, the suffix not overlapping the prefix.
+std::pair<std::string, std::string> common_ends(const std::string& a, const std::string& b) {
+  size_t pre = 0;
+  while (pre < a.size() && pre < b.size() && a[pre] == b[pre]) ++pre;
+  size_t suf = 0;
+  while (suf < a.size() - pre && suf < b.size() - pre &&
+         a[a.size() - 1 - suf] == b[b.size() - 1 - suf]) {
+    ++suf;
+  }
+  return {a.substr(0, pre), a.substr(a.size() - suf)};
+}
+
+// `s` is prefix + a formatted step + suffix. A step formats as digits, possibly padded or
+// grouped as Python's str.format does it.
+bool matches_step_name(const std::string& s, const std::string& prefix, const std::string& suffix) {
+  if (s.size() <= prefix.size() + suffix.size()) return false;
+  if (s.compare(0, prefix.size(), prefix) != 0) return false;
+  if (s.compare(s.size() - suffix.size(), suffix.size(), suffix) != 0) return false;
+  bool digit = false;
+  for (size_t i = prefix.size(); i < s.size() - suffix.size(); ++i) {
+    const char c = s[i];
+    if (c >= '0' && c <= '9') {
+      digit = true;
+    } else if (c != ' ' && c != '+' && c != '-' && c != '_' && c != ',') {
+      return false;
+    }
+  }
+  return digit;
 }
 
 int64_t size_or_minus_one(const std::string& path) {
@@ -62,8 +94,37 @@ std::vector<Event> ReconcilePlan::events() const {
   return out;
 }
 
+std::function<bool(const std::string&)> checkpoint_name_matcher(const std::string& filename_tmpl) {
+  // Two steps of different lengths and digits: what they share at either end is the literal text.
+  const auto [prefix, suffix] =
+      common_ends(format_filename(filename_tmpl, 1), format_filename(filename_tmpl, 987654320));
+  // Regular checkpoints by their file name: the template's last path component (a step in a
+  // directory name leaves nothing to recognise a file by).
+  const bool by_name = suffix.find('/') == std::string::npos;
+  const std::string name_prefix = prefix.substr(prefix.rfind('/') + 1);
+  // Best checkpoints: "best_<key>_" + the whole name with '/' replaced by '_' (the hook's rule).
+  std::string flat_prefix = prefix, flat_suffix = suffix;
+  std::replace(flat_prefix.begin(), flat_prefix.end(), '/', '_');
+  std::replace(flat_suffix.begin(), flat_suffix.end(), '/', '_');
+  return [=](const std::string& name) {
+    if (by_name && matches_step_name(name, name_prefix, suffix)) return true;
+    if (name.compare(0, 5, "best_") != 0) return false;
+    for (size_t at = 7; at < name.size(); ++at) {  // after "best_<key>_", key not empty
+      if (name[at - 1] == '_' && matches_step_name(name.substr(at), flat_prefix, flat_suffix)) {
+        return true;
+      }
+    }
+    return false;
+  };
+}
+
 ReconcilePlan plan_reconcile(const HookState& state, const ReconcileScope& scope) {
   ReconcilePlan plan;
+  // Evidence that the ledger lost events (reconcile.h): only for a ledger that existed before.
+  const bool look_behind = scope.ledger && scope.ours && !scope.ledger->created();
+  auto never_begun = [&](const std::string& path) {
+    return !scope.ledger->names(path, {EventKind::kSaveBegun, EventKind::kSaveCommitted});
+  };
   std::set<std::string> removed;  // files some finding already removes
   auto add = [&](Finding f) {
     if (!f.remove.empty()) removed.insert(f.remove);
@@ -92,10 +153,24 @@ ReconcilePlan plan_reconcile(const HookState& state, const ReconcileScope& scope
     f.iter = begun.iter;
     add(std::move(f));
   }
-  // A prune that was decided (and recorded) but whose file is still there.
+  // A prune that was decided (and recorded) but whose file is still there. A long run has pruned
+  // thousands of files: each directory is listed once rather than every path stat'ed.
+  std::map<std::string, std::set<std::string>> names_in;  // directory -> its entries
+  auto listed = [&](const std::string& path) {
+    const fs::path p(path);
+    auto [it, fresh] = names_in.try_emplace(p.parent_path().string());
+    if (fresh) {
+      std::error_code ec;
+      for (const auto& entry : fs::directory_iterator(it->first, ec)) {
+        it->second.insert(entry.path().filename().string());
+      }
+    }
+    return it->second.count(p.filename().string()) > 0;
+  };
   for (const std::string& path : state.pruned_pending) {
+    if (state.live.count(path) || !listed(path)) continue;
     const int64_t bytes = size_or_minus_one(path);
-    if (state.live.count(path) || bytes < 0) continue;
+    if (bytes < 0) continue;
     Finding f{"prune_completed", path, "removed"};
     f.remove = path;
     f.bytes = bytes;
@@ -132,6 +207,18 @@ ReconcilePlan plan_reconcile(const HookState& state, const ReconcileScope& scope
       const int64_t bytes = size_or_minus_one(path);
       if (is_temp(name)) {
         if (removed.count(path) || in_flight_temps.count(path)) continue;
+        // .<name>.ckptledger-tmp is the temp file of <name>.
+        const std::string target =
+            name.size() > 1 && name[0] == '.'
+                ? name.substr(1, name.size() - 1 - std::string(kTempSuffix).size())
+                : std::string();
+        const std::string target_path = (fs::path(dir) / target).string();
+        if (look_behind && !target.empty() && scope.ours(target) && never_begun(target_path)) {
+          plan.behind.push_back(
+              fmt::format("{} is the temp file of a save of {} that this ledger never began", path,
+                          target_path));
+          continue;
+        }
         Finding f{"stray_temp", path, "removed"};
         f.remove = path;
         f.bytes = bytes;
@@ -139,6 +226,13 @@ ReconcilePlan plan_reconcile(const HookState& state, const ReconcileScope& scope
       } else if (entry.path().extension() == ".pth" && !state.live.count(path) &&
                  !state.pruned_pending.count(path) && !state.in_flight.count(path) &&
                  !state.retired.count(path) && !state.reported_unknown.count(path)) {
+        if (look_behind && scope.ours(name) && never_begun(path)) {
+          plan.behind.push_back(
+              fmt::format("{} is named like this hook's checkpoints, but this ledger never began "
+                          "it",
+                          path));
+          continue;
+        }
         Finding f{"unknown_file", path, "left alone", "not written by this ledger"};
         f.bytes = bytes;
         add(std::move(f));
@@ -149,7 +243,13 @@ ReconcilePlan plan_reconcile(const HookState& state, const ReconcileScope& scope
   plan.last_file = (fs::path(scope.work_dir) / "last_checkpoint").string();
   std::string last_content;
   if (std::ifstream in(plan.last_file); in) std::getline(in, last_content, '\0');
-  if (!state.last_ckpt.empty() && last_content != state.last_ckpt) {
+  // last_checkpoint is rewritten only after its file's save_committed is durable: naming a file
+  // this ledger never committed, it is ahead of the ledger.
+  if (look_behind && !last_content.empty() && last_content != state.last_ckpt &&
+      !scope.ledger->names(last_content, {EventKind::kSaveCommitted})) {
+    plan.behind.push_back(fmt::format("{} names {}, which this ledger never committed",
+                                      plan.last_file, last_content));
+  } else if (!state.last_ckpt.empty() && last_content != state.last_ckpt) {
     plan.last_rewrite = state.last_ckpt;
     add({"stale_last_checkpoint", plan.last_file, "rewritten",
          fmt::format("named '{}', the ledger's last is '{}'", last_content, state.last_ckpt)});
@@ -159,6 +259,13 @@ ReconcilePlan plan_reconcile(const HookState& state, const ReconcileScope& scope
 
 void apply_reconcile(const ReconcilePlan& plan, Ledger& ledger, HookState& state,
                      FileSystem& files) {
+  if (!plan.behind.empty()) {
+    std::string all;
+    for (const std::string& b : plan.behind) all += (all.empty() ? "" : "; ") + b;
+    throw_error(
+        ErrorCode::kCorruption,
+        fmt::format("ledger {} is behind the disk, refusing to repair: {}", ledger.path(), all));
+  }
   if (plan.empty()) return;
   std::vector<Event> events = plan.events();
   ledger.append_batch(events);

@@ -14,6 +14,9 @@
 namespace ckptledger {
 
 Staged::~Staged() {
+  // Drop every reference into the set's buffers before the set can be handed to the next save.
+  content_ = c10::IValue();
+  ready_waits_.clear();
   if (owner_) owner_->release(set_);
 }
 

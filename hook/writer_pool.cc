@@ -85,7 +85,11 @@ void WriterPool::drain() {
 }
 
 std::exception_ptr WriterPool::take_error() {
-  std::lock_guard<std::mutex> lock(impl_->mu);
+  std::unique_lock<std::mutex> lock(impl_->mu);
+  if (!impl_->error) return nullptr;
+  // Jobs posted behind the failed one were decided on a state that no longer holds: they must
+  // all have been skipped before `failed` is cleared, or one still queued would run after it.
+  impl_->idle.wait(lock, [&] { return impl_->pending == 0; });
   std::exception_ptr e = impl_->error;
   impl_->error = nullptr;
   impl_->failed = false;

@@ -29,7 +29,8 @@ class WriterPool {
   void post(std::function<void()> job, std::function<void(std::exception_ptr)> on_error = nullptr);
   // Blocks until every posted job has finished.
   void drain();
-  // The first failure since the last call, or null.
+  // The first failure since the last call, or null. When there is one, waits until every job
+  // posted before the call has run (or been skipped) before later jobs may run again.
   std::exception_ptr take_error();
   bool synchronous() const { return sync_; }
 

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -232,6 +233,7 @@ std::unique_ptr<Ledger> Ledger::open(const std::string& path, const LedgerOption
   if (!exists && (l->read_only_ || !options.create_if_missing)) {
     throw_error(ErrorCode::kNotFound, fmt::format("ledger {}: no such file", path));
   }
+  l->created_ = !exists;
   // A hot rollback journal means a transaction (often the very first, creating the schema) died
   // half-way: page 1 may be zeros until SQLite rolls the journal back, so the header probe and the
   // immutable connection (which ignores journals) are skipped and SQLite recovers the file.
@@ -526,15 +528,38 @@ void Ledger::for_each(const std::function<bool(const Event&)>& fn, int64_t after
   }
 }
 
+// A fold over a gap (or over rows out of order) is a state the writer never had. SQLite cannot
+// see it when the main file and the -wal come from different moments (a copy taken while the
+// ledger was written, a -wal copied later or deleted mid-checkpoint): pages of two moments then
+// form valid b-trees whose scan skips or repeats rows. Checking that seqs run 1, 2, 3 ... up to the
+// tail read at open turns that into an error (issue 5).
 int64_t Ledger::replay(EventHandler& handler, int64_t up_to_seq) const {
   int64_t n = 0;
   for_each(
       [&](const Event& e) {
+        if (e.seq != n + 1) {
+          throw_error(ErrorCode::kCorruption,
+                      fmt::format("ledger {}: seq {} follows seq {}: events are missing or out of "
+                                  "order (a copy of the ledger taken while it was written, or its "
+                                  "-wal from another moment?); `ckptledger verify` checks the "
+                                  "whole chain",
+                                  path_, e.seq, n));
+        }
         dispatch(e, handler);
         ++n;
         return true;
       },
       0, up_to_seq, /*with_hashes=*/false);
+  // Fewer events than the tail read at open: the scan lost some. (More is fine: a reader's tail
+  // is from its open, and a writer may have appended since.)
+  const int64_t expected = std::min(up_to_seq, last_seq_);
+  if (n < expected) {
+    throw_error(ErrorCode::kCorruption,
+                fmt::format("ledger {}: {} events read in order, but the last event is seq {} "
+                            "(a copy of the ledger taken while it was written, or its -wal from "
+                            "another moment?)",
+                            path_, n, expected));
+  }
   return n;
 }
 
@@ -560,6 +585,20 @@ VerifyReport Ledger::verify() const {
     return true;
   });
   return r;
+}
+
+bool Ledger::names(const std::string& path, std::initializer_list<EventKind> kinds) const {
+  Stmt s(db_, "SELECT kind FROM events WHERE path = ?", path_);
+  sqlite3_bind_text(s.get(), 1, path.data(), static_cast<int>(path.size()), SQLITE_STATIC);
+  for (;;) {
+    int rc = sqlite3_step(s.get());
+    if (rc == SQLITE_DONE) return false;
+    if (rc != SQLITE_ROW) fail(db_, rc, path_, "look up events of " + path);
+    const char* kind = reinterpret_cast<const char*>(sqlite3_column_text(s.get(), 0));
+    for (EventKind k : kinds) {
+      if (kind && std::strcmp(kind, event_kind_name(k)) == 0) return true;
+    }
+  }
 }
 
 std::optional<WriterInfo> Ledger::writer_info() const {

@@ -16,6 +16,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <initializer_list>
 #include <limits>
 #include <memory>
 #include <optional>
@@ -89,6 +90,10 @@ class Ledger {
                  int64_t up_to_seq = std::numeric_limits<int64_t>::max()) const;
 
   int64_t last_seq() const { return last_seq_; }
+  // Whether this open created the ledger file (there was no file at the path before).
+  bool created() const { return created_; }
+  // Whether an event of one of `kinds` names `path` (an index lookup on events.path).
+  bool names(const std::string& path, std::initializer_list<EventKind> kinds) const;
   // Recomputes the whole hash chain and checks seq continuity.
   VerifyReport verify() const;
   // The recorded writer (the current holder while it runs, or the last one after it exits).
@@ -104,6 +109,7 @@ class Ledger {
   std::string path_;
   std::string run_id_;
   bool read_only_ = false;
+  bool created_ = false;
   sqlite3* db_ = nullptr;
   int lock_fd_ = -1;  // holds the OFD writer lock; closed only after db_ (POSIX lock semantics)
   int64_t last_seq_ = 0;

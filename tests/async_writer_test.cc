@@ -7,6 +7,8 @@
 #include <condition_variable>
 #include <filesystem>
 #include <mutex>
+#include <stdexcept>
+#include <string_view>
 #include <thread>
 
 #include <gmock/gmock.h>
@@ -18,6 +20,7 @@
 #include "hook/hook_events.h"
 #include "hook/stager.h"
 #include "ledger/ledger.h"
+#include "ledger/sha256.h"
 
 namespace ckptledger {
 namespace {
@@ -330,6 +333,98 @@ TEST_F(AsyncTest, StagingReusesItsBuffersAcrossSaves) {
     EXPECT_EQ(staged->bytes(), (256 * 256 + 256) * sizeof(float));
   }
   EXPECT_EQ(stager.allocated_bytes(), (256 * 256 + 256) * sizeof(float));
+}
+
+// Tensors above write_durably's copy threshold are hashed on a second thread while the pool (two
+// threads, one strand) writes them and training mutates the originals: the digest the ledger
+// records is the file's. A fault in the middle of a large file stops that thread.
+TEST_F(AsyncTest, LargeCheckpointsAreHashedBesideTheWriteAndAFaultStopsTheHasher) {
+  FaultyFileSystem faulty;
+  faulty.fault = FaultyFileSystem::Fault::kEnospcAfterBytes;
+  faulty.target = "iter_5.pth";
+  faulty.budget = 3 << 20;  // inside the second 2 MiB tensor
+  CheckpointHook hook(cfg(R"({"interval": 1, "by_epoch": false, "writer_threads": 2,
+                              "max_inflight_bytes": 33554432})"),
+                      {}, &faulty);
+  MutatingRunner r(work_);
+  r.params_ = {torch::zeros({512, 1024}), torch::zeros({512, 1024}), torch::zeros({1024})};
+  hook.before_train(r);
+  for (int i = 0; i < 4; ++i) {
+    r.iter_ = i;
+    r.set_all(i + 1);
+    hook.after_train_iter(r, i);
+    r.set_all(-7);
+  }
+  hook.wait_idle();
+  auto committed = events(EventKind::kSaveCommitted);
+  ASSERT_EQ(committed.size(), 4u);
+  for (const Event& e : committed) {
+    uint64_t size = 0;
+    EXPECT_EQ(Sha256::file_hex(e.path, &size), e.digest) << e.path;
+    EXPECT_EQ(static_cast<int64_t>(size), e.bytes.value_or(-1)) << e.path;
+  }
+  for (int k = 1; k <= 4; ++k) {
+    EXPECT_EQ(first_value(p("iter_" + std::to_string(k) + ".pth"), "p1"), k) << "iter_" << k;
+  }
+  // The failure surfaces at this call or the next one, whichever comes after the write.
+  bool raised = false;
+  r.iter_ = 4;
+  try {
+    hook.after_train_iter(r, 4);
+    hook.wait_idle();
+    r.iter_ = 5;
+    hook.after_train_iter(r, 5);
+  } catch (const Error& e) {
+    raised = true;
+    EXPECT_THAT(e.what(), HasSubstr("No space left on device"));
+  }
+  EXPECT_TRUE(raised);
+  hook.wait_idle();
+  EXPECT_FALSE(fs::exists(p("iter_5.pth")));
+  EXPECT_FALSE(temp_files_left());
+  EXPECT_EQ(events(EventKind::kSaveFailed).size(), 1u);
+}
+
+// write_durably on its own: large chunks go to the hashing thread, small ones are copied, and the
+// digest follows the submission order; a producer that fails after handing over a large chunk
+// (whose memory goes away with the exception) leaves no file and no thread reading it.
+TEST_F(AsyncTest, WriteDurablyHashesLargeChunksInOrderAndStopsOnAFailingProducer) {
+  fs::create_directories(work_);
+  std::vector<char> big(3 << 20);
+  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>(i * 131 + (i >> 12));
+  const std::string expected = Sha256::hex(std::string_view(big.data(), big.size()));
+  const size_t mib = 1 << 20;
+  for (ChunkLifetime lifetime : {ChunkLifetime::kCall, ChunkLifetime::kWholeWrite}) {
+    SCOPED_TRACE(lifetime == ChunkLifetime::kCall ? "kCall" : "kWholeWrite");
+    WrittenFile w = write_durably(
+        p("big.bin"),
+        [&](const ByteSink& sink) {
+          sink(big.data(), 100);                                   // small, hashed inline
+          sink(big.data() + 100, mib);                             // large: starts the thread
+          sink(big.data() + 100 + mib, 1000);                      // small, copied for the thread
+          sink(big.data() + 1100 + mib, big.size() - 1100 - mib);  // large
+        },
+        FileSystem::posix(), lifetime);
+    EXPECT_EQ(w.bytes, big.size());
+    EXPECT_EQ(w.sha256, expected);
+    EXPECT_EQ(Sha256::file_hex(p("big.bin")), expected);
+    EXPECT_THROW(write_durably(
+                     p("bad.bin"),
+                     [&](const ByteSink& sink) {
+                       if (lifetime == ChunkLifetime::kCall) {
+                         // Valid during the call only: freed while the exception unwinds.
+                         std::vector<char> scratch(big.begin(), big.begin() + 2 * mib);
+                         sink(scratch.data(), scratch.size());
+                       } else {
+                         sink(big.data(), 2 * mib);
+                       }
+                       throw std::runtime_error("producer failed");
+                     },
+                     FileSystem::posix(), lifetime),
+                 std::runtime_error);
+    EXPECT_FALSE(fs::exists(p("bad.bin")));
+  }
+  EXPECT_FALSE(temp_files_left());
 }
 
 TEST_F(AsyncTest, DestructionDrainsEveryAcceptedSave) {

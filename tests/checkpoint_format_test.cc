@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "ledger/error.h"
+#include "ledger/sha256.h"
 
 namespace ckptledger {
 namespace {
@@ -709,6 +710,80 @@ TEST(CheckpointFormat, PickledClassIsInvalidArgumentNamingIt) {
   EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
   EXPECT_NE(std::string(e.what()).find("HistoryBuffer"), std::string::npos) << e.what();
   EXPECT_NE(std::string(e.what()).find("hub.pth"), std::string::npos) << e.what();
+}
+
+// ---- read_checkpoint_verified: load and SHA-256 in one read (verified resume) -----------------
+
+TEST(CheckpointFormat, VerifiedReadGivesTheCheckpointOnlyWhenTheWholeFileMatches) {
+  TempDir dir;
+  GenericDict sd = str_dict();
+  for (int i = 0; i < 6; ++i) sd.insert("big." + std::to_string(i), torch::randn({600, 1024}));
+  for (int i = 0; i < 40; ++i) sd.insert("small." + std::to_string(i), torch::randn({i + 1}));
+  sd.insert("empty", torch::zeros({0}));
+  GenericDict ckpt = str_dict();
+  ckpt.insert("meta", str_dict());
+  ckpt.insert("state_dict", sd);
+  const std::string path = dir.file("verified.pth");
+  write_file(path, ckpt);
+  uint64_t size = 0;
+  const std::string digest = Sha256::file_hex(path, &size);
+  for (int round = 0; round < 3; ++round) {  // the hashing thread races the reader differently
+    VerifiedCheckpoint v = read_checkpoint_verified(path, digest);
+    EXPECT_TRUE(v.matches);
+    EXPECT_EQ(v.sha256, digest);
+    EXPECT_EQ(v.bytes, size);
+    ExpectSameValue(v.value, read_checkpoint(path));
+  }
+  VerifiedCheckpoint other = read_checkpoint_verified(path, std::string(64, 'a'));
+  EXPECT_FALSE(other.matches);
+  EXPECT_EQ(other.sha256, digest);
+  EXPECT_TRUE(other.value.isNone()) << "a load that does not verify was handed out";
+}
+
+// The digest is of every byte of the file, including those the reader never looks at (here the
+// version record): a change there still loads, and must not verify.
+TEST(CheckpointFormat, VerifiedReadCoversBytesTheReaderSkips) {
+  TempDir dir;
+  GenericDict ckpt = str_dict();
+  ckpt.insert("w", torch::full({1024}, 3.0f));
+  std::string bytes = to_bytes(ckpt);
+  const std::string path = dir.file("skipped.pth");
+  write_bytes(path, bytes);
+  const std::string committed = Sha256::file_hex(path);
+  const size_t name = bytes.find("archive/version");
+  ASSERT_NE(name, std::string::npos);
+  const size_t header = name - 30;  // the local header that names it
+  const size_t extra = static_cast<uint8_t>(bytes[header + 28]) |
+                       (static_cast<size_t>(static_cast<uint8_t>(bytes[header + 29])) << 8);
+  const size_t data = name + std::string("archive/version").size() + extra;
+  ASSERT_EQ(bytes[data], '3');
+  bytes[data] = '4';
+  write_bytes(path, bytes);
+  ASSERT_NO_THROW(read_checkpoint(path));  // the reader alone does not notice
+  VerifiedCheckpoint v = read_checkpoint_verified(path, committed);
+  EXPECT_FALSE(v.matches);
+  EXPECT_EQ(v.sha256, Sha256::file_hex(path));
+  EXPECT_TRUE(v.value.isNone());
+}
+
+// The CRC-32 a plain read checks is left to the digest: a flipped tensor byte does not verify.
+TEST(CheckpointFormat, VerifiedReadOfAFlippedTensorByteDoesNotMatch) {
+  TempDir dir;
+  GenericDict ckpt = str_dict();
+  ckpt.insert("w", torch::full({300000}, 1.5f));
+  std::string bytes = to_bytes(ckpt);
+  const std::string path = dir.file("flipped.pth");
+  write_bytes(path, bytes);
+  const std::string committed = Sha256::file_hex(path);
+  bytes[bytes.size() / 2] ^= 0x10;  // inside the tensor's record
+  write_bytes(path, bytes);
+  EXPECT_EQ(CatchError([&] { read_checkpoint(path); }).code(), ErrorCode::kCorruption);
+  VerifiedCheckpoint v = read_checkpoint_verified(path, committed);
+  EXPECT_FALSE(v.matches);
+  EXPECT_TRUE(v.value.isNone());
+  EXPECT_EQ(
+      CatchError([&] { read_checkpoint_verified(dir.file("missing.pth"), committed); }).code(),
+      ErrorCode::kNotFound);
 }
 
 }  // namespace

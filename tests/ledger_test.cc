@@ -309,6 +309,13 @@ TEST_F(LedgerTest, ReaderSeesCommittedEventsWhileWriterIsOpen) {
   });
   EXPECT_EQ(n, 2);
   EXPECT_THROW(r->append(e), Error);
+  // A replay reads what was appended after the reader opened, too.
+  struct Count : EventHandler {
+    int n = 0;
+    void on_save_committed(const Event&) override { ++n; }
+  } count;
+  EXPECT_EQ(r->replay(count), 2);
+  EXPECT_EQ(count.n, 2);
 }
 
 TEST_F(LedgerTest, LedgerFromMigrationOneIsUpgradedWithEventsIntact) {
@@ -431,6 +438,25 @@ TEST_F(LedgerTest, DeletedMiddleEventIsDetectedAsAGap) {
   VerifyReport r = Ledger::open(path_, ro)->verify();
   EXPECT_EQ(r.first_bad_seq, 3);
   EXPECT_THAT(r.problem, HasSubstr("missing"));
+}
+
+// A fold over a gap is a state the writer never had (a copy of a live ledger can have gaps that
+// SQLite does not see): replay refuses it, and a tail that the scan never reaches.
+TEST_F(LedgerTest, ReplayRefusesMissingEvents) {
+  write_events(5);
+  raw_sql(path_, "DROP TRIGGER events_append_only_delete; DELETE FROM events WHERE seq = 2;");
+  LedgerOptions ro;
+  ro.mode = OpenMode::kReadOnly;
+  EventHandler ignore;
+  try {
+    Ledger::open(path_, ro)->replay(ignore);
+    FAIL() << "replayed over a gap";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kCorruption);
+    EXPECT_THAT(e.what(), HasSubstr("seq 3 follows seq 1"));
+    EXPECT_THAT(e.what(), HasSubstr(path_));
+  }
+  EXPECT_EQ(Ledger::open(path_, ro)->replay(ignore, 1), 1);  // the prefix before the gap is fine
 }
 
 // A real ledger whose creating process was SIGKILLed by the torture test: page 1 is still zeros and
