@@ -14,6 +14,7 @@
 
 #include "catalog/catalog.h"
 #include "hook/durable_file.h"
+#include "hook/hook_config.h"
 #include "ledger/sha256.h"
 
 namespace ckptledger {
@@ -187,10 +188,24 @@ ReconcileScope Catalog::reconcile_scope() {
   return scope;
 }
 
+// The checkpoint names of the hook that wrote the ledger (its newest run's filename_tmpl), to look
+// for evidence that the ledger is behind the work_dir as the hook does; null when unknown.
+std::function<bool(const std::string&)> names_of(const HookState& state) {
+  if (state.config.empty()) return nullptr;
+  try {
+    return checkpoint_name_matcher(
+        validate(HookConfig::from_json(nlohmann::json::parse(state.config))).filename_tmpl);
+  } catch (const std::exception&) {
+    return nullptr;  // a config this binary cannot read: no name-based evidence
+  }
+}
+
 ReconcilePlan Catalog::gc_plan() {
   ReadTxn txn(*this);
   ReconcileScope scope = reconcile_scope();
   StateResult now = state_as_of(std::nullopt);
+  scope.ours = names_of(now.state);
+  if (scope.ours) scope.ledger = ledger_.get();
   return plan_reconcile(now.state, scope);
 }
 
@@ -209,6 +224,8 @@ ReconcilePlan gc_apply(const std::string& ledger_or_work_dir) {
   HookState state;
   HookStateFold fold(state);
   ledger->replay(fold);
+  scope.ours = names_of(state);
+  if (scope.ours) scope.ledger = ledger.get();
   ReconcilePlan plan = plan_reconcile(state, scope);
   apply_reconcile(plan, *ledger, state, FileSystem::posix());
   return plan;

@@ -535,7 +535,10 @@ int run_gc(const Common& c, bool apply) {
                    {"remove", f.remove.empty() ? ojson(nullptr) : ojson(f.remove)},
                    {"bytes", f.bytes < 0 ? ojson(nullptr) : ojson(f.bytes)}});
     }
-    print_json({{"ledger", ledger_path}, {"dry_run", !apply}, {"findings", a}});
+    print_json({{"ledger", ledger_path},
+                {"dry_run", !apply},
+                {"findings", a},
+                {"ledger_behind_work_dir", plan.behind}});
   } else {
     TextTable t({"finding", "action", "bytes", "path", "detail"});
     for (const auto& f : plan.findings) {
@@ -555,8 +558,11 @@ int run_gc(const Common& c, bool apply) {
           ledger_path, actions));
     }
     if (!t.empty()) print_text(t.render());
+    for (const std::string& b : plan.behind) {
+      print_text(fmt::format("ledger behind its work_dir (a training start refuses): {}\n", b));
+    }
   }
-  return !apply && actions ? kExitProblems : 0;
+  return !apply && (actions || !plan.behind.empty()) ? kExitProblems : 0;
 }
 
 // The verbs that train through the real hook live in `ckptledger-train` (it links libtorch, which

@@ -621,7 +621,9 @@ TEST_F(CatalogTest, GcPlansWhatReconciliationWouldDo) {
               ::testing::ElementsAre("stale_last_checkpoint last_checkpoint"));
   spit(file("last_checkpoint"), catalog()->state_as_of(std::nullopt).state.last_ckpt);
   EXPECT_TRUE(catalog()->gc_plan().empty());
-  spit(file(".epoch_6.pth.ckptledger-tmp"), "partial");
+  // (The temp file of a published copy: a temp file of a regular name that the ledger never began
+  // would be evidence of a ledger behind its work_dir, below.)
+  spit(file(".epoch_6-00ff00ff.pth.ckptledger-tmp"), "partial");
   spit(file("epoch_2.pth"), "pruned but back");
   fs::remove(file("epoch_5.pth"));
   spit(file("epoch_4.pth"), "x");
@@ -630,10 +632,12 @@ TEST_F(CatalogTest, GcPlansWhatReconciliationWouldDo) {
       findings_of(catalog()->gc_plan()),
       ::testing::UnorderedElementsAre(
           "prune_completed epoch_2.pth -epoch_2.pth", "corrupt epoch_4.pth", "lost epoch_5.pth",
-          "stray_temp .epoch_6.pth.ckptledger-tmp -.epoch_6.pth.ckptledger-tmp",
+          "stray_temp .epoch_6-00ff00ff.pth.ckptledger-tmp -.epoch_6-00ff00ff.pth.ckptledger-tmp",
           "unknown_file foreign.pth"));
   // A save begun and never finished (its process is gone), with its temp file.
+  fs::remove(file(".epoch_6-00ff00ff.pth.ckptledger-tmp"));
   begun(file("epoch_6.pth"), 6, "regular");
+  spit(file(".epoch_6.pth.ckptledger-tmp"), "partial");
   crash();
   std::vector<std::string> got = findings_of(catalog()->gc_plan());
   EXPECT_THAT(got, ::testing::Contains("torn_save epoch_6.pth -.epoch_6.pth.ckptledger-tmp"));
@@ -653,7 +657,7 @@ TEST_F(CatalogTest, GcApplyRepairsAsATrainingStartWouldAndRecordsIt) {
   story();
   crash();
   spit(file("last_checkpoint"), catalog()->state_as_of(std::nullopt).state.last_ckpt);
-  spit(file(".epoch_6.pth.ckptledger-tmp"), "partial");
+  spit(file(".epoch_6-00ff00ff.pth.ckptledger-tmp"), "partial");
   spit(file("epoch_2.pth"), "pruned but back");
   fs::remove(file("epoch_5.pth"));
   spit(file("foreign.pth"), "not ours");
@@ -676,7 +680,7 @@ TEST_F(CatalogTest, GcApplyRepairsAsATrainingStartWouldAndRecordsIt) {
   EXPECT_EQ(j["findings"].size(), 4u) << r.out;
   // Done: temp file and unfinished prune removed, the foreign file left alone, the lost file
   // recorded; each finding is a `recovered` event of gc's own run, appended after `before`.
-  EXPECT_FALSE(fs::exists(file(".epoch_6.pth.ckptledger-tmp")));
+  EXPECT_FALSE(fs::exists(file(".epoch_6-00ff00ff.pth.ckptledger-tmp")));
   EXPECT_FALSE(fs::exists(file("epoch_2.pth")));
   EXPECT_TRUE(fs::exists(file("foreign.pth")));
   ResultSet rec = catalog()->query(
@@ -694,6 +698,30 @@ TEST_F(CatalogTest, GcApplyRepairsAsATrainingStartWouldAndRecordsIt) {
   EXPECT_TRUE(catalog()->gc_plan().empty());
   r = cli("gc " + work_);
   EXPECT_EQ(r.rc, 0) << r.out;
+}
+
+TEST_F(CatalogTest, GcShowsALedgerBehindItsWorkDirAndApplyRefusesIt) {
+  story();
+  crash();
+  spit(file("last_checkpoint"), catalog()->state_as_of(std::nullopt).state.last_ckpt);
+  // A checkpoint this ledger never began: what a restored copy or a deleted -wal leaves.
+  spit(file("epoch_9.pth"), "written by events the ledger lost");
+  const int64_t before = catalog()->ledger().last_seq();
+  Cli r = cli("gc " + work_);
+  EXPECT_EQ(r.rc, 1) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("ledger behind its work_dir"));
+  EXPECT_THAT(r.out, HasSubstr("epoch_9.pth"));
+  r = cli("gc --apply " + work_);
+  EXPECT_EQ(r.rc, 4) << r.out;
+  EXPECT_THAT(r.err, HasSubstr("epoch_9.pth"));
+  // Refused before anything was written or removed.
+  EXPECT_EQ(catalog()->ledger().last_seq(), before);
+  EXPECT_TRUE(fs::exists(file("epoch_9.pth")));
+  // A foreign name is only an unknown file: gc --apply records it.
+  fs::rename(file("epoch_9.pth"), file("foreign.pth"));
+  r = cli("gc --apply " + work_);
+  EXPECT_EQ(r.rc, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("unknown_file"));
 }
 
 TEST(CatalogTime, Iso8601RoundTripsAndRejectsGarbage) {
