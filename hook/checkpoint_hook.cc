@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <ctime>
@@ -86,6 +87,11 @@ c10::IValue hub_to_ivalue(const nlohmann::json& hub) {
   return d;
 }
 
+// State snapshots (Ledger::put_snapshot): one every kSnapshotEvery appended events (on the strand),
+// one at open when the replayed tail was at least kSnapshotAtOpen events, one at after_run.
+constexpr int64_t kSnapshotEvery = 10000;
+constexpr int64_t kSnapshotAtOpen = 1000;
+
 }  // namespace
 
 // Threads: the training thread makes every decision and owns the Runner; the writer pool's
@@ -110,7 +116,10 @@ struct CheckpointHook::Impl {
   std::vector<std::string> published;
   bool budget_sized = false;
   std::vector<std::pair<std::string, std::string>> corrupt_on_resume;  // path, why
-  FileSystem* files = nullptr;                                         // not owned
+  // The seq of the newest snapshot of the fold this hook started from or wrote (0: none). Read and
+  // written by the training thread while the pool is idle (open, after_run) and by the strand.
+  std::atomic<int64_t> snapshot_seq{0};
+  FileSystem* files = nullptr;  // not owned
   // Last member: destroyed (drained, joined) first, while everything its jobs touch is alive.
   std::unique_ptr<WriterPool> pool;
 
@@ -141,7 +150,7 @@ struct CheckpointHook::Impl {
     }
     ledger = Ledger::open(ledger_file());
     try {
-      rebuild_state();
+      rebuild_state(/*snapshot_after=*/true);
       reconcile();
     } catch (...) {
       // A refused ledger stays refused: the next hook call opens and checks it again rather than
@@ -211,11 +220,74 @@ struct CheckpointHook::Impl {
     apply_reconcile(plan, *ledger, state, *files);
   }
 
-  // The state is the fold of the ledger (§17.3); also how a failed write is rolled back.
-  void rebuild_state() {
-    HookState fresh;
-    HookStateFold fold(fresh);
-    ledger->replay(fold);
+  // The fold of the ledger's events: the newest trusted snapshot (Ledger::latest_snapshot: a prefix
+  // of this chain) plus the events after it, or every event when there is no readable snapshot.
+  // `*from_seq`: the snapshot's seq (0: none); `*to_seq`: the last event folded.
+  HookState fold_ledger(int64_t* from_seq, int64_t* to_seq) const {
+    HookState s;
+    int64_t after = 0;
+    try {
+      if (std::optional<Snapshot> snap = ledger->latest_snapshot(kHookStateFormat)) {
+        if (std::optional<HookState> restored = deserialize_state(snap->blob)) {
+          s = std::move(*restored);
+          after = snap->seq;
+        } else {
+          emit(LogLevel::kWarning,
+               fmt::format("ledger {}: the state snapshot at seq {} is unreadable: ignored, "
+                           "replaying every event",
+                           ledger->path(), snap->seq));
+        }
+      }
+    } catch (const std::exception& ex) {
+      // Snapshots are a cache: whatever is wrong with them, the events decide.
+      s = HookState{};
+      after = 0;
+      emit(LogLevel::kWarning, fmt::format("ledger {}: state snapshots ignored ({}): replaying "
+                                           "every event",
+                                           ledger->path(), ex.what()));
+    }
+    HookStateFold fold(s);
+    const int64_t n = ledger->replay_range(fold, after);
+    if (from_seq) *from_seq = after;
+    if (to_seq) *to_seq = after + n;
+    return s;
+  }
+
+  // Records `s`, the fold of the events up to `seq`, as a snapshot. A cache: a failure is logged,
+  // never raised (the next resume replays more events, that is all).
+  void write_snapshot(const HookState& s, int64_t seq) {
+    try {
+      ledger->put_snapshot(seq, kHookStateFormat, serialize_state(s));
+    } catch (const std::exception& ex) {
+      emit(LogLevel::kWarning,
+           fmt::format("ledger {}: cannot record a state snapshot at seq {}: {}", ledger->path(),
+                       seq, ex.what()));
+    }
+    snapshot_seq = seq;  // failed or not: the next try is a full interval later
+  }
+
+  // On the strand after appends (or with the pool idle): once `every` events were appended since
+  // the last snapshot, folds the ledger (snapshot + tail) and records that fold.
+  void maybe_snapshot(int64_t every) {
+    if (!ledger || ledger->read_only() || ledger->last_seq() - snapshot_seq < every) return;
+    try {
+      int64_t from = 0, to = 0;
+      HookState s = fold_ledger(&from, &to);
+      if (to > from) write_snapshot(s, to);
+    } catch (const std::exception& ex) {
+      snapshot_seq = ledger->last_seq();
+      emit(LogLevel::kWarning,
+           fmt::format("ledger {}: no state snapshot: {}", ledger->path(), ex.what()));
+    }
+  }
+
+  // The state is the fold of the ledger (§17.3); also how a failed write is rolled back. At open
+  // (`snapshot_after`), a long tail replayed is recorded as a snapshot for the next resume.
+  void rebuild_state(bool snapshot_after = false) {
+    int64_t from = 0, to = 0;
+    HookState fresh = fold_ledger(&from, &to);
+    snapshot_seq = from;
+    if (snapshot_after && to - from >= kSnapshotAtOpen) write_snapshot(fresh, to);
     std::lock_guard<std::mutex> lock(mu);
     state = std::move(fresh);
   }
@@ -255,6 +327,7 @@ struct CheckpointHook::Impl {
           ledger->append_batch(events);
           patch_committed(events);
           for (const std::string& p : remove_after) remove_durably(p, *files);
+          maybe_snapshot(kSnapshotEvery);
         });
   }
 
@@ -382,6 +455,7 @@ struct CheckpointHook::Impl {
           patch_committed(commit);
           for (const std::string& p : remove_after) remove_durably(p, *files);
           if (moves_last_checkpoint) write_text_durably(last_file, path, *files);
+          maybe_snapshot(kSnapshotEvery);
         },
         [this, path](std::exception_ptr e) {
           Event failed;
@@ -500,6 +574,7 @@ struct CheckpointHook::Impl {
         impl->pool->post([impl = impl, e = e]() mutable {
           std::vector<Event> v{e};
           impl->ledger->append_batch(v);
+          impl->maybe_snapshot(kSnapshotEvery);
         });
       }
     } append_validated{this, validated};
@@ -868,6 +943,8 @@ void CheckpointHook::after_run(Runner& /*runner*/) {
   m.record({e});
   m.pool->drain();
   m.check_error();
+  // The next resume starts from here (the pool is idle: the training thread may use the ledger).
+  m.maybe_snapshot(1);
 }
 
 void CheckpointHook::wait_idle() { impl_->pool->drain(); }

@@ -1,10 +1,72 @@
 #include "hook/hook_state.h"
 
 #include <algorithm>
+#include <sstream>
+
+#include <cereal/archives/binary.hpp>
+#include <cereal/types/map.hpp>
+#include <cereal/types/set.hpp>
+#include <cereal/types/string.hpp>
+#include <cereal/types/utility.hpp>
+#include <cereal/types/vector.hpp>
 
 #include "hook/hook_events.h"
+#include "ledger/sha256.h"
 
 namespace ckptledger {
+
+// Every field of HookState, in declaration order (kHookStateFormat names this layout).
+template <class A>
+void serialize(A& ar, BestState& b) {
+  ar(b.score, b.path);
+}
+template <class A>
+void serialize(A& ar, LiveFile& f) {
+  ar(f.role, f.step, f.epoch, f.iter, f.bytes, f.digest, f.seq);
+}
+template <class A>
+void serialize(A& ar, HookState::Begun& b) {
+  ar(b.step, b.epoch, b.iter);
+}
+template <class A>
+void serialize(A& ar, HookState& s) {
+  ar(s.best, s.auto_key, s.keep_tracked, s.keep_ckpt_ids, s.last_ckpt, s.live,
+     s.regular_path_by_step, s.regular_order, s.config, s.runs, s.in_flight, s.pruned_pending,
+     s.validated, s.reported_unknown, s.retired);
+}
+
+namespace {
+constexpr size_t kDigestChars = 64;
+}  // namespace
+
+std::string serialize_state(const HookState& state) {
+  std::ostringstream os;
+  {
+    cereal::BinaryOutputArchive ar(os);
+    ar(const_cast<HookState&>(state));  // cereal's serialize() is non-const by convention
+  }
+  std::string body = os.str();
+  return Sha256::hex(body) + body;
+}
+
+std::optional<HookState> deserialize_state(const std::string& blob) {
+  // The digest first: cereal trusts the sizes it reads, so damaged bytes never reach it.
+  if (blob.size() < kDigestChars) return std::nullopt;
+  std::string_view body(blob.data() + kDigestChars, blob.size() - kDigestChars);
+  if (Sha256::hex(body) != std::string_view(blob.data(), kDigestChars)) return std::nullopt;
+  try {
+    std::istringstream is{std::string(body)};
+    HookState s;
+    {
+      cereal::BinaryInputArchive ar(is);
+      ar(s);
+    }
+    if (is.peek() != std::char_traits<char>::eof()) return std::nullopt;  // bytes left over
+    return s;
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+}
 
 nlohmann::json HookState::hub_info(bool single, const std::vector<std::string>& keys) const {
   nlohmann::json j = nlohmann::json::object();

@@ -65,6 +65,14 @@ struct HookState {
   friend bool operator==(const HookState& a, const HookState& b);
 };
 
+// Snapshots of a HookState (Ledger::put_snapshot / latest_snapshot): every field, cereal binary,
+// behind the SHA-256 of those bytes. kHookStateFormat names the layout: change it whenever a field
+// is added, removed or changes meaning (an old snapshot is then ignored, never misread).
+inline constexpr const char* kHookStateFormat = "hook_state/1 cereal-binary-le sha256";
+std::string serialize_state(const HookState& state);
+// nullopt when the blob is not one serialize_state wrote (damaged, truncated, another layout).
+std::optional<HookState> deserialize_state(const std::string& blob);
+
 class HookStateFold : public EventHandler {
  public:
   explicit HookStateFold(HookState& state) : s_(state) {}

@@ -534,7 +534,11 @@ void Ledger::for_each(const std::function<bool(const Event&)>& fn, int64_t after
 // form valid b-trees whose scan skips or repeats rows. Checking that seqs run 1, 2, 3 ... up to the
 // tail read at open turns that into an error (issue 5).
 int64_t Ledger::replay(EventHandler& handler, int64_t up_to_seq) const {
-  int64_t n = 0;
+  return replay_range(handler, 0, up_to_seq);
+}
+
+int64_t Ledger::replay_range(EventHandler& handler, int64_t after_seq, int64_t up_to_seq) const {
+  int64_t n = after_seq;
   for_each(
       [&](const Event& e) {
         if (e.seq != n + 1) {
@@ -549,7 +553,7 @@ int64_t Ledger::replay(EventHandler& handler, int64_t up_to_seq) const {
         ++n;
         return true;
       },
-      0, up_to_seq, /*with_hashes=*/false);
+      after_seq, up_to_seq, /*with_hashes=*/false);
   // Fewer events than the tail read at open: the scan lost some. (More is fine: a reader's tail
   // is from its open, and a writer may have appended since.)
   const int64_t expected = std::min(up_to_seq, last_seq_);
@@ -560,7 +564,77 @@ int64_t Ledger::replay(EventHandler& handler, int64_t up_to_seq) const {
                             "another moment?)",
                             path_, n, expected));
   }
-  return n;
+  return n - after_seq;
+}
+
+void Ledger::put_snapshot(int64_t seq, const std::string& format, const std::string& blob) {
+  if (read_only_) {
+    throw_error(ErrorCode::kInvalidArgument,
+                fmt::format("ledger {}: put_snapshot on a read-only ledger", path_));
+  }
+  if (!table_exists(db_, "snapshots", path_)) return;  // a schema older than 0004 (migrate_to)
+  std::string hash;
+  {
+    Stmt h(db_, "SELECT hash FROM events WHERE seq = ?", path_);
+    sqlite3_bind_int64(h.get(), 1, seq);
+    int rc = sqlite3_step(h.get());
+    if (rc == SQLITE_DONE) {
+      throw_error(ErrorCode::kInvalidArgument,
+                  fmt::format("ledger {}: snapshot at seq {}: no such event", path_, seq));
+    }
+    if (rc != SQLITE_ROW) fail(db_, rc, path_, "read event hash");
+    hash = reinterpret_cast<const char*>(sqlite3_column_text(h.get(), 0));
+  }
+  exec(db_, "BEGIN IMMEDIATE", path_, "begin snapshot");
+  try {
+    {
+      Stmt s(db_, "INSERT OR REPLACE INTO snapshots (seq, hash, format, state) VALUES (?,?,?,?)",
+             path_);
+      sqlite3_bind_int64(s.get(), 1, seq);
+      sqlite3_bind_text(s.get(), 2, hash.c_str(), static_cast<int>(hash.size()), SQLITE_STATIC);
+      sqlite3_bind_text(s.get(), 3, format.c_str(), static_cast<int>(format.size()), SQLITE_STATIC);
+      sqlite3_bind_blob64(s.get(), 4, blob.data(), blob.size(), SQLITE_STATIC);
+      int rc = sqlite3_step(s.get());
+      if (rc != SQLITE_DONE) fail(db_, rc, path_, "write snapshot");
+    }
+    {
+      Stmt d(db_,
+             "DELETE FROM snapshots WHERE format = ?1 AND seq NOT IN "
+             "(SELECT seq FROM snapshots WHERE format = ?1 ORDER BY seq DESC LIMIT ?2)",
+             path_);
+      sqlite3_bind_text(d.get(), 1, format.c_str(), static_cast<int>(format.size()), SQLITE_STATIC);
+      sqlite3_bind_int(d.get(), 2, kKeptSnapshots);
+      int rc = sqlite3_step(d.get());
+      if (rc != SQLITE_DONE) fail(db_, rc, path_, "trim snapshots");
+    }
+    exec(db_, "COMMIT", path_, "commit snapshot");
+  } catch (...) {
+    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    throw;
+  }
+}
+
+std::optional<Snapshot> Ledger::latest_snapshot(const std::string& format,
+                                                int64_t up_to_seq) const {
+  if (!table_exists(db_, "snapshots", path_)) return std::nullopt;
+  // Only a snapshot of a prefix of this chain: the hash recorded with it must be the hash of its
+  // event here (each hash covers every event before it).
+  Stmt s(db_,
+         "SELECT s.seq, s.state FROM snapshots s JOIN events e ON e.seq = s.seq "
+         "WHERE s.format = ? AND s.seq <= ? AND e.hash = s.hash ORDER BY s.seq DESC LIMIT 1",
+         path_);
+  sqlite3_bind_text(s.get(), 1, format.c_str(), static_cast<int>(format.size()), SQLITE_STATIC);
+  sqlite3_bind_int64(s.get(), 2, std::min(up_to_seq, last_seq_));
+  int rc = sqlite3_step(s.get());
+  if (rc == SQLITE_DONE) return std::nullopt;
+  if (rc != SQLITE_ROW) fail(db_, rc, path_, "read snapshot");
+  Snapshot snap;
+  snap.seq = sqlite3_column_int64(s.get(), 0);
+  snap.format = format;
+  const void* p = sqlite3_column_blob(s.get(), 1);
+  const int n = sqlite3_column_bytes(s.get(), 1);
+  if (p && n > 0) snap.blob.assign(static_cast<const char*>(p), static_cast<size_t>(n));
+  return snap;
 }
 
 VerifyReport Ledger::verify() const {

@@ -50,6 +50,15 @@ struct WriterInfo {
   int64_t since_us = 0;
 };
 
+// A snapshot of some fold of the events with seq <= `seq` (opaque bytes: the ledger knows nothing
+// of what is folded). Derived data, a cache outside the hash chain (table `snapshots`, migration
+// 0004): it may be dropped at any time; a reader without one replays every event.
+struct Snapshot {
+  int64_t seq = 0;
+  std::string format;
+  std::string blob;
+};
+
 struct VerifyReport {
   int64_t events_checked = 0;
   int64_t first_bad_seq = 0;  // 0 when the chain is intact
@@ -88,6 +97,22 @@ class Ledger {
   // events applied.
   int64_t replay(EventHandler& handler,
                  int64_t up_to_seq = std::numeric_limits<int64_t>::max()) const;
+  // Folds events with after_seq < seq <= up_to_seq (a fold resumed from a snapshot at after_seq),
+  // with replay's checks that seqs run without gaps; returns the number of events applied.
+  int64_t replay_range(EventHandler& handler, int64_t after_seq,
+                       int64_t up_to_seq = std::numeric_limits<int64_t>::max()) const;
+
+  // Records `blob` as the fold (in `format`) of the events with seq' <= seq, with the hash of event
+  // `seq` (which must exist); keeps the newest kKeptSnapshots of each format. Writer only. A ledger
+  // whose schema predates the snapshots table (opened with migrate_to) records nothing.
+  static constexpr int kKeptSnapshots = 3;
+  void put_snapshot(int64_t seq, const std::string& format, const std::string& blob);
+  // The newest snapshot in `format` with seq <= up_to_seq whose recorded hash still equals the hash
+  // of event `seq` in the events table: a ledger restored from a copy, rewritten, or given another
+  // ledger's snapshots never uses one that is not a prefix of its own chain. nullopt when there is
+  // none (or no snapshots table). The caller still checks that it can read the blob.
+  std::optional<Snapshot> latest_snapshot(
+      const std::string& format, int64_t up_to_seq = std::numeric_limits<int64_t>::max()) const;
 
   int64_t last_seq() const { return last_seq_; }
   // Whether this open created the ledger file (there was no file at the path before).

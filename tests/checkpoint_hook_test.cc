@@ -3,7 +3,10 @@
 
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <sstream>
+
+#include <sqlite3.h>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -324,6 +327,193 @@ TEST_F(HookTest, ResumeRebuildsHubFromLedgerIncludingLastCkpt) {
   EXPECT_FALSE(fs::exists(p("epoch_2.pth")));
   EXPECT_TRUE(fs::exists(p("epoch_3.pth")));
   expect_live_equals_replay(hook);
+}
+
+// --- State snapshots (Ledger::put_snapshot / latest_snapshot, resume from snapshot + tail) ---
+
+// A run of `epochs` epochs with rotation and best saves: every kind of state change.
+void run_epochs(const std::string& work, int epochs) {
+  CheckpointHook hook(from(R"({"interval": 1, "save_best": "acc", "max_keep_ckpts": 2})"));
+  TestRunner r(work);
+  hook.before_train(r);
+  for (int e = 0; e < epochs; ++e) {
+    r.epoch_ = e;
+    r.iter_ = e + 1;
+    hook.after_train_epoch(r);
+    r.epoch_ = e + 1;
+    hook.after_val_epoch(r, {{"acc", (e % 3 == 0) ? 0.01 * e : 0.0}});
+  }
+  hook.after_run(r);
+}
+
+HookState full_fold(const Ledger& l, int64_t up_to = std::numeric_limits<int64_t>::max()) {
+  HookState s;
+  HookStateFold fold(s);
+  l.replay(fold, up_to);
+  return s;
+}
+
+// What a resume folds: the newest trusted, readable snapshot, then the events after it.
+HookState snapshot_fold(const Ledger& l, int64_t up_to, int64_t* from = nullptr) {
+  HookState s;
+  int64_t after = 0;
+  if (auto snap = l.latest_snapshot(kHookStateFormat, up_to)) {
+    EXPECT_LE(snap->seq, up_to);
+    if (auto restored = deserialize_state(snap->blob)) {
+      s = std::move(*restored);
+      after = snap->seq;
+    }
+  }
+  HookStateFold fold(s);
+  l.replay_range(fold, after, up_to);
+  if (from) *from = after;
+  return s;
+}
+
+void exec_sql(const Ledger& l, const std::string& sql) {
+  char* err = nullptr;
+  int rc = sqlite3_exec(l.handle(), sql.c_str(), nullptr, nullptr, &err);
+  std::string msg = err ? err : "";
+  sqlite3_free(err);
+  ASSERT_EQ(rc, SQLITE_OK) << msg;
+}
+
+// Resumes a fresh hook on `work` and checks its state against a full replay of the ledger.
+void expect_resume_equals_full_replay(const std::string& work) {
+  CheckpointHook hook(from(R"({"interval": 1, "save_best": "acc", "max_keep_ckpts": 2})"));
+  TestRunner r(work);
+  hook.resume(r);
+  hook.wait_idle();
+  LedgerOptions ro;
+  ro.mode = OpenMode::kReadOnly;
+  auto l = Ledger::open(hook.ledger_path(), ro);
+  const HookState full = full_fold(*l);
+  EXPECT_TRUE(hook.state() == full);
+  EXPECT_EQ(serialize_state(hook.state()), serialize_state(full));
+}
+
+TEST_F(HookTest, SnapshotRoundTripsEveryField) {
+  run_epochs(work_, 6);
+  auto l = Ledger::open(work_ + "/ckptledger.sqlite");
+  HookState s = full_fold(*l);
+  s.in_flight["/x"] = HookState::Begun{1, 2, 3};
+  s.reported_unknown.insert("/u");
+  s.retired.insert("/r");
+  s.live["/p"] = LiveFile{"published", 4, 5, 6, 7, "d", 8};
+  auto back = deserialize_state(serialize_state(s));
+  ASSERT_TRUE(back.has_value());
+  EXPECT_TRUE(*back == s);
+  EXPECT_EQ(serialize_state(*back), serialize_state(s));
+  EXPECT_EQ(back->live.at("/p").seq, 8);
+  EXPECT_EQ(back->in_flight.at("/x").iter, 3);
+}
+
+// The property: for every prefix, the newest snapshot at or before it plus the events after it
+// fold to the same state as a replay of the whole prefix; a resume uses it and agrees.
+TEST_F(HookTest, SnapshotPlusTailFoldEqualsFullReplayAtEveryPrefix) {
+  run_epochs(work_, 30);
+  {
+    auto l = Ledger::open(work_ + "/ckptledger.sqlite");
+    const int64_t last = l->last_seq();
+    ASSERT_GT(last, 150);
+    // after_run recorded one at the end.
+    auto end = l->latest_snapshot(kHookStateFormat);
+    ASSERT_TRUE(end.has_value());
+    EXPECT_EQ(end->seq, last);
+    EXPECT_TRUE(*deserialize_state(end->blob) == full_fold(*l));
+    for (int64_t up_to = 1; up_to <= last; ++up_to) {
+      // Snapshots at several points (written before the prefixes that read them).
+      if (up_to % 23 == 0)
+        l->put_snapshot(up_to, kHookStateFormat, serialize_state(full_fold(*l, up_to)));
+      int64_t from = 0;
+      HookState s = snapshot_fold(*l, up_to, &from);
+      EXPECT_EQ(from, up_to == last ? last : up_to < 23 ? 0 : up_to - up_to % 23) << up_to;
+      ASSERT_EQ(serialize_state(s), serialize_state(full_fold(*l, up_to))) << "prefix " << up_to;
+    }
+  }
+  expect_resume_equals_full_replay(work_);
+}
+
+// A snapshot whose recorded hash is not the hash of its event here (a ledger rewritten, restored
+// from a copy, or given another ledger's snapshots) is never used.
+TEST_F(HookTest, SnapshotWhoseHashNoLongerMatchesIsIgnored) {
+  run_epochs(work_, 8);
+  {
+    auto l = Ledger::open(work_ + "/ckptledger.sqlite");
+    exec_sql(*l, "DELETE FROM snapshots");
+    const int64_t at = l->last_seq() - 5;
+    HookState wrong = full_fold(*l, at);
+    wrong.last_ckpt = "/not/this/chain.pth";
+    wrong.best.clear();
+    l->put_snapshot(at, kHookStateFormat, serialize_state(wrong));
+    // Sanity: with its hash intact the (planted) snapshot is what a fold starts from.
+    int64_t from = 0;
+    EXPECT_EQ(snapshot_fold(*l, at, &from).last_ckpt, "/not/this/chain.pth");
+    EXPECT_EQ(from, at);
+    EXPECT_FALSE(snapshot_fold(*l, l->last_seq()) == full_fold(*l));
+    exec_sql(*l, "UPDATE snapshots SET hash = '" + std::string(64, 'f') + "'");
+    EXPECT_FALSE(l->latest_snapshot(kHookStateFormat).has_value());
+    EXPECT_TRUE(snapshot_fold(*l, at) == full_fold(*l, at));
+    EXPECT_TRUE(snapshot_fold(*l, l->last_seq()) == full_fold(*l));
+  }
+  expect_resume_equals_full_replay(work_);
+}
+
+// Another ledger's snapshots (same seqs, another chain) are not a prefix of this one.
+TEST_F(HookTest, SnapshotsOfAnotherLedgerAreIgnored) {
+  const std::string other = (dir_ / "other" / "exp").string();
+  run_epochs(work_, 8);
+  run_epochs(other, 12);
+  {
+    auto l = Ledger::open(work_ + "/ckptledger.sqlite");
+    exec_sql(*l, "DELETE FROM snapshots");
+    exec_sql(*l, "ATTACH '" + other + "/ckptledger.sqlite' AS o");
+    exec_sql(*l, "INSERT INTO snapshots SELECT * FROM o.snapshots WHERE seq <= " +
+                     std::to_string(l->last_seq()));
+    exec_sql(*l, "DETACH o");
+    auto o = Ledger::open(other + "/ckptledger.sqlite");
+    o->put_snapshot(l->last_seq() - 3, kHookStateFormat,
+                    serialize_state(full_fold(*o, l->last_seq() - 3)));
+    o.reset();
+    exec_sql(*l, "ATTACH '" + other + "/ckptledger.sqlite' AS o");
+    exec_sql(*l, "INSERT OR REPLACE INTO snapshots SELECT * FROM o.snapshots WHERE seq <= " +
+                     std::to_string(l->last_seq()));
+    exec_sql(*l, "DETACH o");
+    EXPECT_FALSE(l->latest_snapshot(kHookStateFormat).has_value());
+  }
+  expect_resume_equals_full_replay(work_);
+}
+
+// Damaged bytes, a truncated blob or another layout: ignored, every event replayed.
+TEST_F(HookTest, CorruptOrForeignSnapshotIsIgnored) {
+  run_epochs(work_, 8);
+  auto l = Ledger::open(work_ + "/ckptledger.sqlite");
+  const int64_t at = l->last_seq() - 4;
+  const std::string good = serialize_state(full_fold(*l, at));
+  ASSERT_TRUE(deserialize_state(good).has_value());
+  // One byte of a path changed: cereal alone would read it as another (valid-looking) state.
+  std::string flipped = good;
+  const size_t pos = flipped.rfind("epoch_");
+  ASSERT_NE(pos, std::string::npos);
+  flipped[pos] = 'E';
+  EXPECT_FALSE(deserialize_state(flipped).has_value());
+  EXPECT_FALSE(deserialize_state(good.substr(0, good.size() - 3)).has_value());
+  EXPECT_FALSE(deserialize_state(good + "x").has_value());
+  EXPECT_FALSE(deserialize_state("").has_value());
+  for (const std::string& bad : {flipped, good.substr(0, good.size() / 2)}) {
+    exec_sql(*l, "DELETE FROM snapshots");
+    l->put_snapshot(at, kHookStateFormat, bad);
+    int64_t from = -1;
+    EXPECT_TRUE(snapshot_fold(*l, l->last_seq(), &from) == full_fold(*l));
+    EXPECT_EQ(from, 0);
+    l.reset();
+    expect_resume_equals_full_replay(work_);
+    l = Ledger::open(work_ + "/ckptledger.sqlite");
+  }
+  // Another format is not this one's (a newer layout is never misread by an older binary).
+  exec_sql(*l, "DELETE FROM snapshots");
+  l->put_snapshot(at, "hook_state/999", good);
+  EXPECT_FALSE(l->latest_snapshot(kHookStateFormat).has_value());
 }
 
 TEST_F(HookTest, ResumeSkipsACheckpointWhoseBytesChanged) {

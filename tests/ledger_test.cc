@@ -318,6 +318,56 @@ TEST_F(LedgerTest, ReaderSeesCommittedEventsWhileWriterIsOpen) {
   EXPECT_EQ(count.n, 2);
 }
 
+// Snapshots are opaque blobs tied to the hash of their event: the newest whose hash still matches
+// is returned, only the newest few are kept, and a ledger older than the table has none.
+TEST_F(LedgerTest, SnapshotIsReturnedOnlyWhileItsHashMatchesItsEvent) {
+  write_events(10);
+  auto l = Ledger::open(path_);
+  EXPECT_FALSE(l->latest_snapshot("f").has_value());
+  for (int64_t seq : {2, 4, 6, 8}) l->put_snapshot(seq, "f", "state@" + std::to_string(seq));
+  l->put_snapshot(9, "g", "other format");
+  auto s = l->latest_snapshot("f");
+  ASSERT_TRUE(s.has_value());
+  EXPECT_EQ(s->seq, 8);
+  EXPECT_EQ(s->blob, "state@8");
+  EXPECT_EQ(l->latest_snapshot("f", 7)->seq, 6);
+  EXPECT_FALSE(l->latest_snapshot("f", 3).has_value());  // seq 2 was trimmed (3 kept)
+  EXPECT_EQ(l->latest_snapshot("g")->blob, "other format");
+  EXPECT_THROW(l->put_snapshot(11, "f", "x"), Error);  // no such event
+  l.reset();
+  // Seq 8's recorded hash no longer matches (another chain's snapshot): the next one back is used.
+  raw_sql(path_, "UPDATE snapshots SET hash = '" + std::string(64, '0') + "' WHERE seq = 8");
+  l = Ledger::open(path_);
+  EXPECT_EQ(l->latest_snapshot("f")->seq, 6);
+  // The table is a cache: emptied, nothing is lost and the chain still verifies.
+  l.reset();
+  raw_sql(path_, "DELETE FROM snapshots");
+  l = Ledger::open(path_);
+  EXPECT_FALSE(l->latest_snapshot("f").has_value());
+  EXPECT_TRUE(l->verify().ok());
+  EXPECT_EQ(l->last_seq(), 10);
+}
+
+TEST_F(LedgerTest, LedgerOlderThanTheSnapshotsTableHasNone) {
+  LedgerOptions o;
+  o.migrate_to = 3;
+  {
+    auto l = Ledger::open(path_, o);
+    EXPECT_EQ(l->schema_version(), 3);
+    Event e = committed(1, "/c/e1");
+    l->append(e);
+    l->put_snapshot(1, "f", "ignored");  // no table: records nothing
+    EXPECT_FALSE(l->latest_snapshot("f").has_value());
+    CountingFold count;
+    EXPECT_EQ(l->replay_range(count, 0), 1);
+  }
+  auto l = Ledger::open(path_);
+  EXPECT_EQ(l->schema_version(), latest_schema_version());
+  EXPECT_FALSE(l->latest_snapshot("f").has_value());
+  l->put_snapshot(1, "f", "now kept");
+  EXPECT_EQ(l->latest_snapshot("f")->blob, "now kept");
+}
+
 TEST_F(LedgerTest, LedgerFromMigrationOneIsUpgradedWithEventsIntact) {
   ASSERT_GE(latest_schema_version(), 2);
   std::vector<std::string> hashes;
