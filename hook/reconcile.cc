@@ -267,14 +267,17 @@ void apply_reconcile(const ReconcilePlan& plan, Ledger& ledger, HookState& state
         fmt::format("ledger {} is behind the disk, refusing to repair: {}", ledger.path(), all));
   }
   if (plan.empty()) return;
-  std::vector<Event> events = plan.events();
-  ledger.append_batch(events);
-  HookStateFold fold(state);
-  for (const Event& e : events) dispatch(e, fold);
+  // The disk first, then the record: a crash in between leaves nothing the next open would not
+  // find again (the record first would mark a prune completed whose file a crash kept, and the
+  // next open would take that file for a stranger's; the torture test found it).
   for (const Finding& f : plan.findings) {
     if (!f.remove.empty()) remove_durably(f.remove, files);
   }
   if (!plan.last_rewrite.empty()) write_text_durably(plan.last_file, plan.last_rewrite, files);
+  std::vector<Event> events = plan.events();
+  ledger.append_batch(events);
+  HookStateFold fold(state);
+  for (const Event& e : events) dispatch(e, fold);
 }
 
 }  // namespace ckptledger

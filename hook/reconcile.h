@@ -96,9 +96,9 @@ std::function<bool(const std::string& file_name)> checkpoint_name_matcher(
 // What reconciliation finds for `state` (the fold of the whole ledger) on the disk now.
 ReconcilePlan plan_reconcile(const HookState& state, const ReconcileScope& scope);
 
-// Carries out `plan` on a ledger open for writing: appends its events (one batch, durable), folds
-// them into `state`, then removes files and rewrites last_checkpoint. The order makes a crash in
-// between harmless: the next open finds the remaining files and removes them. A plan with
+// Carries out `plan` on a ledger open for writing: removes files and rewrites last_checkpoint,
+// then appends its events (one batch, durable) and folds them into `state`. The order makes a
+// crash in between harmless: the next open finds what is left and does it again. A plan with
 // `behind` evidence is refused (Error kCorruption) before anything is written.
 void apply_reconcile(const ReconcilePlan& plan, Ledger& ledger, HookState& state,
                      FileSystem& files);

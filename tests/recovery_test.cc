@@ -154,6 +154,43 @@ TEST_F(RecoveryTest, DecidedPruneWhoseFileSurvivedIsCompleted) {
                               std::make_pair(std::string("prune_completed"), p("epoch_1.pth"))));
 }
 
+// An unlink that fails: a repair cut short after deciding, before its files are gone (what a kill
+// at that moment leaves).
+struct FailingUnlink : FileSystem {
+  int unlink(const char*) override {
+    errno = EIO;
+    return -1;
+  }
+};
+
+TEST_F(RecoveryTest, RepairCutShortBeforeItsFilesAreRemovedIsRedoneAtTheNextOpen) {
+  train(2);
+  Event prune;
+  prune.kind = EventKind::kPruned;
+  prune.path = p("epoch_1.pth");
+  prune.detail =
+      R"({"v":1,"reason":"rotation","superseded_by":"","keep_tracked":false,"keep_ckpt_ids":[],"existed":true})";
+  append_raw(prune);
+  FailingUnlink failing;
+  {
+    CheckpointHook hook(
+        HookConfig::from_json(nlohmann::json::parse(R"({"interval": 1, "save_best": "acc"})")), {},
+        &failing);
+    Runner1 r(work_);
+    EXPECT_ANY_THROW({
+      hook.resume(r);
+      hook.before_train(r);
+    });
+  }
+  ASSERT_TRUE(fs::exists(p("epoch_1.pth")));
+  reopen();
+  EXPECT_FALSE(fs::exists(p("epoch_1.pth")));
+  EXPECT_THAT(findings(), ::testing::Contains(
+                              std::make_pair(std::string("prune_completed"), p("epoch_1.pth"))));
+  EXPECT_THAT(findings(), ::testing::Not(::testing::Contains(
+                              std::make_pair(std::string("unknown_file"), p("epoch_1.pth")))));
+}
+
 TEST_F(RecoveryTest, LostNewestCheckpointIsRecordedAndResumeFallsBack) {
   train(3);
   fs::remove(p("epoch_3.pth"));
