@@ -18,6 +18,7 @@
 #include <utility>
 #include <vector>
 
+#include <fmt/format.h>
 #include <torch/torch.h>
 
 #include "hook/checkpoint_hook.h"
@@ -35,6 +36,34 @@ inline double seconds_since(Clock::time_point t0) {
 inline double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];
+}
+
+// A model-like state dict of `mib` MiB: 75% in 4 MiB tensors, ~23% in 1 MiB tensors, the rest in
+// 16 KiB and 4 KiB tensors (biases, norms). Float32, random content (every page touched). `bytes`
+// (may be null) and `tensors` receive its tensor bytes and count.
+inline c10::impl::GenericDict model_like_state_dict(int64_t mib, int64_t* bytes, int64_t* tensors) {
+  c10::impl::GenericDict sd(c10::StringType::get(), c10::TensorType::get());
+  const int64_t total = mib << 20;
+  const int64_t n4 = total * 3 / 4 / (4 << 20);
+  const int64_t n1 = (total - n4 * (4 << 20)) * 15 / 16 / (1 << 20);
+  int64_t left = total - n4 * (4 << 20) - n1 * (1 << 20);
+  int64_t nbytes = 0;
+  *tensors = 0;
+  auto add = [&](const std::string& name, std::vector<int64_t> shape) {
+    torch::Tensor t = torch::randn(shape);
+    nbytes += static_cast<int64_t>(t.nbytes());
+    ++*tensors;
+    sd.insert(name, t);
+  };
+  for (int64_t i = 0; i < n4; ++i) add(fmt::format("layers.{}.mlp.weight", i), {1024, 1024});
+  for (int64_t i = 0; i < n1; ++i) add(fmt::format("layers.{}.attn.weight", i), {512, 512});
+  for (int64_t i = 0; left >= (4 << 10); ++i) {
+    const bool big = left >= (16 << 10) && i % 4 != 3;
+    add(fmt::format("layers.{}.norm.{}", i, big ? "weight" : "bias"), {big ? 4096 : 1024});
+    left -= big ? (16 << 10) : (4 << 10);
+  }
+  if (bytes) *bytes = nbytes;
+  return sd;
 }
 
 // A runner whose counters the bench sets and whose checkpoint state is its (live) state dict.

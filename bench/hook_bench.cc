@@ -45,32 +45,6 @@ double pct(std::vector<double> v, int p) {
   return v[std::min(v.size() - 1, v.size() * static_cast<size_t>(p) / 100)];
 }
 
-// A model-like state dict of `mib` MiB: 75% in 4 MiB tensors, ~23% in 1 MiB tensors, the rest in
-// 16 KiB and 4 KiB tensors (biases, norms). Float32, random content (every page touched).
-c10::impl::GenericDict make_state_dict(int64_t mib, int64_t* bytes, int64_t* tensors) {
-  c10::impl::GenericDict sd(c10::StringType::get(), c10::TensorType::get());
-  const int64_t total = mib << 20;
-  const int64_t n4 = total * 3 / 4 / (4 << 20);
-  const int64_t n1 = (total - n4 * (4 << 20)) * 15 / 16 / (1 << 20);
-  int64_t left = total - n4 * (4 << 20) - n1 * (1 << 20);
-  *bytes = 0;
-  *tensors = 0;
-  auto add = [&](const std::string& name, std::vector<int64_t> shape) {
-    torch::Tensor t = torch::randn(shape);
-    *bytes += static_cast<int64_t>(t.nbytes());
-    ++*tensors;
-    sd.insert(name, t);
-  };
-  for (int64_t i = 0; i < n4; ++i) add(fmt::format("layers.{}.mlp.weight", i), {1024, 1024});
-  for (int64_t i = 0; i < n1; ++i) add(fmt::format("layers.{}.attn.weight", i), {512, 512});
-  for (int64_t i = 0; left >= (4 << 10); ++i) {
-    const bool big = left >= (16 << 10) && i % 4 != 3;
-    add(fmt::format("layers.{}.norm.{}", i, big ? "weight" : "bias"), {big ? 4096 : 1024});
-    left -= big ? (16 << 10) : (4 << 10);
-  }
-  return sd;
-}
-
 // The empty-call baseline: an out-of-line function reached through a volatile pointer, with an
 // asm barrier so that neither the call nor its arguments can be optimised away.
 __attribute__((noinline)) void empty_call(Runner& runner, int64_t batch_idx) {
@@ -142,7 +116,7 @@ int run(const fs::path& dir, int rounds, int64_t mib, int batches) {
 
   // --- 2 and 3. Saving a state dict ------------------------------------------------------------
   int64_t sd_bytes = 0, sd_tensors = 0;
-  c10::impl::GenericDict sd = make_state_dict(mib, &sd_bytes, &sd_tensors);
+  c10::impl::GenericDict sd = model_like_state_dict(mib, &sd_bytes, &sd_tensors);
   BenchRunner sync_runner((dir / "sync").string(), sd);
   BenchRunner async_runner((dir / "async").string(), sd);
   fs::create_directories(dir / "sync");

@@ -76,29 +76,6 @@ class KeepingRunner : public BenchRunner {
   std::optional<c10::impl::GenericDict> loaded_;
 };
 
-// A model-like state dict of `mib` MiB, as hook_bench: 75% in 4 MiB tensors, ~23% in 1 MiB
-// tensors, the rest in 16 KiB and 4 KiB tensors. Float32, random content.
-c10::impl::GenericDict make_state_dict(int64_t mib, int64_t* tensors) {
-  c10::impl::GenericDict sd(c10::StringType::get(), c10::TensorType::get());
-  const int64_t total = mib << 20;
-  const int64_t n4 = total * 3 / 4 / (4 << 20);
-  const int64_t n1 = (total - n4 * (4 << 20)) * 15 / 16 / (1 << 20);
-  int64_t left = total - n4 * (4 << 20) - n1 * (1 << 20);
-  *tensors = 0;
-  auto add = [&](const std::string& name, std::vector<int64_t> shape) {
-    sd.insert(name, torch::randn(shape));
-    ++*tensors;
-  };
-  for (int64_t i = 0; i < n4; ++i) add(fmt::format("layers.{}.mlp.weight", i), {1024, 1024});
-  for (int64_t i = 0; i < n1; ++i) add(fmt::format("layers.{}.attn.weight", i), {512, 512});
-  for (int64_t i = 0; left >= (4 << 10); ++i) {
-    const bool big = left >= (16 << 10) && i % 4 != 3;
-    add(fmt::format("layers.{}.norm.{}", i, big ? "weight" : "bias"), {big ? 4096 : 1024});
-    left -= big ? (16 << 10) : (4 << 10);
-  }
-  return sd;
-}
-
 HookConfig bench_config() {
   HookConfig c;
   c.interval = 1;
@@ -266,7 +243,7 @@ int run(const fs::path& dir, int64_t events, int64_t mib, int rounds) {
   int64_t tensors = 0;
   std::string target;
   {
-    KeepingRunner runner(work, make_state_dict(mib, &tensors));
+    KeepingRunner runner(work, model_like_state_dict(mib, nullptr, &tensors));
     runner.set_counters(last_step, last_step * 100);
     CheckpointHook hook(bench_config(), sink);
     if (hook.resume(runner) != join_path(work, fmt::format("epoch_{}.pth", last_step))) {

@@ -128,16 +128,7 @@ GenericDict SimRunner::meta_extra() const {
 
 void SimRunner::load_checkpoint(const GenericDict& ckpt, bool resume) {
   // Weights, non-strict (spec §10 step 2).
-  if (auto sd = get(ckpt, "state_dict"); sd && sd->isGenericDict()) {
-    const GenericDict weights_in = sd->toGenericDict();
-    torch::NoGradGuard no_grad;
-    for (auto& item : impl_->model->named_parameters()) {
-      auto t = get(weights_in, item.key());
-      if (t && t->isTensor() && t->toTensor().sizes() == item.value().sizes()) {
-        item.value().copy_(t->toTensor());
-      }
-    }
-  }
+  load_weights(*impl_->model, ckpt);
   if (!resume) return;
   restore_counters(ckpt);
   if (auto opt = get(ckpt, "optimizer"); opt && opt->isGenericDict()) {

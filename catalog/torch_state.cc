@@ -2,6 +2,8 @@
 
 #include <memory>
 
+#include <torch/csrc/autograd/grad_mode.h>
+
 namespace ckptledger::torch_state {
 namespace {
 
@@ -28,6 +30,19 @@ std::vector<double> to_doubles(const c10::IValue& v) {
 std::optional<c10::IValue> get(const GenericDict& d, const std::string& key) {
   if (!d.contains(key)) return std::nullopt;
   return d.at(key);
+}
+
+void load_weights(torch::nn::Module& model, const GenericDict& ckpt) {
+  auto sd = get(ckpt, "state_dict");
+  if (!sd || !sd->isGenericDict()) return;
+  const GenericDict weights_in = sd->toGenericDict();
+  torch::NoGradGuard no_grad;
+  for (auto& item : model.named_parameters()) {
+    auto t = get(weights_in, item.key());
+    if (t && t->isTensor() && t->toTensor().sizes() == item.value().sizes()) {
+      item.value().copy_(t->toTensor());
+    }
+  }
 }
 
 torch::optim::SGDOptions& sgd_options(torch::optim::SGD& opt) {

@@ -9,6 +9,7 @@
 
 #include <ATen/core/Dict.h>
 #include <ATen/core/ivalue.h>
+#include <torch/nn/module.h>
 #include <torch/optim/sgd.h>
 
 namespace ckptledger::torch_state {
@@ -20,6 +21,10 @@ GenericDict str_dict();  // Dict[str, Any]
 GenericList double_list(const std::vector<double>& v);
 std::vector<double> to_doubles(const c10::IValue& v);  // ints and floats; empty if not a list
 std::optional<c10::IValue> get(const GenericDict& d, const std::string& key);
+
+// Copies the checkpoint's "state_dict" entries into the model's parameters of the same name and
+// shape (in place, without autograd); other entries are ignored.
+void load_weights(torch::nn::Module& model, const GenericDict& ckpt);
 
 // The options of the optimizer's only param group.
 torch::optim::SGDOptions& sgd_options(torch::optim::SGD& opt);
