@@ -24,6 +24,7 @@
 #include <utility>
 #include <vector>
 
+#include "hook/crc32.h"
 #include "ledger/error.h"
 #include "ledger/sha256.h"
 
@@ -415,8 +416,6 @@ class BackgroundFileHash {
   std::thread thread_;  // last: started once everything it uses exists
 };
 
-uint32_t crc32(const void* data, size_t n);
-
 class FileSource final : public ByteSource {
  public:
   // With `hash`, the file's SHA-256 is computed while it is read (finish_hash()), and the CRC-32
@@ -487,49 +486,6 @@ class FileSource final : public ByteSource {
   std::unique_ptr<BackgroundFileHash> hash_;
   mutable std::vector<Deferred> deferred_;  // kept records whose CRC-32 the reader left to us
 };
-
-// CRC-32 (IEEE 802.3, as zip uses), slice-by-8: ~3 GB/s, so verifying costs little next to I/O.
-struct Crc32Tables {
-  uint32_t t[8][256];
-};
-
-constexpr Crc32Tables make_crc32_tables() {
-  Crc32Tables tables{};
-  for (uint32_t i = 0; i < 256; ++i) {
-    uint32_t c = i;
-    for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-    tables.t[0][i] = c;
-  }
-  for (uint32_t i = 0; i < 256; ++i) {
-    for (int s = 1; s < 8; ++s) {
-      const uint32_t prev = tables.t[s - 1][i];
-      tables.t[s][i] = (prev >> 8) ^ tables.t[0][prev & 0xFF];
-    }
-  }
-  return tables;
-}
-
-constexpr Crc32Tables kCrc32 = make_crc32_tables();
-
-uint32_t crc32(const void* data, size_t n) {
-  const auto* p = static_cast<const uint8_t*>(data);
-  uint32_t crc = 0xFFFFFFFFu;
-  const auto& t = kCrc32.t;
-  while (n >= 8) {
-    // Little-endian loads; ckptledger only builds for little-endian hosts.
-    uint32_t lo = 0;
-    uint32_t hi = 0;
-    std::memcpy(&lo, p, 4);
-    std::memcpy(&hi, p + 4, 4);
-    lo ^= crc;
-    crc = t[7][lo & 0xFF] ^ t[6][(lo >> 8) & 0xFF] ^ t[5][(lo >> 16) & 0xFF] ^ t[4][lo >> 24] ^
-          t[3][hi & 0xFF] ^ t[2][(hi >> 8) & 0xFF] ^ t[1][(hi >> 16) & 0xFF] ^ t[0][hi >> 24];
-    p += 8;
-    n -= 8;
-  }
-  while (n-- > 0) crc = t[0][(crc ^ *p++) & 0xFF] ^ (crc >> 8);
-  return ~crc;
-}
 
 uint16_t le16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | (p[1] << 8)); }
 uint32_t le32(const uint8_t* p) {
