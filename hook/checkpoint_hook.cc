@@ -721,7 +721,8 @@ CheckpointHook::CheckpointHook(const HookConfig& config, LogSink log, FileSystem
   impl_->cfg = validate(config);
   impl_->log = std::move(log);
   const HookConfig& o = impl_->cfg.options;
-  impl_->pool = std::make_unique<WriterPool>(o.sync ? 0 : static_cast<size_t>(o.writer_threads));
+  impl_->pool = std::make_unique<WriterPool>(o.sync ? 0 : static_cast<size_t>(o.writer_threads),
+                                             static_cast<int>(o.writer_nice));
   for (const std::string& w : impl_->cfg.warnings) impl_->emit(LogLevel::kWarning, w);
 }
 

@@ -5,7 +5,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cerrno>
 #include <condition_variable>
 #include <cstdlib>
@@ -14,7 +13,7 @@
 #include <exception>
 #include <filesystem>
 #include <mutex>
-#include <optional>
+#include <new>
 #include <system_error>
 #include <thread>
 #include <vector>
@@ -72,154 +71,209 @@ class TempFile {
   bool released_ = false;
 };
 
-// Chunks below this size (zip headers, small records) are copied for the hashing thread; larger
-// ones are hashed where they lie.
-constexpr size_t kCopyBelow = 64 << 10;
-// Bounds of the hashing queue: queued chunks, and bytes held in copies.
-constexpr size_t kMaxQueued = 256;
-constexpr size_t kMaxCopiedBytes = 1 << 20;
-// The hashing thread checks for an abort between pieces of this size.
-constexpr size_t kHashPiece = 1 << 20;
-// One write() call carries at most this much, and writeback starts every this many bytes.
-size_t write_piece() {
-  static const size_t v = [] {
-    const char* e = std::getenv("CKPT_EXP_PIECE");
-    return e ? static_cast<size_t>(std::atoll(e)) : static_cast<size_t>(8 << 20);
-  }();
-  return v;
-}
-size_t writeback_every() {
-  static const size_t v = [] {
-    const char* e = std::getenv("CKPT_EXP_WB");
-    return e ? static_cast<size_t>(std::atoll(e)) : static_cast<size_t>(8 << 20);
-  }();
-  return v;
-}
-int exp_mode() {  // EXPERIMENT: 0 serial, 1 parallel as asked, 2 force kWholeWrite
-  static const int v = [] {
-    const char* e = std::getenv("CKPT_EXP_MODE");
-    return e ? std::atoi(e) : 1;
-  }();
-  return v;
-}
+// Large files go through page-aligned blocks of kBlockSize: the caller's thread copies the stream
+// into them, and each full block is handed to two threads at once: one hashes it (SHA-256), one
+// writes it, with O_DIRECT where the filesystem allows (the device reads the block itself; a
+// buffered write() costs the kernel about as much CPU per byte as SHA-256 on this kind of VM, and
+// evicts the page cache training uses). A block is reused once both are done with it, so the
+// memory is kBlocks * kBlockSize whatever the file's size. Files smaller than one block are
+// hashed and written inline, buffered, without threads.
+constexpr size_t kBlockSize = 1 << 20;
+constexpr size_t kBlocks = 4;
+constexpr size_t kAlignment = 4096;  // O_DIRECT: buffer address, file offset and length
+// Buffered writes (no O_DIRECT) start writeback every this many bytes, so that the final
+// fdatasync waits only for the tail.
+constexpr uint64_t kWritebackEvery = 8 << 20;
 
-// SHA-256 of a byte stream on a second thread, in submission order, fed through a bounded queue.
-// Construction starts the thread; destruction aborts whatever is left and joins it.
-class BackgroundSha256 {
+class BlockPipeline {
  public:
-  explicit BackgroundSha256(Sha256& sha) : sha_(sha), thread_([this] { run(); }) {}
-  ~BackgroundSha256() { stop(); }
-  BackgroundSha256(const BackgroundSha256&) = delete;
-  BackgroundSha256& operator=(const BackgroundSha256&) = delete;
+  BlockPipeline(int fd, const std::string& path, FileSystem& fs, Sha256& sha)
+      : fd_(fd), path_(path), fs_(fs), sha_(sha), blocks_(kBlocks) {}
+  ~BlockPipeline() {
+    stop();
+    for (Block& b : blocks_) std::free(b.mem);
+  }
+  BlockPipeline(const BlockPipeline&) = delete;
+  BlockPipeline& operator=(const BlockPipeline&) = delete;
 
-  // Queues a chunk that stays valid until wait_for(ticket) returns (or stop()); returns the ticket.
-  uint64_t submit_ref(const char* data, size_t size) { return push(Item{data, size, {}}); }
-  // Queues a copy of a chunk.
-  void submit_copy(const char* data, size_t size) {
-    Item item{nullptr, size, std::vector<char>(data, data + size)};
-    push(std::move(item));
+  // Copies the bytes in; every block that fills up is handed over. Rethrows a thread's failure.
+  void append(const char* data, size_t size) {
+    while (size > 0) {
+      if (current_ == kNone) current_ = acquire();
+      Block& b = blocks_[current_];
+      const size_t n = std::min(size, kBlockSize - b.used);
+      std::memcpy(b.mem + b.used, data, n);
+      b.used += n;
+      data += n;
+      size -= n;
+      if (b.used == kBlockSize) dispatch();
+    }
   }
-  // Blocks until every chunk up to `ticket` is hashed; rethrows the thread's failure.
-  void wait_for(uint64_t ticket) {
-    std::unique_lock<std::mutex> lock(mu_);
-    done_cv_.wait(lock, [&] { return hashed_ >= ticket || error_ || stopped_; });
-    if (error_) std::rethrow_exception(error_);
-  }
-  // Hashes everything queued, then joins the thread; the digest is complete after it returns.
+
+  // Hands the last block over and waits until every byte is written and hashed.
   void finish() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      closing_ = true;
+    if (!started_) {  // smaller than a block: inline
+      if (current_ != kNone) {
+        const Block& b = blocks_[current_];
+        sha_.update(b.mem, b.used);
+        write_block(b, /*last=*/true);
+      }
+      return;
     }
-    work_cv_.notify_one();
-    join();
+    if (current_ != kNone) dispatch();
+    std::unique_lock<std::mutex> lock(mu_);
+    closing_ = true;
+    cv_.notify_all();
+    cv_.wait(lock, [&] { return error_ || (to_hash_.empty() && to_write_.empty() && busy_ == 0); });
     if (error_) std::rethrow_exception(error_);
   }
-  // Abandons the queue and joins the thread: no chunk is touched after it returns.
+
+  // Abandons whatever is queued and joins the threads.
   void stop() {
-    abort_.store(true, std::memory_order_relaxed);
     {
       std::lock_guard<std::mutex> lock(mu_);
-      closing_ = true;
+      stopping_ = closing_ = true;
     }
-    work_cv_.notify_one();
-    join();
+    cv_.notify_all();
+    if (hasher_.joinable()) hasher_.join();
+    if (writer_.joinable()) writer_.join();
   }
+
+  uint64_t bytes() const { return written_; }
 
  private:
-  struct Item {
-    const char* data;  // null: the bytes are in `copy`
-    size_t size;
-    std::vector<char> copy;
+  static constexpr size_t kNone = static_cast<size_t>(-1);
+  struct Block {
+    char* mem = nullptr;
+    size_t used = 0;
+    int users = 0;  // threads that have yet to process it
   };
 
-  uint64_t push(Item item) {
+  size_t acquire() {
     std::unique_lock<std::mutex> lock(mu_);
-    space_cv_.wait(lock, [&] {
-      return error_ || stopped_ ||
-             (queue_.size() < kMaxQueued && copied_ + item.copy.size() <= kMaxCopiedBytes) ||
-             queue_.empty();
+    size_t found = kNone;
+    cv_.wait(lock, [&] {
+      if (error_) return true;
+      for (size_t i = 0; i < blocks_.size(); ++i) {
+        if (blocks_[i].users == 0 && i != current_) {
+          found = i;
+          return true;
+        }
+      }
+      return false;
     });
     if (error_) std::rethrow_exception(error_);
-    if (stopped_) throw std::logic_error("write_durably: hashing thread stopped");
-    copied_ += item.copy.size();
-    queue_.push_back(std::move(item));
-    const uint64_t ticket = ++submitted_;
-    lock.unlock();
-    work_cv_.notify_one();
-    return ticket;
+    Block& b = blocks_[found];
+    if (!b.mem) {
+      b.mem = static_cast<char*>(std::aligned_alloc(kAlignment, kBlockSize));
+      if (!b.mem) throw std::bad_alloc();
+    }
+    b.used = 0;
+    return found;
   }
 
-  void run() {
-    try {
-      for (;;) {
-        Item item;
-        {
-          std::unique_lock<std::mutex> lock(mu_);
-          work_cv_.wait(lock, [&] { return !queue_.empty() || closing_; });
-          if (queue_.empty() || abort_.load(std::memory_order_relaxed)) break;
-          item = std::move(queue_.front());
-          queue_.pop_front();
-        }
-        const char* p = item.data ? item.data : item.copy.data();
-        for (size_t off = 0; off < item.size; off += kHashPiece) {
-          if (abort_.load(std::memory_order_relaxed)) break;
-          sha_.update(p + off, std::min(kHashPiece, item.size - off));
-        }
-        {
-          std::lock_guard<std::mutex> lock(mu_);
-          copied_ -= item.copy.size();
-          ++hashed_;
-        }
-        done_cv_.notify_all();
-        space_cv_.notify_one();
-      }
-    } catch (...) {
-      std::lock_guard<std::mutex> lock(mu_);
-      error_ = std::current_exception();
+  void dispatch() {
+    if (!started_) {
+      started_ = true;
+      hasher_ = std::thread([this] { run(&BlockPipeline::hash_one, to_hash_); });
+      writer_ = std::thread([this] { run(&BlockPipeline::write_one, to_write_); });
     }
     {
       std::lock_guard<std::mutex> lock(mu_);
-      stopped_ = true;
+      if (error_) std::rethrow_exception(error_);
+      blocks_[current_].users = 2;
+      to_hash_.push_back(current_);
+      to_write_.push_back(current_);
     }
-    done_cv_.notify_all();
-    space_cv_.notify_all();
+    current_ = kNone;
+    cv_.notify_all();
   }
 
-  void join() {
-    if (thread_.joinable()) thread_.join();
+  // A consumer thread: takes blocks from `queue` in order until closing and drained (or stopped,
+  // or another thread failed).
+  void run(void (BlockPipeline::*work)(const Block&), std::deque<size_t>& queue) {
+    for (;;) {
+      size_t i;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return stopping_ || error_ || !queue.empty() || closing_; });
+        if (stopping_ || error_ || queue.empty()) return;
+        i = queue.front();
+        queue.pop_front();
+        ++busy_;
+      }
+      std::exception_ptr failure;
+      try {
+        (this->*work)(blocks_[i]);
+      } catch (...) {
+        failure = std::current_exception();
+      }
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        --busy_;
+        --blocks_[i].users;
+        if (failure && !error_) error_ = failure;
+      }
+      cv_.notify_all();
+    }
   }
 
-  Sha256& sha_;  // touched only by the thread while it runs
+  void hash_one(const Block& b) { sha_.update(b.mem, b.used); }
+  void write_one(const Block& b) { write_block(b, b.used < kBlockSize); }
+
+  // Writes a block at the end of the file. Only the writer thread calls it once threads run.
+  void write_block(const Block& b, bool last) {
+    if (!direct_tried_ && !last) {
+      direct_tried_ = true;
+      direct_ = fs_.set_direct_io(fd_, true) == 0;
+    }
+    if (direct_ && last && b.used % kAlignment != 0) {
+      // The tail is not a whole number of device blocks: finish it buffered.
+      direct_ = false;
+      if (fs_.set_direct_io(fd_, false) != 0) io_fail("cannot leave O_DIRECT on", path_, errno);
+    }
+    const char* p = b.mem;
+    size_t left = b.used;
+    while (left > 0) {
+      ssize_t n = fs_.write(fd_, p, left);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && errno == EINVAL && direct_) {
+        // The filesystem takes O_DIRECT at open but not these writes: go buffered.
+        direct_ = false;
+        if (fs_.set_direct_io(fd_, false) != 0) io_fail("cannot leave O_DIRECT on", path_, errno);
+        continue;
+      }
+      if (n < 0) io_fail("cannot write", path_, errno);
+      p += n;
+      left -= static_cast<size_t>(n);
+      written_ += static_cast<uint64_t>(n);
+    }
+    if (!direct_ && written_ - writeback_from_ >= kWritebackEvery) {
+      fs_.start_writeback(fd_, static_cast<off_t>(writeback_from_),
+                          static_cast<off_t>(written_ - writeback_from_));
+      writeback_from_ = written_;
+    }
+  }
+
+  const int fd_;
+  const std::string& path_;
+  FileSystem& fs_;
+  Sha256& sha_;  // touched by the hashing thread only, once it runs
+  std::vector<Block>
+      blocks_;              // a block's bytes: the producer's until dispatched, then the threads'
+  size_t current_ = kNone;  // the block being filled (producer only)
+  bool started_ = false;    // producer only
+  // Writer thread only (or the producer before the threads start):
+  bool direct_tried_ = false, direct_ = false;
+  uint64_t written_ = 0, writeback_from_ = 0;
+
   std::mutex mu_;
-  std::condition_variable work_cv_, done_cv_, space_cv_;
-  std::deque<Item> queue_;
-  size_t copied_ = 0;
-  uint64_t submitted_ = 0, hashed_ = 0;
-  bool closing_ = false, stopped_ = false;
+  std::condition_variable cv_;
+  std::deque<size_t> to_hash_, to_write_;
+  int busy_ = 0;
+  bool closing_ = false, stopping_ = false;
   std::exception_ptr error_;
-  std::atomic<bool> abort_{false};
-  std::thread thread_;  // last: started after every other member is ready
+  std::thread hasher_, writer_;  // last: started after every other member is ready
 };
 
 }  // namespace
@@ -227,6 +281,11 @@ class BackgroundSha256 {
 int FileSystem::open(const char* path, int flags, mode_t mode) { return ::open(path, flags, mode); }
 ssize_t FileSystem::write(int fd, const void* data, size_t size) { return ::write(fd, data, size); }
 int FileSystem::fdatasync(int fd) { return ::fdatasync(fd); }
+int FileSystem::set_direct_io(int fd, bool on) {
+  const int flags = ::fcntl(fd, F_GETFL);
+  if (flags < 0) return -1;
+  return ::fcntl(fd, F_SETFL, on ? (flags | O_DIRECT) : (flags & ~O_DIRECT));
+}
 int FileSystem::start_writeback(int fd, off_t offset, off_t size) {
   return ::sync_file_range(fd, offset, size, SYNC_FILE_RANGE_WRITE);
 }
@@ -249,70 +308,30 @@ void make_parent_dirs(const std::string& path) {
 }
 
 WrittenFile write_durably(const std::string& path,
-                          const std::function<void(const ByteSink&)>& produce, FileSystem& fsys,
-                          ChunkLifetime chunks) {
+                          const std::function<void(const ByteSink&)>& produce, FileSystem& fsys) {
   make_parent_dirs(path);
   fs::path p(path);
   std::string dir = p.parent_path().string();
   TempFile tmp((p.parent_path() / ("." + p.filename().string() + kTempSuffix)).string(), fsys);
-  if (exp_mode() == 2) chunks = ChunkLifetime::kWholeWrite;
   Sha256 sha;
-  // Started at the first large chunk: small files are hashed inline, without a thread.
-  std::optional<BackgroundSha256> hasher;
   WrittenFile out;
-  uint64_t writeback_from = 0;
-  std::exception_ptr sink_error;  // the sink's first failure; it is not called again after one
-
-  auto write_all = [&](const char* b, size_t size) {
-    while (size > 0) {
-      ssize_t n = fsys.write(tmp.fd(), b, std::min(size, write_piece()));
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) io_fail("cannot write", path, errno);
-      b += n;
-      size -= static_cast<size_t>(n);
-      out.bytes += static_cast<uint64_t>(n);
-      if (writeback_every() > 0 && out.bytes - writeback_from >= writeback_every()) {
-        fsys.start_writeback(tmp.fd(), static_cast<off_t>(writeback_from),
-                             static_cast<off_t>(out.bytes - writeback_from));
-        writeback_from = out.bytes;
+  {
+    BlockPipeline pipeline(tmp.fd(), tmp.path(), fsys, sha);
+    std::exception_ptr sink_error;  // the sink's first failure; it is not called again after one
+    produce([&](const void* data, size_t size) {
+      if (sink_error) std::rethrow_exception(sink_error);
+      try {
+        pipeline.append(static_cast<const char*>(data), size);
+      } catch (...) {
+        sink_error = std::current_exception();
+        throw;
       }
-    }
-  };
-
-  produce([&](const void* data, size_t size) {
-    if (sink_error) std::rethrow_exception(sink_error);
-    const char* b = static_cast<const char*>(data);
-    try {
-      if (exp_mode() == 0) {
-        sha.update(b, size);
-        write_all(b, size);
-        return;
-      }
-      if (size < kCopyBelow) {
-        if (hasher) {
-          hasher->submit_copy(b, size);
-        } else {
-          sha.update(b, size);
-        }
-        write_all(b, size);
-        return;
-      }
-      if (!hasher) hasher.emplace(sha);
-      const uint64_t ticket = hasher->submit_ref(b, size);
-      write_all(b, size);
-      if (chunks == ChunkLifetime::kCall) hasher->wait_for(ticket);
-    } catch (...) {
-      // The chunk may go away once the exception leaves the sink: the hashing thread must be
-      // done with it first.
-      if (hasher) hasher->stop();
-      sink_error = std::current_exception();
-      throw;
-    }
-  });
-  if (sink_error) std::rethrow_exception(sink_error);  // the producer swallowed it
-  // The disk finishes while the hash catches up.
+    });
+    if (sink_error) std::rethrow_exception(sink_error);  // the producer swallowed it
+    pipeline.finish();
+    out.bytes = pipeline.bytes();
+  }  // both threads joined: the digest is complete
   if (fsys.fdatasync(tmp.fd()) != 0) io_fail("cannot fdatasync", path, errno);
-  if (hasher) hasher->finish();
   tmp.close_checked();
   if (fsys.rename(tmp.path().c_str(), path.c_str()) != 0) {
     io_fail("cannot rename onto", path, errno);

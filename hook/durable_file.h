@@ -4,9 +4,10 @@
 // rename over the destination -> fsync the directory (LevelDB SetCurrentFile, PyTorch DCP). A
 // failure removes the temp file and leaves the destination as it was.
 //
-// Performance: the SHA-256 of a large file runs on a second thread, overlapped with the producer
-// (serialisation, zip CRC-32) and the kernel's copy; writeback is started every few MiB
-// (sync_file_range) so that the final fdatasync waits only for the tail.
+// Performance: a large file is copied into a few page-aligned 1 MiB blocks; a hashing thread
+// (SHA-256) and a writing thread (O_DIRECT where the filesystem takes it, else buffered with
+// writeback started every few MiB) work on each block while the producer fills the next one.
+// O_DIRECT spares the CPU the kernel's page-cache copy and leaves training's page cache alone.
 #pragma once
 
 #include <sys/types.h>
@@ -25,6 +26,8 @@ class FileSystem {
   virtual int open(const char* path, int flags, mode_t mode);
   virtual ssize_t write(int fd, const void* data, size_t size);
   virtual int fdatasync(int fd);
+  // Turns O_DIRECT on or off for an open file (fcntl F_SETFL); -1 where the filesystem refuses.
+  virtual int set_direct_io(int fd, bool on);
   // Starts writeback of a written range without waiting for it (Linux sync_file_range with
   // SYNC_FILE_RANGE_WRITE): a hint, never a durability guarantee; callers ignore its failures
   // (fdatasync reports them).
@@ -39,16 +42,6 @@ class FileSystem {
 // Receives the file's bytes in order; returns when they are written (throws on failure).
 using ByteSink = std::function<void(const void* data, size_t size)>;
 
-// How long the chunks that `produce` hands to the sink stay valid and unchanged.
-enum class ChunkLifetime {
-  // Only during the sink call (any producer: reused buffers, temporaries). The sink returns once
-  // the chunk is written and hashed; small chunks are copied for the hashing thread.
-  kCall,
-  // Until write_durably returns (say CPU tensors nobody mutates meanwhile): the hash may trail
-  // the writes, so the producer's next chunk overlaps the hashing of this one.
-  kWholeWrite,
-};
-
 struct WrittenFile {
   uint64_t bytes = 0;
   std::string sha256;  // lowercase hex
@@ -60,13 +53,13 @@ inline constexpr const char* kTempSuffix = ".ckptledger-tmp";
 // Creates missing parent directories of `path`. Throws Error(kIOError) naming the directory.
 void make_parent_dirs(const std::string& path);
 
-// `produce` writes the content into the sink it is given. Throws Error(kIOError) naming `path`;
-// an exception from `produce` propagates unchanged. Either way the temp file is removed and no
-// thread started here is left running.
+// `produce` writes the content into the sink it is given; a chunk need only stay valid during
+// the sink call (it is copied). Throws Error(kIOError) naming `path`; an exception from `produce`
+// propagates unchanged. Either way the temp file is removed and no thread started here is left
+// running.
 WrittenFile write_durably(const std::string& path,
                           const std::function<void(const ByteSink&)>& produce,
-                          FileSystem& fs = FileSystem::posix(),
-                          ChunkLifetime chunks = ChunkLifetime::kCall);
+                          FileSystem& fs = FileSystem::posix());
 
 // write_durably of a small text (last_checkpoint).
 void write_text_durably(const std::string& path, const std::string& text,

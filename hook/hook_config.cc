@@ -616,6 +616,8 @@ HookConfig HookConfig::from_json(const json& j) {
       c.on_error = parse_on_error(v);
     } else if (k == "writer_threads") {
       c.writer_threads = get_int(k, v);
+    } else if (k == "writer_nice") {
+      c.writer_nice = get_int(k, v);
     } else if (k == "max_inflight_bytes") {
       c.max_inflight_bytes = get_int(k, v);
     } else if (k == "recovery") {
@@ -653,6 +655,7 @@ json HookConfig::to_json() const {
   j["sync"] = sync;
   j["on_error"] = on_error_name(on_error);
   j["writer_threads"] = writer_threads;
+  j["writer_nice"] = writer_nice;
   j["max_inflight_bytes"] = max_inflight_bytes;
   j["recovery"] = recovery_mode_name(recovery);
   j["ledger_path"] = optional_string_json(ledger_path);
@@ -668,8 +671,9 @@ bool operator==(const HookConfig& a, const HookConfig& b) {
          a.file_client_args == b.file_client_args && a.filename_tmpl == b.filename_tmpl &&
          a.backend_args == b.backend_args && a.published_keys == b.published_keys &&
          a.save_begin == b.save_begin && a.sync == b.sync && a.on_error == b.on_error &&
-         a.writer_threads == b.writer_threads && a.max_inflight_bytes == b.max_inflight_bytes &&
-         a.recovery == b.recovery && a.ledger_path == b.ledger_path;
+         a.writer_threads == b.writer_threads && a.writer_nice == b.writer_nice &&
+         a.max_inflight_bytes == b.max_inflight_bytes && a.recovery == b.recovery &&
+         a.ledger_path == b.ledger_path;
 }
 
 // ---- rules ----------------------------------------------------------------------------------
@@ -883,6 +887,10 @@ ValidatedConfig validate(const HookConfig& c) {
   // ckptledger's own options.
   if (c.writer_threads < 1) {
     fail(fmt::format("\"writer_threads\" must be at least 1, got {}", c.writer_threads));
+  }
+  if (c.writer_nice < 0 || c.writer_nice > 19) {
+    fail(fmt::format("\"writer_nice\" must be between 0 and 19 (a nice increment), got {}",
+                     c.writer_nice));
   }
   if (c.max_inflight_bytes < 0) {
     fail(fmt::format("\"max_inflight_bytes\" must be >= 0 (0: one checkpoint in flight), got {}",

@@ -66,6 +66,9 @@ struct HookConfig {
   bool sync = false;
   OnError on_error = OnError::kRaise;  // JSON: "raise" | "warn"
   int64_t writer_threads = 1;          // >= 1: threads of the writer pool
+  // 0..19: how much lower the writer's CPU priority is than training's (a nice increment for the
+  // pool threads and the hashing/writing threads they start).
+  int64_t writer_nice = 10;
   // >= 0: bytes of snapshots allowed in flight before the training thread waits;
   // 0 = one checkpoint in flight at a time.
   int64_t max_inflight_bytes = 0;

@@ -1,5 +1,11 @@
 #include "hook/writer_pool.h"
 
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
 #include <optional>
 #include <stdexcept>
 
@@ -17,6 +23,17 @@ struct WriterPool::Impl {
   size_t pending = 0;
   std::exception_ptr error;  // sticky until taken
   bool failed = false;       // later jobs are skipped until the error is taken
+  int nice = 0;              // the pool threads' nice value (absolute)
+
+  // Lowers the calling pool thread's priority to `nice`, once per thread. A hint: where the
+  // system refuses, the thread keeps its priority.
+  void lower_priority() const {
+    thread_local int applied = -100;
+    if (applied == nice) return;
+    applied = nice;
+    const auto tid = static_cast<id_t>(::syscall(SYS_gettid));
+    (void)::setpriority(PRIO_PROCESS, tid, nice);
+  }
 
   // Runs one job with the sticky-error rules; on any thread.
   void run(const std::function<void()>& job,
@@ -47,8 +64,12 @@ struct WriterPool::Impl {
   }
 };
 
-WriterPool::WriterPool(size_t threads) : impl_(std::make_unique<Impl>()), sync_(threads == 0) {
+WriterPool::WriterPool(size_t threads, int nice)
+    : impl_(std::make_unique<Impl>()), sync_(threads == 0) {
   if (!sync_) {
+    errno = 0;
+    const int base = ::getpriority(PRIO_PROCESS, static_cast<id_t>(::syscall(SYS_gettid)));
+    impl_->nice = std::clamp((errno == 0 ? base : 0) + std::max(0, nice), -20, 19);
     impl_->pool.emplace(threads);
     impl_->strand.emplace(boost::asio::make_strand(*impl_->pool));
   }
@@ -72,6 +93,7 @@ void WriterPool::post(std::function<void()> job, std::function<void(std::excepti
   }
   Impl* impl = impl_.get();
   boost::asio::post(*impl->strand, [impl, job = std::move(job), on_error = std::move(on_error)] {
+    impl->lower_priority();
     impl->run(job, on_error);
     std::lock_guard<std::mutex> lock(impl->mu);
     if (--impl->pending == 0) impl->idle.notify_all();

@@ -2,6 +2,9 @@
 //
 // A boost::asio::thread_pool with one strand: jobs run one at a time, in the order they were
 // posted (decision order), on a pool thread; with `sync` they run inline on the caller's thread.
+// Pool threads run at a lower CPU priority than the thread that created the pool (`nice`
+// increments, Linux per-thread nice values; threads they start inherit it): on a machine whose
+// cores training keeps busy, serialisation and hashing take what training leaves.
 // A job's exception is sticky (LevelDB bg_error_): recorded once, later jobs are skipped, and
 // take_error() hands it to the next hook call on the training thread.
 // Thread safety: post(), drain() and take_error() are called by the training thread only.
@@ -19,7 +22,8 @@ namespace ckptledger {
 class WriterPool {
  public:
   // threads == 0: synchronous (every job runs inside post(); failures are sticky all the same).
-  explicit WriterPool(size_t threads);
+  // nice: 0..19, added to the creating thread's nice value for the pool threads (capped at 19).
+  explicit WriterPool(size_t threads, int nice = 0);
   ~WriterPool();  // drains
   WriterPool(const WriterPool&) = delete;
   WriterPool& operator=(const WriterPool&) = delete;

@@ -1,11 +1,16 @@
 // Asynchronous persistence (issue 4): snapshot isolation, sticky errors through an injected
 // filesystem, back-pressure, bounded staging memory, draining.
 #include <fcntl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <condition_variable>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <map>
 #include <mutex>
 #include <stdexcept>
 #include <string_view>
@@ -19,6 +24,7 @@
 #include "hook/checkpoint_hook.h"
 #include "hook/hook_events.h"
 #include "hook/stager.h"
+#include "hook/writer_pool.h"
 #include "ledger/ledger.h"
 #include "ledger/sha256.h"
 
@@ -335,9 +341,40 @@ TEST_F(AsyncTest, StagingReusesItsBuffersAcrossSaves) {
   EXPECT_EQ(stager.allocated_bytes(), (256 * 256 + 256) * sizeof(float));
 }
 
-// Tensors above write_durably's copy threshold are hashed on a second thread while the pool (two
-// threads, one strand) writes them and training mutates the originals: the digest the ledger
-// records is the file's. A fault in the middle of a large file stops that thread.
+// A large save's bytes are shared between the training thread and copy helpers, cut inside
+// tensors: with 0, 1 or 3 helpers every staged tensor holds exactly the values at the stage call
+// (odd sizes, several dtypes, a non-contiguous view copied apart), round after round, and
+// mutating the originals afterwards does not reach the staged copy.
+TEST_F(AsyncTest, SharedStagingCopiesEveryByteWithAnyNumberOfHelpers) {
+  for (size_t helpers : {size_t{0}, size_t{1}, size_t{3}}) {
+    SCOPED_TRACE("helpers " + std::to_string(helpers));
+    Stager stager(1, helpers);
+    c10::impl::GenericDict d(c10::StringType::get(), c10::AnyType::get());
+    d.insert("a", torch::randn({1000, 1001}));
+    d.insert("b", torch::arange(777777, torch::kInt64));
+    d.insert("t", torch::randn({513, 257}).t());  // non-contiguous
+    d.insert("c", torch::randn({3}));
+    d.insert("e", torch::empty({0}));
+    d.insert("h", torch::randn({1 << 20}).to(torch::kHalf));
+    for (int round = 0; round < 3; ++round) {
+      std::map<std::string, torch::Tensor> before;
+      for (const auto& kv : d) {
+        kv.value().toTensor().add_(1);
+        before[kv.key().toStringRef()] = kv.value().toTensor().clone();
+      }
+      auto staged = stager.stage(c10::IValue(d), nullptr);
+      for (const auto& kv : d) kv.value().toTensor().mul_(-3);  // training moves on
+      const auto& out = staged->content().toGenericDict();
+      for (const auto& [name, expected] : before) {
+        EXPECT_TRUE(torch::equal(out.at(name).toTensor(), expected)) << name << " round " << round;
+      }
+    }
+  }
+}
+
+// Large checkpoints go through write_durably's hashing and writing threads while the pool (two
+// threads, one strand) serialises them and training mutates the originals: the digest the ledger
+// records is the file's. A fault in the middle of a large file stops those threads.
 TEST_F(AsyncTest, LargeCheckpointsAreHashedBesideTheWriteAndAFaultStopsTheHasher) {
   FaultyFileSystem faulty;
   faulty.fault = FaultyFileSystem::Fault::kEnospcAfterBytes;
@@ -385,46 +422,155 @@ TEST_F(AsyncTest, LargeCheckpointsAreHashedBesideTheWriteAndAFaultStopsTheHasher
   EXPECT_EQ(events(EventKind::kSaveFailed).size(), 1u);
 }
 
-// write_durably on its own: large chunks go to the hashing thread, small ones are copied, and the
-// digest follows the submission order; a producer that fails after handing over a large chunk
-// (whose memory goes away with the exception) leaves no file and no thread reading it.
-TEST_F(AsyncTest, WriteDurablyHashesLargeChunksInOrderAndStopsOnAFailingProducer) {
+// Records how write_durably uses O_DIRECT, and can refuse it (a filesystem without O_DIRECT) or
+// reject the first direct write with EINVAL (one that takes the flag but not the writes).
+class DirectIoProbe : public FileSystem {
+ public:
+  bool refuse = false;
+  bool reject_first_direct_write = false;
+  int set_direct_io(int fd, bool on) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (on) ++requests_;
+    if (on && refuse) {
+      errno = EINVAL;
+      return -1;
+    }
+    int rc = FileSystem::set_direct_io(fd, on);
+    if (rc == 0) direct_ = on;
+    return rc;
+  }
+  ssize_t write(int fd, const void* data, size_t size) override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (direct_) ++direct_writes_;
+      if (direct_ && reject_first_direct_write && !rejected_) {
+        rejected_ = true;
+        errno = EINVAL;
+        return -1;
+      }
+    }
+    return FileSystem::write(fd, data, size);
+  }
+  int requests() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return requests_;
+  }
+  int direct_writes() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return direct_writes_;
+  }
+
+ private:
+  std::mutex mu_;
+  bool direct_ = false, rejected_ = false;
+  int requests_ = 0, direct_writes_ = 0;
+};
+
+std::string read_all(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+// write_durably copies the stream into 1 MiB blocks that a hashing and a writing thread share:
+// whatever the chunking (tiny headers, chunks spanning several blocks, a file ending on or just
+// off a block boundary), the file holds the stream and the digest is the file's, with O_DIRECT
+// where the filesystem takes it and buffered where it refuses it or rejects a direct write.
+TEST_F(AsyncTest, WriteDurablyKeepsTheStreamWhateverTheChunkingAndDirectIoSupport) {
   fs::create_directories(work_);
-  std::vector<char> big(3 << 20);
-  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>(i * 131 + (i >> 12));
-  const std::string expected = Sha256::hex(std::string_view(big.data(), big.size()));
   const size_t mib = 1 << 20;
-  for (ChunkLifetime lifetime : {ChunkLifetime::kCall, ChunkLifetime::kWholeWrite}) {
-    SCOPED_TRACE(lifetime == ChunkLifetime::kCall ? "kCall" : "kWholeWrite");
-    WrittenFile w = write_durably(
-        p("big.bin"),
-        [&](const ByteSink& sink) {
-          sink(big.data(), 100);                                   // small, hashed inline
-          sink(big.data() + 100, mib);                             // large: starts the thread
-          sink(big.data() + 100 + mib, 1000);                      // small, copied for the thread
-          sink(big.data() + 1100 + mib, big.size() - 1100 - mib);  // large
-        },
-        FileSystem::posix(), lifetime);
-    EXPECT_EQ(w.bytes, big.size());
-    EXPECT_EQ(w.sha256, expected);
-    EXPECT_EQ(Sha256::file_hex(p("big.bin")), expected);
-    EXPECT_THROW(write_durably(
-                     p("bad.bin"),
-                     [&](const ByteSink& sink) {
-                       if (lifetime == ChunkLifetime::kCall) {
-                         // Valid during the call only: freed while the exception unwinds.
-                         std::vector<char> scratch(big.begin(), big.begin() + 2 * mib);
-                         sink(scratch.data(), scratch.size());
-                       } else {
-                         sink(big.data(), 2 * mib);
-                       }
-                       throw std::runtime_error("producer failed");
-                     },
-                     FileSystem::posix(), lifetime),
-                 std::runtime_error);
-    EXPECT_FALSE(fs::exists(p("bad.bin")));
+  std::vector<char> big(5 * mib + 4099);
+  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>(i * 131 + (i >> 12));
+  const std::vector<size_t> chunks = {100, 3, mib, 1000, 2 * mib + 7, 1, 64 << 10};
+  for (size_t total : {size_t{0}, size_t{1}, mib - 1, mib, mib + 1, 3 * mib + 1100, big.size()}) {
+    for (int mode = 0; mode < 3; ++mode) {
+      SCOPED_TRACE("bytes " + std::to_string(total) + ", mode " + std::to_string(mode));
+      DirectIoProbe probe;
+      probe.refuse = mode == 1;
+      probe.reject_first_direct_write = mode == 2;
+      const std::string path = p("f_" + std::to_string(total) + "_" + std::to_string(mode));
+      WrittenFile w = write_durably(
+          path,
+          [&](const ByteSink& sink) {
+            size_t off = 0;
+            for (size_t k = 0; off < total; ++k) {
+              const size_t n = std::min(chunks[k % chunks.size()], total - off);
+              std::vector<char> scratch(big.begin() + off, big.begin() + off + n);  // call-only
+              sink(scratch.data(), n);
+              off += n;
+            }
+          },
+          probe);
+      const std::string_view expected(big.data(), total);
+      EXPECT_EQ(w.bytes, total);
+      EXPECT_EQ(w.sha256, Sha256::hex(expected));
+      EXPECT_TRUE(read_all(path) == expected) << "file content differs from the stream";
+      if (total < mib) {
+        EXPECT_EQ(probe.requests(), 0) << "a file under one block is written inline, buffered";
+      } else {
+        EXPECT_GE(probe.requests(), 1) << "a large file asks for O_DIRECT";
+      }
+      if (mode == 1) {
+        EXPECT_EQ(probe.direct_writes(), 0);
+      }
+    }
   }
   EXPECT_FALSE(temp_files_left());
+}
+
+// A producer that fails after handing over several blocks, and a disk that fills up in the
+// middle of a large file: the error comes out of write_durably, no file takes the name, the temp
+// file is gone and no thread is left running.
+TEST_F(AsyncTest, WriteDurablyFailuresMidFileLeaveNothing) {
+  fs::create_directories(work_);
+  std::vector<char> big(6 << 20, 'x');
+  EXPECT_THROW(write_durably(p("bad.bin"),
+                             [&](const ByteSink& sink) {
+                               sink(big.data(), 3 << 20);
+                               throw std::runtime_error("producer failed");
+                             }),
+               std::runtime_error);
+  EXPECT_FALSE(fs::exists(p("bad.bin")));
+
+  FaultyFileSystem faulty;
+  faulty.fault = FaultyFileSystem::Fault::kEnospcAfterBytes;
+  faulty.target = "full.bin";
+  faulty.budget = (2 << 20) + 12345;
+  try {
+    write_durably(
+        p("full.bin"), [&](const ByteSink& sink) { sink(big.data(), big.size()); }, faulty);
+    ADD_FAILURE() << "a full disk went unnoticed";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kIOError);
+    EXPECT_THAT(e.what(), HasSubstr("No space left on device"));
+    EXPECT_THAT(e.what(), HasSubstr("full.bin"));
+  }
+  EXPECT_FALSE(fs::exists(p("full.bin")));
+  EXPECT_FALSE(temp_files_left());
+}
+
+int own_nice() {
+  errno = 0;
+  return ::getpriority(PRIO_PROCESS, static_cast<id_t>(::syscall(SYS_gettid)));
+}
+
+// The writer's threads (and the hashing/writing threads a job starts) run `nice` steps below the
+// thread that created the pool, capped at 19; nice 0 leaves them level with it.
+TEST_F(AsyncTest, WriterThreadsRunAtTheConfiguredLowerPriority) {
+  const int base = own_nice();
+  for (int increment : {0, 7, 19}) {
+    SCOPED_TRACE("nice " + std::to_string(increment));
+    WriterPool pool(1, increment);
+    int in_job = -100, in_child = -100;
+    pool.post([&] {
+      in_job = own_nice();
+      std::thread child([&] { in_child = own_nice(); });
+      child.join();
+    });
+    pool.drain();
+    EXPECT_EQ(in_job, std::min(19, base + increment));
+    EXPECT_EQ(in_child, in_job);
+  }
+  EXPECT_EQ(own_nice(), base) << "the creating thread keeps its priority";
 }
 
 TEST_F(AsyncTest, DestructionDrainsEveryAcceptedSave) {

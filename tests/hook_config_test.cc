@@ -95,6 +95,7 @@ TEST(HookConfig, OwnOptionsHaveDocumentedDefaults) {
   EXPECT_FALSE(c.sync);
   EXPECT_EQ(c.on_error, OnError::kRaise);
   EXPECT_EQ(c.writer_threads, 1);
+  EXPECT_EQ(c.writer_nice, 10);
   EXPECT_EQ(c.max_inflight_bytes, 0);
   EXPECT_EQ(c.recovery, RecoveryMode::kRepair);
   EXPECT_FALSE(c.ledger_path.has_value());
@@ -117,7 +118,7 @@ TEST(HookConfig, FromJsonReadsEveryOption) {
     "less_keys": "loss", "file_client_args": null, "filename_tmpl": "ckpt_{:03d}.pth",
     "backend_args": {"backend": "local"}, "published_keys": ["meta", "state_dict"],
     "save_begin": 5, "sync": true, "on_error": "warn", "writer_threads": 4,
-    "max_inflight_bytes": 1048576, "recovery": "strict", "ledger_path": "/tmp/l.sqlite"})"));
+    "writer_nice": 0, "max_inflight_bytes": 1048576, "recovery": "strict", "ledger_path": "/tmp/l.sqlite"})"));
   EXPECT_EQ(c.interval, 2);
   EXPECT_FALSE(c.by_epoch);
   EXPECT_FALSE(c.save_optimizer);
@@ -136,6 +137,7 @@ TEST(HookConfig, FromJsonReadsEveryOption) {
   EXPECT_TRUE(c.sync);
   EXPECT_EQ(c.on_error, OnError::kWarn);
   EXPECT_EQ(c.writer_threads, 4);
+  EXPECT_EQ(c.writer_nice, 0);
   EXPECT_EQ(c.max_inflight_bytes, 1048576);
   EXPECT_EQ(c.recovery, RecoveryMode::kStrict);
   EXPECT_EQ(c.ledger_path, "/tmp/l.sqlite");
@@ -158,6 +160,7 @@ TEST(HookConfig, ToJsonRoundTripsThroughFromJson) {
   c.sync = true;
   c.on_error = OnError::kWarn;
   c.writer_threads = 2;
+  c.writer_nice = 3;
   c.max_inflight_bytes = 7;
   c.recovery = RecoveryMode::kStrict;
   c.ledger_path = "ledger.sqlite";
@@ -681,6 +684,10 @@ TEST(HookConfig, WriterThreadsBelowOneIsRejected) {
   EXPECT_THAT(config_error(R"({"writer_threads": 0})"),
               HasSubstr("\"writer_threads\" must be at least 1, got 0"));
   EXPECT_THAT(config_error(R"({"writer_threads": -3})"), HasSubstr("got -3"));
+  EXPECT_THAT(config_error(R"({"writer_nice": 20})"),
+              HasSubstr("\"writer_nice\" must be between 0 and 19 (a nice increment), got 20"));
+  EXPECT_THAT(config_error(R"({"writer_nice": -1})"), HasSubstr("got -1"));
+  EXPECT_THAT(config_error(R"({"writer_nice": "high"})"), HasSubstr("\"writer_nice\""));
 }
 
 TEST(HookConfig, NegativeMaxInflightBytesIsRejected) {
