@@ -3,7 +3,6 @@
 #include <ATen/core/Tensor.h>
 #include <c10/core/CPUAllocator.h>
 #include <c10/core/TensorImpl.h>
-#include <caffe2/serialize/inline_container.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <torch/csrc/jit/serialization/pickler.h>
@@ -25,6 +24,7 @@
 #include <vector>
 
 #include "hook/crc32.h"
+#include "hook/zip_writer.h"
 #include "ledger/error.h"
 #include "ledger/sha256.h"
 
@@ -150,28 +150,6 @@ class PlainCopier {
   std::vector<std::string> path_;
 };
 
-// Forwards PyTorchStreamWriter's output to the caller's sink. It always reports success to the
-// writer: libtorch 1.13's writer turns a short write into an error that its destructor raises
-// again (std::terminate). After the sink throws, the exception is kept for write_checkpoint to
-// rethrow and the remaining bytes (the writer's own end-of-file in its destructor) go nowhere.
-struct SinkForwarder {
-  const CheckpointSink* sink = nullptr;
-  uint64_t written = 0;
-  std::exception_ptr error;
-
-  size_t write(const void* data, size_t size) {
-    if (!error) {
-      try {
-        (*sink)(data, size);
-        written += size;
-      } catch (...) {
-        error = std::current_exception();
-      }
-    }
-    return size;
-  }
-};
-
 }  // namespace
 
 uint64_t write_checkpoint(const c10::IValue& obj, const CheckpointSink& sink) {
@@ -196,33 +174,22 @@ uint64_t write_checkpoint(const c10::IValue& obj, const CheckpointSink& sink) {
                 std::string("write_checkpoint: pickling failed: ") + e.what_without_backtrace());
   }
 
-  SinkForwarder forward;
-  forward.sink = &sink;
-  std::unique_ptr<caffe2::serialize::PyTorchStreamWriter> writer;
-  try {
-    writer = std::make_unique<caffe2::serialize::PyTorchStreamWriter>(
-        [&forward](const void* data, size_t size) { return forward.write(data, size); });
-    writer->writeRecord("data.pkl", pickle.data(), pickle.size());
-    static constexpr char kByteOrder[] = "little";
-    writer->writeRecord("byteorder", kByteOrder, sizeof(kByteOrder) - 1);
-    for (size_t i = 0; i < storages.size() && !forward.error; ++i) {
+  ZipStreamWriter zip(sink);
+  zip.record("data.pkl", pickle.data(), pickle.size());
+  static constexpr char kByteOrder[] = "little";
+  zip.record("byteorder", kByteOrder, sizeof(kByteOrder) - 1);
+  for (size_t i = 0; i < storages.size(); ++i) {
+    try {
       // For CPU tensors this is the tensor itself; a CUDA storage is copied to the host here.
       const torch::jit::WriteableTensorData data = torch::jit::getWriteableTensorData(storages[i]);
-      writer->writeRecord("data/" + std::to_string(i), data.data(), data.sizeInBytes());
+      zip.record("data/" + std::to_string(i), data.data(), data.sizeInBytes());
+    } catch (const c10::Error& e) {
+      throw_error(ErrorCode::kIOError,
+                  std::string("write_checkpoint: ") + e.what_without_backtrace());
     }
-    if (!forward.error) writer->writeEndOfFile();  // the version record and central directory
-  } catch (const c10::Error& e) {
-    // The writer may have failed halfway through a record; its destructor would then try to
-    // finish the archive, fail again and terminate the process. Leaking it is the lesser evil
-    // on this path, which needs a libtorch or miniz failure (allocation, CUDA copy).
-    (void)writer.release();
-    if (forward.error) std::rethrow_exception(forward.error);
-    throw_error(ErrorCode::kIOError,
-                std::string("write_checkpoint: ") + e.what_without_backtrace());
   }
-  writer.reset();  // after a sink error, finishes the archive into the void
-  if (forward.error) std::rethrow_exception(forward.error);
-  return forward.written;
+  zip.finish();
+  return zip.bytes();
 }
 
 namespace {

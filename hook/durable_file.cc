@@ -1,6 +1,7 @@
 #include "hook/durable_file.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -78,8 +79,8 @@ class TempFile {
 // evicts the page cache training uses). A block is reused once both are done with it, so the
 // memory is kBlocks * kBlockSize whatever the file's size. Files smaller than one block are
 // hashed and written inline, buffered, without threads.
-constexpr size_t kBlockSize = 1 << 20;
-constexpr size_t kBlocks = 4;
+constexpr size_t kBlockSize = kWriteBlockBytes;
+constexpr size_t kBlocks = kWriteBlocks;
 constexpr size_t kAlignment = 4096;  // O_DIRECT: buffer address, file offset and length
 // Buffered writes (no O_DIRECT) start writeback every this many bytes, so that the final
 // fdatasync waits only for the tail.
@@ -91,7 +92,9 @@ class BlockPipeline {
       : fd_(fd), path_(path), fs_(fs), sha_(sha), blocks_(kBlocks) {}
   ~BlockPipeline() {
     stop();
-    for (Block& b : blocks_) std::free(b.mem);
+    for (Block& b : blocks_) {
+      if (b.mem) ::munmap(b.mem, kBlockSize);
+    }
   }
   BlockPipeline(const BlockPipeline&) = delete;
   BlockPipeline& operator=(const BlockPipeline&) = delete;
@@ -165,8 +168,12 @@ class BlockPipeline {
     if (error_) std::rethrow_exception(error_);
     Block& b = blocks_[found];
     if (!b.mem) {
-      b.mem = static_cast<char*>(std::aligned_alloc(kAlignment, kBlockSize));
-      if (!b.mem) throw std::bad_alloc();
+      // Mapped, not malloc'ed: page-aligned, and returned to the system when the write ends
+      // (a malloc arena would keep them resident in every thread that ever wrote a file).
+      void* mem =
+          ::mmap(nullptr, kBlockSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (mem == MAP_FAILED) throw std::bad_alloc();
+      b.mem = static_cast<char*>(mem);
     }
     b.used = 0;
     return found;

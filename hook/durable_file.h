@@ -12,6 +12,7 @@
 
 #include <sys/types.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -46,6 +47,10 @@ struct WrittenFile {
   uint64_t bytes = 0;
   std::string sha256;  // lowercase hex
 };
+
+// Memory a large write_durably uses for its blocks, whatever the file's size.
+inline constexpr size_t kWriteBlockBytes = 1 << 20;
+inline constexpr size_t kWriteBlocks = 4;
 
 // Suffix of temp files; a file ending in it is never a checkpoint (reconciliation removes them).
 inline constexpr const char* kTempSuffix = ".ckptledger-tmp";

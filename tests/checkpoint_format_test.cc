@@ -3,6 +3,7 @@
 #include <caffe2/serialize/inline_container.h>
 #include <gtest/gtest.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <torch/csrc/jit/serialization/pickler.h>
 #include <torch/torch.h>
@@ -10,12 +11,15 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <vector>
 
+#include "hook/zip_writer.h"
 #include "ledger/error.h"
 #include "ledger/sha256.h"
 
@@ -504,6 +508,83 @@ TEST(CheckpointFormat, SinkReceivesTensorBytesStraightFromTensorMemory) {
     });
     EXPECT_TRUE(direct) << "a tensor's bytes were copied before reaching the sink";
   }
+}
+
+// What a zip writer hands its sink: small chunks verbatim, large ones (record data, passed
+// straight from the caller's memory) as their address and size.
+std::string stream_shape(const std::function<void(const ZipSink&)>& write) {
+  std::string out;
+  write([&](const void* p, size_t n) {
+    if (n < (1u << 20)) {
+      out.append(static_cast<const char*>(p), n);
+    } else {
+      out += "<" + std::to_string(reinterpret_cast<uintptr_t>(p)) + "," + std::to_string(n) + ">";
+    }
+  });
+  return out;
+}
+
+std::string libtorch_shape(const std::vector<std::pair<std::string, std::string_view>>& records) {
+  return stream_shape([&](const ZipSink& sink) {
+    caffe2::serialize::PyTorchStreamWriter writer([&](const void* p, size_t n) {
+      sink(p, n);
+      return n;
+    });
+    for (const auto& [name, data] : records) writer.writeRecord(name, data.data(), data.size());
+    writer.writeEndOfFile();
+  });
+}
+
+std::string our_shape(const std::vector<std::pair<std::string, std::string_view>>& records) {
+  return stream_shape([&](const ZipSink& sink) {
+    ZipStreamWriter zip(sink);
+    for (const auto& [name, data] : records) zip.record(name, data.data(), data.size());
+    zip.finish();
+  });
+}
+
+// ckptledger's zip writer produces libtorch's archive byte for byte (so files keep their
+// SHA-256 across the switch, and Python reads them as it reads torch.save's): empty, tiny and
+// large records, long names, every padding length.
+TEST(CheckpointFormat, ZipWriterWritesLibtorchsBytes) {
+  std::string big(3 << 20, '\0');
+  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>(i * 7 + (i >> 9));
+  std::vector<std::pair<std::string, std::string_view>> records = {
+      {"data.pkl", std::string_view(big.data(), 165)},
+      {"byteorder", "little"},
+      {"data/0", std::string_view()},
+      {"data/1", std::string_view(big.data() + 5, 3)},
+      {"data/2", std::string_view(big.data() + 11, (1 << 20) + 13)},
+      {std::string(300, 'n'), std::string_view(big.data(), 1000)},
+      {"data/3", big}};
+  for (int i = 0; i < 70; ++i) {
+    records.push_back({"p/" + std::to_string(i), std::string_view(big.data() + i, i * 3)});
+  }
+  EXPECT_EQ(our_shape(records), libtorch_shape(records));
+}
+
+// Records of 4 GiB and more, and records that start past 4 GiB, take zip64 fields (local and
+// central), 64-bit data descriptors and capped 32-bit fields exactly as libtorch writes them.
+// The 4 GiB of zeros are an untouched anonymous mapping (the zero page: no memory is used).
+TEST(CheckpointFormat, ZipWriterWritesLibtorchsZip64Records) {
+  const size_t huge = (size_t{4} << 30) + 64;
+  void* zeros =
+      ::mmap(nullptr, huge, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  ASSERT_NE(zeros, MAP_FAILED);
+  const std::string small(100, 's');
+  const std::vector<std::pair<std::string, std::string_view>> records = {
+      {"data.pkl", small},
+      {"data/0", std::string_view(static_cast<const char*>(zeros), huge)},
+      {"data/1", small},
+      {"data/2", std::string_view()}};
+  const std::string ours = our_shape(records);
+  EXPECT_EQ(ours, libtorch_shape(records));
+  // The zip64 fields: 0x0001 with 16 bytes (sizes of data/0), with 8 (offset of data/1).
+  EXPECT_NE(ours.find(std::string("\x01\x00\x10\x00", 4)), std::string::npos)
+      << "no zip64 size field: the test did not reach zip64";
+  EXPECT_NE(ours.find(std::string("\x01\x00\x08\x00", 4)), std::string::npos)
+      << "no zip64 offset field: the test did not reach zip64";
+  ::munmap(zeros, huge);
 }
 
 struct InjectedError : std::runtime_error {
