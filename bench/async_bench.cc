@@ -2,7 +2,7 @@
 // measured in the same run, because this machine is shared and noisy: ratios are what to compare
 // across runs.
 //
-//   async_bench [--dir DIR] [--sizes 64,1024] [--rounds N] [--pairs N]
+//   async_bench [--dir DIR] [--sizes 64,1024] [--rounds N] [--pairs N] [--writer-nice 0..19]
 //
 // For each state-dict size (MiB; default 64 and 1024: GPT-2-small-like layers, d_model 768, plus
 // an embedding that fills the rest, ~27 and ~450 float32 tensors of 3 KiB to 9 MiB):
@@ -13,6 +13,8 @@
 //    on the same state, divided by the async stall.
 // 3. Persist throughput: file bytes / (from the async call until wait_idle() returns) vs write +
 //    fdatasync + close of as many bytes from a reused buffer into a new file in the same dir.
+//    3b: the same beside SHA-256 of as many bytes on one thread, the bound of any writer that
+//    records the file's digest (one sequential chain).
 // 4. A training loop (torch threads = 1, so the writer has the other core): each iteration runs
 //    a compute step (matmuls, calibrated to ~30 ms) and updates one parameter tensor in place.
 //    Segments of K iterations alternate between "no save" and "async save at the segment's first
