@@ -12,6 +12,7 @@
 #include <iterator>
 #include <map>
 #include <mutex>
+#include <set>
 #include <stdexcept>
 #include <string_view>
 #include <thread>
@@ -571,6 +572,63 @@ TEST_F(AsyncTest, WriterThreadsRunAtTheConfiguredLowerPriority) {
     EXPECT_EQ(in_child, in_job);
   }
   EXPECT_EQ(own_nice(), base) << "the creating thread keeps its priority";
+}
+
+// Records the nice value of the threads that open and write checkpoint files.
+class NiceProbe : public FileSystem {
+ public:
+  int open(const char* path, int flags, mode_t mode) override {
+    if (std::string(path).find(".pth") != std::string::npos) note(opens_);
+    return FileSystem::open(path, flags, mode);
+  }
+  ssize_t write(int fd, const void* data, size_t size) override {
+    note(writes_);
+    return FileSystem::write(fd, data, size);
+  }
+  std::set<int> opens() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return opens_;
+  }
+  std::set<int> writes() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return writes_;
+  }
+
+ private:
+  void note(std::set<int>& into) {
+    const int n = own_nice();
+    std::lock_guard<std::mutex> lock(mu_);
+    into.insert(n);
+  }
+  std::mutex mu_;
+  std::set<int> opens_, writes_;
+};
+
+// The hook hands `writer_nice` to its writer: checkpoint files are opened by a pool thread and
+// written by the block writer it starts, both `writer_nice` below training; a sync hook writes on
+// the training thread at training's priority.
+TEST_F(AsyncTest, CheckpointsAreWrittenAtWriterNiceBelowTraining) {
+  const int base = own_nice();
+  for (bool sync : {false, true}) {
+    SCOPED_TRACE(sync ? "sync" : "async");
+    NiceProbe probe;
+    const std::string json =
+        std::string(R"({"interval": 1, "by_epoch": false, "writer_nice": 6, "sync": )") +
+        (sync ? "true" : "false") + "}";
+    CheckpointHook hook(cfg(json.c_str()), {}, &probe);
+    MutatingRunner r(work_ + (sync ? "_sync" : "_async"));
+    r.params_ = {torch::zeros({512, 1024}), torch::zeros({1024})};  // 2 MiB: the block threads
+    hook.before_train(r);
+    for (int i = 0; i < 2; ++i) {
+      r.iter_ = i;
+      hook.after_train_iter(r, i);
+    }
+    hook.wait_idle();
+    const int expected = sync ? base : std::min(19, base + 6);
+    EXPECT_EQ(probe.opens(), std::set<int>{expected});
+    EXPECT_EQ(probe.writes(), std::set<int>{expected});
+    EXPECT_EQ(own_nice(), base);
+  }
 }
 
 TEST_F(AsyncTest, DestructionDrainsEveryAcceptedSave) {

@@ -2,7 +2,8 @@
 """The kill -9 torture test (issue 5, "The torture test").
 
     torture_test.py --child TORTURE_CHILD --ckptledger CKPTLEDGER --scenario SCENARIO.json
-                    [--kills N] [--seed S] [--trials T] [--slow-ms MS] [--keep] [--tmp DIR]
+                    [--kills N] [--seed S] [--trials T] [--slow-ms MS] [--ballast-mib N]
+                    [--keep] [--tmp DIR]
 
 A trial:
   1. runs the job (torture_child: auto-resume always on, async writer) once without interruption in
@@ -78,6 +79,7 @@ class Job:
         self.ckptledger = os.path.abspath(args.ckptledger)
         self.scenario = os.path.abspath(args.scenario)
         self.slow_ms = args.slow_ms
+        self.ballast_mib = args.ballast_mib
         with open(self.scenario, encoding="utf-8") as f:
             sc = json.load(f)
         self.work_dir_rel = sc.get("work_dir", "work_dirs/exp")
@@ -86,6 +88,8 @@ class Job:
         a = [self.child, self.scenario, "--root", root]
         if self.slow_ms:
             a += ["--slow-ms", str(self.slow_ms)]
+        if self.ballast_mib:
+            a += ["--ballast-mib", str(self.ballast_mib)]
         return a
 
     def start(self, root, log):
@@ -504,6 +508,8 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--trials", type=int, default=1)
     ap.add_argument("--slow-ms", type=int, default=0, help="sleep per train step in the child")
+    ap.add_argument("--ballast-mib", type=int, default=0,
+                    help="a constant N MiB tensor in every checkpoint (large-file write path)")
     ap.add_argument("--tmp", help="where the roots go (default: a new temporary directory)")
     ap.add_argument("--keep", action="store_true", help="keep every root (failing ones always are)")
     ap.add_argument("-v", "--verbose", action="store_true")

@@ -1,7 +1,7 @@
 // torture_child: the training job tests/torture_test.py kills with SIGKILL and restarts (issue 5,
 // "The torture test").
 //
-//   torture_child SCENARIO.json --root DIR [--slow-ms N]
+//   torture_child SCENARIO.json --root DIR [--slow-ms N] [--ballast-mib N]
 //
 // Runs run 0 of the scenario's plan (plan_runs) in DIR with SimRunner, the reference loops and the
 // real CheckpointHook, with auto-resume always on (an empty or missing ledger starts fresh) and the
@@ -16,6 +16,9 @@
 // included, so an interrupted job and the uninterrupted one publish under the same names only when
 // the wall clock is out of the bytes. (The runner's meta_extra supplies "time" first; the hook's
 // own insert of the key does not replace it.)
+//
+// --ballast-mib N adds a constant N MiB tensor (state_dict "ballast") to every checkpoint, so that
+// files exceed write_durably's 1 MiB block and kills land in its hashing/O_DIRECT writing threads.
 //
 // --slow-ms N sleeps N ms after each train step, so that a kill at a random moment lands as often
 // in the background writer's work (temp write, rename, prune, ledger transaction) as in the
@@ -48,12 +51,23 @@ constexpr const char* kPinnedTime = "20260101_000000";
 
 class TortureRunner : public ckptledger::SimRunner {
  public:
-  using SimRunner::SimRunner;
+  TortureRunner(const ckptledger::SimRunnerOptions& o, int64_t ballast_mib)
+      : SimRunner(o),
+        ballast_(ballast_mib > 0 ? torch::arange(ballast_mib << 18, torch::kFloat)
+                                 : torch::Tensor()) {}
+  c10::impl::GenericDict checkpoint_state(bool with_optimizer, bool with_schedulers) override {
+    c10::impl::GenericDict state = SimRunner::checkpoint_state(with_optimizer, with_schedulers);
+    if (ballast_.defined()) state.at("state_dict").toGenericDict().insert("ballast", ballast_);
+    return state;
+  }
   c10::impl::GenericDict meta_extra() const override {
     c10::impl::GenericDict meta = SimRunner::meta_extra();
     meta.insert("time", std::string(kPinnedTime));
     return meta;
   }
+
+ private:
+  torch::Tensor ballast_;
 };
 
 const ckptledger::ValStep* find_val(const std::vector<ckptledger::ValStep>& val, int64_t step) {
@@ -71,12 +85,14 @@ ckptledger::Metrics to_metrics(const std::vector<ckptledger::Metric>& in) {
 
 int usage(const char* msg) {
   std::fprintf(stderr,
-               "torture_child: %s\nusage: torture_child SCENARIO.json --root DIR [--slow-ms N]\n",
+               "torture_child: %s\nusage: torture_child SCENARIO.json --root DIR [--slow-ms N] "
+               "[--ballast-mib N]\n",
                msg);
   return 2;
 }
 
-int run(const std::string& scenario_path, const std::string& root_arg, int64_t slow_ms) {
+int run(const std::string& scenario_path, const std::string& root_arg, int64_t slow_ms,
+        int64_t ballast_mib) {
   fs::create_directories(root_arg);
   const std::string root = fs::canonical(root_arg).string();
   const ckptledger::Scenario scenario = ckptledger::load_scenario_file(scenario_path);
@@ -97,7 +113,7 @@ int run(const std::string& scenario_path, const std::string& root_arg, int64_t s
   ro.seed = 0;
   ro.experiment_name = scenario.name.empty() ? "torture" : scenario.name;
   ro.cfg = plan.hook.dump();
-  TortureRunner runner(ro);
+  TortureRunner runner(ro, ballast_mib);
 
   ckptledger::LoopOptions lo;
   lo.resume = true;  // auto-resume, always: an empty ledger starts fresh
@@ -127,7 +143,7 @@ int run(const std::string& scenario_path, const std::string& root_arg, int64_t s
 
 int main(int argc, char** argv) {
   std::string scenario_path, root;
-  int64_t slow_ms = 0;
+  int64_t slow_ms = 0, ballast_mib = 0;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--root" && i + 1 < argc) {
@@ -136,6 +152,12 @@ int main(int argc, char** argv) {
       char* end = nullptr;
       slow_ms = std::strtoll(argv[++i], &end, 10);
       if (end == nullptr || *end != '\0' || slow_ms < 0) return usage("--slow-ms takes N >= 0");
+    } else if (a == "--ballast-mib" && i + 1 < argc) {
+      char* end = nullptr;
+      ballast_mib = std::strtoll(argv[++i], &end, 10);
+      if (end == nullptr || *end != '\0' || ballast_mib < 0 || ballast_mib > 4096) {
+        return usage("--ballast-mib takes N in 0..4096");
+      }
     } else if (!a.empty() && a[0] != '-' && scenario_path.empty()) {
       scenario_path = a;
     } else {
@@ -144,7 +166,7 @@ int main(int argc, char** argv) {
   }
   if (scenario_path.empty() || root.empty()) return usage("SCENARIO.json and --root are required");
   try {
-    return run(scenario_path, root, slow_ms);
+    return run(scenario_path, root, slow_ms, ballast_mib);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "torture_child: error: %s\n", e.what());
     return 1;
