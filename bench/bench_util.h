@@ -23,7 +23,7 @@
 
 #include "hook/checkpoint_hook.h"
 #include "hook/hook_config.h"
-#include "hook/runner.h"
+#include "hook/loops.h"
 
 namespace ckptledger::bench {
 
@@ -67,16 +67,13 @@ inline c10::impl::GenericDict model_like_state_dict(int64_t mib, int64_t* bytes,
 }
 
 // A runner whose counters the bench sets and whose checkpoint state is its (live) state dict.
-class BenchRunner : public Runner {
+class BenchRunner : public LoopRunner {
  public:
   BenchRunner(std::string work_dir, c10::impl::GenericDict state_dict)
       : work_dir_(std::move(work_dir)), state_dict_(std::move(state_dict)) {
     for (const auto& kv : state_dict_) params_.push_back(kv.value().toTensor());
+    set_max(1'000'000'000, 1'000'000'000'000);
   }
-  int64_t epoch() const override { return epoch_; }
-  int64_t iter() const override { return iter_; }
-  int64_t max_epochs() const override { return max_epochs_; }
-  int64_t max_iters() const override { return max_iters_; }
   std::string work_dir() const override { return work_dir_; }
   c10::impl::GenericDict checkpoint_state(bool, bool) override {
     c10::impl::GenericDict d(c10::StringType::get(), c10::AnyType::get());
@@ -86,14 +83,6 @@ class BenchRunner : public Runner {
   bool has_param_schedulers() const override { return false; }
   void load_checkpoint(const c10::impl::GenericDict&, bool) override {}
 
-  void set_counters(int64_t epoch, int64_t iter) {
-    epoch_ = epoch;
-    iter_ = iter;
-  }
-  void set_max(int64_t max_epochs, int64_t max_iters) {
-    max_epochs_ = max_epochs;
-    max_iters_ = max_iters;
-  }
   // What an optimizer step does to the parameters: every one changes, in place.
   void update_all() {
     torch::NoGradGuard no_grad;
@@ -111,8 +100,6 @@ class BenchRunner : public Runner {
   c10::impl::GenericDict state_dict_;
   std::vector<torch::Tensor> params_;
   size_t next_ = 0;
-  int64_t epoch_ = 0, iter_ = 0;
-  int64_t max_epochs_ = 1'000'000'000, max_iters_ = 1'000'000'000'000;
 };
 
 // The baseline: write `size` bytes of `buf` into a new file, fdatasync, close (then remove it,

@@ -228,6 +228,11 @@ class BlockPipeline {
   void hash_one(const Block& b) { sha_.update(b.mem, b.used); }
   void write_one(const Block& b) { write_block(b, b.used < kBlockSize); }
 
+  void leave_direct() {
+    direct_ = false;
+    if (fs_.set_direct_io(fd_, false) != 0) io_fail("cannot leave O_DIRECT on", path_, errno);
+  }
+
   // Writes a block at the end of the file. Only the writer thread calls it once threads run.
   void write_block(const Block& b, bool last) {
     if (!direct_tried_ && !last) {
@@ -235,9 +240,7 @@ class BlockPipeline {
       direct_ = fs_.set_direct_io(fd_, true) == 0;
     }
     if (direct_ && last && b.used % kAlignment != 0) {
-      // The tail is not a whole number of device blocks: finish it buffered.
-      direct_ = false;
-      if (fs_.set_direct_io(fd_, false) != 0) io_fail("cannot leave O_DIRECT on", path_, errno);
+      leave_direct();  // the tail is not a whole number of device blocks: finish it buffered
     }
     const char* p = b.mem;
     size_t left = b.used;
@@ -245,9 +248,7 @@ class BlockPipeline {
       ssize_t n = fs_.write(fd_, p, left);
       if (n < 0 && errno == EINTR) continue;
       if (n < 0 && errno == EINVAL && direct_) {
-        // The filesystem takes O_DIRECT at open but not these writes: go buffered.
-        direct_ = false;
-        if (fs_.set_direct_io(fd_, false) != 0) io_fail("cannot leave O_DIRECT on", path_, errno);
+        leave_direct();  // the filesystem takes O_DIRECT but not these writes: go buffered
         continue;
       }
       if (n < 0) io_fail("cannot write", path_, errno);

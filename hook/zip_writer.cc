@@ -25,6 +25,24 @@ void put64(std::string& s, uint64_t v) {
   put32(s, static_cast<uint32_t>(v >> 32));
 }
 
+// The zip64 extended information field of a record: its sizes when the record reaches 4 GiB, its
+// offset when it starts past 4 GiB; empty when neither (miniz writes the local field before the
+// data, with a compressed size of 0, and the central one with the final sizes).
+std::string zip64_field(uint64_t size, uint64_t compressed, uint64_t offset) {
+  const bool big = size >= kMax32;
+  const bool far = offset >= kMax32;
+  std::string f;
+  if (!big && !far) return f;
+  put16(f, 0x0001);
+  put16(f, static_cast<uint16_t>((big ? 16 : 0) + (far ? 8 : 0)));
+  if (big) {
+    put64(f, size);
+    put64(f, compressed);
+  }
+  if (far) put64(f, offset);
+  return f;
+}
+
 }  // namespace
 
 void ZipStreamWriter::emit(const void* data, size_t size) {
@@ -35,18 +53,7 @@ void ZipStreamWriter::emit(const void* data, size_t size) {
 void ZipStreamWriter::record(const std::string& name, const void* data, size_t size) {
   const std::string full = kArchive + name;
   const uint64_t offset = offset_;
-  const bool big = size >= kMax32;
-  const bool far = offset >= kMax32;
-  std::string zip64;  // local zip64 field: the sizes (compressed still 0 here) and the offset
-  if (big || far) {
-    put16(zip64, 0x0001);
-    put16(zip64, static_cast<uint16_t>((big ? 16 : 0) + (far ? 8 : 0)));
-    if (big) {
-      put64(zip64, size);
-      put64(zip64, 0);
-    }
-    if (far) put64(zip64, offset);
-  }
+  const std::string zip64 = zip64_field(size, /*compressed=*/0, offset);
   const size_t start = offset + kLocalHeader + full.size() + 4 + zip64.size();
   const size_t padding = (kAlignment - start % kAlignment) % kAlignment;
   const uint16_t flags = size > 0 ? 0x0808 : 0x0800;
@@ -74,7 +81,7 @@ void ZipStreamWriter::record(const std::string& name, const void* data, size_t s
     std::string desc;
     put32(desc, 0x08074b50);
     put32(desc, crc);
-    if (big || far) {
+    if (!zip64.empty()) {
       put64(desc, size);
       put64(desc, size);
     } else {
@@ -84,16 +91,7 @@ void ZipStreamWriter::record(const std::string& name, const void* data, size_t s
     emit(desc.data(), desc.size());
   }
   // Central directory entry; its zip64 field holds the final sizes.
-  std::string cz64;
-  if (big || far) {
-    put16(cz64, 0x0001);
-    put16(cz64, static_cast<uint16_t>((big ? 16 : 0) + (far ? 8 : 0)));
-    if (big) {
-      put64(cz64, size);
-      put64(cz64, size);
-    }
-    if (far) put64(cz64, offset);
-  }
+  const std::string cz64 = zip64_field(size, size, offset);
   std::string& c = central_;
   put32(c, 0x02014b50);
   put16(c, 0);  // version made by

@@ -653,15 +653,16 @@ void append_training_step(Ledger& l, const std::string& dir, int64_t step) {
   sp.role = "regular";
   sp.keep_tracked = true;
   sp.keep_ckpt_ids = step > 1 ? std::vector<int64_t>{step - 1, step} : std::vector<int64_t>{step};
-  std::vector<Event> rotation;
-  if (step > 2) {
-    Event prune = make(EventKind::kPruned, regular(step - 2), step - 2);
+  auto pruned = [&](const std::string& path, int64_t s, const char* reason, const std::string& by) {
+    Event prune = make(EventKind::kPruned, path, s);
     PrunePayload pp;
-    pp.reason = "rotation";
-    pp.superseded_by = regular(step);
+    pp.reason = reason;
+    pp.superseded_by = by;
     prune.detail = to_detail(pp);
-    rotation.push_back(prune);
-  }
+    return prune;
+  };
+  std::vector<Event> rotation;
+  if (step > 2) rotation.push_back(pruned(regular(step - 2), step - 2, "rotation", regular(step)));
   save(regular(step), sp, rotation);
   if (step % 3 == 0) {
     SavePayload bp;
@@ -676,14 +677,7 @@ void append_training_step(Ledger& l, const std::string& dir, int64_t step) {
     b.had_previous_score = step > 3;
     updated.detail = to_detail(b);
     std::vector<Event> after{updated};
-    if (step > 3) {
-      Event prune = make(EventKind::kPruned, best(step - 3), step - 3);
-      PrunePayload pp;
-      pp.reason = "best_replaced";
-      pp.superseded_by = best(step);
-      prune.detail = to_detail(pp);
-      after.push_back(prune);
-    }
+    if (step > 3) after.push_back(pruned(best(step - 3), step - 3, "best_replaced", best(step)));
     save(best(step), bp, after);
   }
   Event validated = make(EventKind::kValidated, "", step);
