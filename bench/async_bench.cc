@@ -53,9 +53,9 @@
 #include <torch/torch.h>
 
 #include "bench/bench_util.h"
-#include "hook/checkpoint_hook.h"
-#include "hook/durable_file.h"
+#include "ckptledger/checkpoint_hook.h"
 #include "ledger/sha256.h"
+#include "storage/durable_file.h"
 
 namespace {
 

@@ -21,9 +21,9 @@
 #include <fmt/format.h>
 #include <torch/torch.h>
 
-#include "hook/checkpoint_hook.h"
-#include "hook/hook_config.h"
-#include "hook/loops.h"
+#include "ckptledger/checkpoint_hook.h"
+#include "ckptledger/hook_config.h"
+#include "ckptledger/loops.h"
 
 namespace ckptledger::bench {
 

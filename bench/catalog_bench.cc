@@ -4,7 +4,7 @@
 //
 //   catalog_bench [--dir DIR] [--events N] [--runs N] [--reuse] [--cli PATH]
 //
-// With --cli (scripts/run bench passes build/catalog/ckptledger), the same two queries are also
+// With --cli (scripts/run bench passes build/bin/ckptledger), the same two queries are also
 // timed as whole processes (`ckptledger best --json`, `ckptledger latest --json`: start-up, open,
 // query, print) beside the `sqlite3` shell running `SELECT 1` on the same file.
 //
@@ -32,9 +32,9 @@
 #include <fmt/format.h>
 
 #include "catalog/catalog.h"
-#include "hook/hook_events.h"
-#include "ledger/ledger.h"
+#include "ckptledger/ledger.h"
 #include "ledger/sha256.h"
+#include "policy/hook_events.h"
 
 namespace {
 

@@ -30,7 +30,7 @@
 #include <torch/torch.h>
 
 #include "bench/bench_util.h"
-#include "hook/checkpoint_hook.h"
+#include "ckptledger/checkpoint_hook.h"
 
 namespace {
 

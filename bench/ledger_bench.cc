@@ -15,7 +15,7 @@
 
 #include <fmt/format.h>
 
-#include "ledger/ledger.h"
+#include "ckptledger/ledger.h"
 
 namespace {
 

@@ -37,15 +37,15 @@
 #include <torch/torch.h>
 
 #include "bench/bench_util.h"
+#include "ckptledger/checkpoint_hook.h"
+#include "ckptledger/hook_config.h"
+#include "ckptledger/hook_state.h"
+#include "ckptledger/ledger.h"
+#include "ckptledger/runner.h"
 #include "hook/checkpoint_format.h"
-#include "hook/checkpoint_hook.h"
-#include "hook/durable_file.h"
-#include "hook/hook_config.h"
-#include "hook/hook_events.h"
-#include "hook/hook_state.h"
-#include "hook/runner.h"
-#include "ledger/ledger.h"
 #include "ledger/sha256.h"
+#include "policy/hook_events.h"
+#include "storage/durable_file.h"
 
 namespace {
 

@@ -12,7 +12,7 @@
 
 #include <fmt/format.h>
 
-#include "hook/hook_config.h"
+#include "ckptledger/hook_config.h"
 #include "ledger/migrations.h"
 
 namespace ckptledger {

@@ -25,9 +25,9 @@
 
 #include <nlohmann/json.hpp>
 
-#include "hook/hook_state.h"
-#include "hook/reconcile.h"
-#include "ledger/ledger.h"
+#include "ckptledger/hook_state.h"
+#include "ckptledger/ledger.h"
+#include "storage/reconcile.h"
 
 namespace ckptledger {
 

@@ -13,9 +13,9 @@
 #include <fmt/format.h>
 
 #include "catalog/catalog.h"
-#include "hook/durable_file.h"
-#include "hook/hook_config.h"
+#include "ckptledger/hook_config.h"
 #include "ledger/sha256.h"
+#include "storage/durable_file.h"
 
 namespace ckptledger {
 namespace {

@@ -23,10 +23,10 @@
 #include <utility>
 #include <vector>
 
-#include "hook/crc32.h"
-#include "hook/zip_writer.h"
-#include "ledger/error.h"
+#include "ckptledger/error.h"
 #include "ledger/sha256.h"
+#include "storage/crc32.h"
+#include "storage/zip_writer.h"
 
 namespace ckptledger {
 namespace {

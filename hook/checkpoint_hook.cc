@@ -1,4 +1,4 @@
-#include "hook/checkpoint_hook.h"
+#include "ckptledger/checkpoint_hook.h"
 
 #include <unistd.h>
 
@@ -14,15 +14,15 @@
 
 #include <fmt/format.h>
 
+#include "ckptledger/hook_state.h"
+#include "ckptledger/ledger.h"
 #include "hook/checkpoint_format.h"
-#include "hook/durable_file.h"
-#include "hook/hook_events.h"
-#include "hook/hook_state.h"
-#include "hook/reconcile.h"
 #include "hook/stager.h"
 #include "hook/writer_pool.h"
-#include "ledger/ledger.h"
 #include "ledger/sha256.h"
+#include "policy/hook_events.h"
+#include "storage/durable_file.h"
+#include "storage/reconcile.h"
 
 #ifndef CKPTLEDGER_VERSION
 #define CKPTLEDGER_VERSION "0.1.0"

@@ -1,9 +1,9 @@
-#include "hook/loops.h"
+#include "ckptledger/loops.h"
 
 #include <algorithm>
 #include <utility>
 
-#include "ledger/error.h"
+#include "ckptledger/error.h"
 
 namespace ckptledger {
 

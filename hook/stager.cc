@@ -16,7 +16,7 @@
 #include <thread>
 #include <utility>
 
-#include "ledger/error.h"
+#include "ckptledger/error.h"
 
 namespace ckptledger {
 

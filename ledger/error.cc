@@ -1,4 +1,4 @@
-#include "ledger/error.h"
+#include "ckptledger/error.h"
 
 namespace ckptledger {
 

@@ -1,4 +1,4 @@
-#include "ledger/event.h"
+#include "ckptledger/event.h"
 
 #include <array>
 

@@ -1,6 +1,6 @@
-#include "ledger/event_handler.h"
+#include "ckptledger/event_handler.h"
 
-#include "ledger/error.h"
+#include "ckptledger/error.h"
 
 namespace ckptledger {
 

@@ -1,4 +1,4 @@
-#include "ledger/ledger.h"
+#include "ckptledger/ledger.h"
 
 #include <fcntl.h>
 #include <sqlite3.h>

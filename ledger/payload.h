@@ -18,7 +18,7 @@
 #include <cereal/types/string.hpp>
 #include <cereal/types/vector.hpp>
 
-#include "ledger/error.h"
+#include "ckptledger/error.h"
 
 namespace ckptledger {
 

@@ -9,7 +9,7 @@
 
 #include <openssl/evp.h>
 
-#include "ledger/error.h"
+#include "ckptledger/error.h"
 
 namespace ckptledger {
 

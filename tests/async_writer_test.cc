@@ -21,13 +21,13 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "ckptledger/checkpoint_hook.h"
+#include "ckptledger/ledger.h"
 #include "hook/checkpoint_format.h"
-#include "hook/checkpoint_hook.h"
-#include "hook/hook_events.h"
 #include "hook/stager.h"
 #include "hook/writer_pool.h"
-#include "ledger/ledger.h"
 #include "ledger/sha256.h"
+#include "policy/hook_events.h"
 
 namespace ckptledger {
 namespace {

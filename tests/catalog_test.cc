@@ -20,10 +20,10 @@
 #include <gtest/gtest.h>
 
 #include "catalog/catalog.h"
-#include "hook/hook_events.h"
-#include "hook/hook_state.h"
-#include "ledger/ledger.h"
+#include "ckptledger/hook_state.h"
+#include "ckptledger/ledger.h"
 #include "ledger/sha256.h"
+#include "policy/hook_events.h"
 
 namespace ckptledger {
 namespace {

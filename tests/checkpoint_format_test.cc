@@ -19,9 +19,9 @@
 #include <string_view>
 #include <vector>
 
-#include "hook/zip_writer.h"
-#include "ledger/error.h"
+#include "ckptledger/error.h"
 #include "ledger/sha256.h"
+#include "storage/zip_writer.h"
 
 namespace ckptledger {
 namespace {

@@ -12,9 +12,9 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "ckptledger/checkpoint_hook.h"
+#include "ckptledger/ledger.h"
 #include "hook/checkpoint_format.h"
-#include "hook/checkpoint_hook.h"
-#include "ledger/ledger.h"
 
 namespace ckptledger {
 namespace {

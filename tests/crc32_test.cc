@@ -1,7 +1,7 @@
 // crc32_update (PCLMULQDQ folding where the CPU has it) and crc32_update_portable (tables) against
 // a bit-at-a-time reference: known vectors, every short length at every alignment, large buffers,
 // incremental updates.
-#include "hook/crc32.h"
+#include "storage/crc32.h"
 
 #include <algorithm>
 #include <cstddef>

@@ -1,6 +1,6 @@
 // HookConfig / validate(): MMEngine's CheckpointHook constructor checks (spec §2, §3, §14), the
 // early errors and warnings of ckptledger (§17.1, §17.2), and Python str.format for templates.
-#include "hook/hook_config.h"
+#include "ckptledger/hook_config.h"
 
 #include <cstdint>
 #include <functional>
@@ -12,7 +12,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include "ledger/error.h"
+#include "ckptledger/error.h"
 
 namespace ckptledger {
 namespace {

@@ -13,7 +13,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
-#include "ledger/ledger.h"
+#include "ckptledger/ledger.h"
 #include "ledger/migrations.h"
 
 namespace ckptledger {

@@ -19,14 +19,14 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "ckptledger/checkpoint_hook.h"
+#include "ckptledger/hook_state.h"
+#include "ckptledger/ledger.h"
+#include "ckptledger/loops.h"
 #include "hook/checkpoint_format.h"
-#include "hook/checkpoint_hook.h"
-#include "hook/hook_events.h"
-#include "hook/hook_state.h"
-#include "hook/loops.h"
-#include "hook/reconcile.h"
-#include "ledger/ledger.h"
 #include "ledger/sha256.h"
+#include "policy/hook_events.h"
+#include "storage/reconcile.h"
 
 namespace ckptledger {
 namespace {

@@ -1,6 +1,6 @@
 // The scenario model of `ckptledger simulate` (spec/simulate.md): parsing, defaults, restarts,
 // substitution and the error messages for malformed scenarios.
-#include "catalog/scenario.h"
+#include "tools/train/scenario.h"
 
 #include <algorithm>
 #include <cmath>
@@ -13,7 +13,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
-#include "ledger/error.h"
+#include "ckptledger/error.h"
 
 namespace ckptledger {
 namespace {

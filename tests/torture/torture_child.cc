@@ -36,11 +36,11 @@
 
 #include <torch/torch.h>
 
-#include "catalog/scenario.h"
-#include "catalog/sim_runner.h"
-#include "hook/checkpoint_hook.h"
-#include "hook/hook_config.h"
-#include "hook/loops.h"
+#include "ckptledger/checkpoint_hook.h"
+#include "ckptledger/hook_config.h"
+#include "ckptledger/loops.h"
+#include "tools/train/scenario.h"
+#include "tools/train/sim_runner.h"
 
 namespace {
 

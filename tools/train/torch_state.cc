@@ -1,4 +1,4 @@
-#include "catalog/torch_state.h"
+#include "tools/train/torch_state.h"
 
 #include <memory>
 

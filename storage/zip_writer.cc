@@ -1,8 +1,8 @@
-#include "hook/zip_writer.h"
+#include "storage/zip_writer.h"
 
 #include <algorithm>
 
-#include "hook/crc32.h"
+#include "storage/crc32.h"
 
 namespace ckptledger {
 namespace {

@@ -1,4 +1,4 @@
-#include "hook/reconcile.h"
+#include "storage/reconcile.h"
 
 #include <algorithm>
 #include <filesystem>
@@ -7,10 +7,10 @@
 
 #include <fmt/format.h>
 
-#include "hook/hook_config.h"
-#include "hook/hook_events.h"
-#include "ledger/event_handler.h"
+#include "ckptledger/event_handler.h"
+#include "ckptledger/hook_config.h"
 #include "ledger/payload.h"
+#include "policy/hook_events.h"
 
 namespace ckptledger {
 namespace {

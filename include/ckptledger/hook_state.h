@@ -15,7 +15,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "ledger/event_handler.h"
+#include "ckptledger/event_handler.h"
 
 namespace ckptledger {
 

@@ -1,4 +1,4 @@
-#include "catalog/scenario.h"
+#include "tools/train/scenario.h"
 
 #include <cmath>
 #include <filesystem>
@@ -10,7 +10,7 @@
 
 #include <fmt/format.h>
 
-#include "ledger/error.h"
+#include "ckptledger/error.h"
 
 namespace ckptledger {
 

@@ -13,7 +13,7 @@
 #include <fmt/format.h>
 
 #include "catalog/catalog.h"
-#include "ledger/error.h"
+#include "ckptledger/error.h"
 
 namespace ckptledger::cli {
 

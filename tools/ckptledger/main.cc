@@ -27,9 +27,9 @@
 #include <CLI/CLI.hpp>
 
 #include "catalog/catalog.h"
-#include "catalog/cli.h"
-#include "ledger/ledger.h"
+#include "ckptledger/ledger.h"
 #include "ledger/sha256.h"
+#include "tools/cli.h"
 
 namespace {
 

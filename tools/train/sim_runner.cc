@@ -1,4 +1,4 @@
-#include "catalog/sim_runner.h"
+#include "tools/train/sim_runner.h"
 
 #include <cmath>
 #include <filesystem>
@@ -7,8 +7,8 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 
-#include "catalog/torch_state.h"
-#include "ledger/error.h"
+#include "ckptledger/error.h"
+#include "tools/train/torch_state.h"
 
 namespace ckptledger {
 namespace {

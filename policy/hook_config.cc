@@ -1,4 +1,4 @@
-#include "hook/hook_config.h"
+#include "ckptledger/hook_config.h"
 
 #include <algorithm>
 #include <cstddef>
@@ -8,7 +8,7 @@
 
 #include <fmt/format.h>
 
-#include "ledger/error.h"
+#include "ckptledger/error.h"
 
 namespace ckptledger {
 

@@ -9,9 +9,9 @@
 
 #include <CLI/CLI.hpp>
 
-#include "catalog/cli.h"
-#include "catalog/demo.h"
-#include "catalog/simulate.h"
+#include "tools/cli.h"
+#include "tools/train/demo.h"
+#include "tools/train/simulate.h"
 
 int main(int argc, char** argv) {
   namespace cli = ckptledger::cli;

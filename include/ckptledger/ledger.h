@@ -23,9 +23,9 @@
 #include <string>
 #include <vector>
 
-#include "ledger/error.h"
-#include "ledger/event.h"
-#include "ledger/event_handler.h"
+#include "ckptledger/error.h"
+#include "ckptledger/event.h"
+#include "ckptledger/event_handler.h"
 
 struct sqlite3;
 

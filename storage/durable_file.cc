@@ -1,4 +1,4 @@
-#include "hook/durable_file.h"
+#include "storage/durable_file.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -19,7 +19,7 @@
 #include <thread>
 #include <vector>
 
-#include "ledger/error.h"
+#include "ckptledger/error.h"
 #include "ledger/sha256.h"
 
 namespace ckptledger {

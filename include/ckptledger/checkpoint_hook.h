@@ -16,12 +16,13 @@
 
 #include <nlohmann/json.hpp>
 
-#include "hook/durable_file.h"
-#include "hook/hook_config.h"
-#include "hook/hook_state.h"
-#include "hook/runner.h"
+#include "ckptledger/hook_config.h"
+#include "ckptledger/hook_state.h"
+#include "ckptledger/runner.h"
 
 namespace ckptledger {
+
+class FileSystem;  // the filesystem seam (internal: tests inject faults through it)
 
 class CheckpointHook {
  public:

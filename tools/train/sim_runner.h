@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "hook/loops.h"
+#include "ckptledger/loops.h"
 
 namespace ckptledger {
 

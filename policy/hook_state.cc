@@ -1,4 +1,4 @@
-#include "hook/hook_state.h"
+#include "ckptledger/hook_state.h"
 
 #include <algorithm>
 #include <sstream>
@@ -10,8 +10,8 @@
 #include <cereal/types/utility.hpp>
 #include <cereal/types/vector.hpp>
 
-#include "hook/hook_events.h"
 #include "ledger/sha256.h"
+#include "policy/hook_events.h"
 
 namespace ckptledger {
 

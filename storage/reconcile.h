@@ -35,10 +35,10 @@
 #include <utility>
 #include <vector>
 
-#include "hook/durable_file.h"
-#include "hook/hook_state.h"
-#include "ledger/event.h"
-#include "ledger/ledger.h"
+#include "ckptledger/event.h"
+#include "ckptledger/hook_state.h"
+#include "ckptledger/ledger.h"
+#include "storage/durable_file.h"
 
 namespace ckptledger {
 

@@ -5,7 +5,7 @@
 // dispatch() is the only switch over kinds in the project.
 #pragma once
 
-#include "ledger/event.h"
+#include "ckptledger/event.h"
 
 namespace ckptledger {
 

@@ -1,4 +1,4 @@
-#include "catalog/demo_runner.h"
+#include "tools/train/demo_runner.h"
 
 #include <cmath>
 #include <filesystem>
@@ -8,8 +8,8 @@
 #include <fmt/format.h>
 #include <torch/torch.h>
 
-#include "catalog/torch_state.h"
-#include "ledger/error.h"
+#include "ckptledger/error.h"
+#include "tools/train/torch_state.h"
 
 namespace ckptledger {
 namespace {

@@ -1,5 +1,5 @@
 // CRC-32 (zip, zlib): PCLMULQDQ folding on x86-64, slice-by-8 tables elsewhere. See crc32.h.
-#include "hook/crc32.h"
+#include "storage/crc32.h"
 
 #include <cstring>
 

@@ -34,8 +34,8 @@
 #include <optional>
 #include <string>
 
-#include "hook/checkpoint_hook.h"
-#include "hook/runner.h"
+#include "ckptledger/checkpoint_hook.h"
+#include "ckptledger/runner.h"
 
 namespace ckptledger {
 

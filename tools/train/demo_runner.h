@@ -18,7 +18,7 @@
 #include <memory>
 #include <string>
 
-#include "hook/loops.h"
+#include "ckptledger/loops.h"
 
 namespace ckptledger {
 

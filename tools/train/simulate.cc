@@ -1,4 +1,4 @@
-#include "catalog/simulate.h"
+#include "tools/train/simulate.h"
 
 #include <fcntl.h>
 #include <signal.h>
@@ -25,14 +25,14 @@
 #include <cxxabi.h>
 #include <fmt/format.h>
 
-#include "catalog/scenario.h"
-#include "catalog/sim_runner.h"
+#include "ckptledger/checkpoint_hook.h"
+#include "ckptledger/error.h"
+#include "ckptledger/hook_config.h"
+#include "ckptledger/ledger.h"
+#include "ckptledger/loops.h"
 #include "hook/checkpoint_format.h"
-#include "hook/checkpoint_hook.h"
-#include "hook/hook_config.h"
-#include "hook/loops.h"
-#include "ledger/error.h"
-#include "ledger/ledger.h"
+#include "tools/train/scenario.h"
+#include "tools/train/sim_runner.h"
 
 namespace ckptledger {
 namespace {

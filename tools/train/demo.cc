@@ -1,4 +1,4 @@
-#include "catalog/demo.h"
+#include "tools/train/demo.h"
 
 #include <fcntl.h>
 #include <signal.h>
@@ -27,14 +27,14 @@
 #include <nlohmann/json.hpp>
 
 #include "catalog/catalog.h"
-#include "catalog/demo_runner.h"
+#include "ckptledger/checkpoint_hook.h"
+#include "ckptledger/error.h"
+#include "ckptledger/hook_config.h"
+#include "ckptledger/ledger.h"
+#include "ckptledger/loops.h"
 #include "hook/checkpoint_format.h"
-#include "hook/checkpoint_hook.h"
-#include "hook/hook_config.h"
-#include "hook/loops.h"
-#include "ledger/error.h"
-#include "ledger/ledger.h"
 #include "ledger/sha256.h"
+#include "tools/train/demo_runner.h"
 
 namespace ckptledger {
 namespace {
