@@ -28,6 +28,7 @@
 #include "hook/writer_pool.h"
 #include "ledger/sha256.h"
 #include "policy/hook_events.h"
+#include "storage/durable_file.h"
 
 namespace ckptledger {
 namespace {

@@ -26,6 +26,7 @@
 #include "hook/checkpoint_format.h"
 #include "ledger/sha256.h"
 #include "policy/hook_events.h"
+#include "storage/durable_file.h"
 #include "storage/reconcile.h"
 
 namespace ckptledger {
