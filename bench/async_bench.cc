@@ -1,6 +1,6 @@
-// Asynchronous checkpointing benchmarks (issue 4). Every figure is printed beside a baseline
-// measured in the same run, because this machine is shared and noisy: ratios are what to compare
-// across runs.
+// Asynchronous checkpointing benchmarks (the stager and writer pool of docs/persistence.md).
+// Every figure is printed beside a baseline measured in the same run, because this machine is
+// shared and noisy: ratios are what to compare across runs.
 //
 //   async_bench [--dir DIR] [--sizes 64,1024] [--rounds N] [--pairs N] [--writer-nice 0..19]
 //

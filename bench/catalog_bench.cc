@@ -1,6 +1,6 @@
-// Catalog benchmark (issue 6): `best` and `latest` on a ledger of 1,000,000 events, each printed
-// beside opening the same database and running `SELECT 1`, measured in the same run (this machine
-// is shared and noisy: compare ratios across runs). Goal: best and latest < 50 ms.
+// Catalog benchmark (docs/cli.md): `best` and `latest` on a ledger of 1,000,000 events, each
+// printed beside opening the same database and running `SELECT 1`, measured in the same run (this
+// machine is shared and noisy: compare ratios across runs). Goal: best and latest < 50 ms.
 //
 //   catalog_bench [--dir DIR] [--events N] [--runs N] [--reuse] [--cli PATH]
 //
@@ -99,7 +99,7 @@ class Generator {
           improved = true;
         }
       }
-      if (improved) regular(batch, epoch);  // §7.6: the regular file is re-saved
+      if (improved) regular(batch, epoch);  // a best update re-saves the regular file
       if (batch.size() >= 10000) flush(batch);
     }
     flush(batch);

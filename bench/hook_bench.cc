@@ -1,6 +1,5 @@
-// CheckpointHook benchmarks (issue 3, performance). Every figure is printed beside a baseline
-// measured in the same run, because this machine is shared and noisy: ratios are what to compare
-// across runs.
+// CheckpointHook performance benchmarks. Every figure is printed beside a baseline measured in
+// the same run, because this machine is shared and noisy: ratios are what to compare across runs.
 //
 //   hook_bench [--dir DIR] [--rounds N] [--mib M] [--batches N]
 //

@@ -1,5 +1,6 @@
-// Ledger benchmarks (issue 2). Every figure is printed beside a baseline measured in the same run,
-// because this machine is shared and noisy: ratios are what to compare across runs.
+// Ledger benchmarks: append latency and replay speed. Every figure is printed beside a baseline
+// measured in the same run, because this machine is shared and noisy: ratios are what to compare
+// across runs.
 //
 //   ledger_bench [--dir DIR] [--appends N] [--replay-events N]
 #include <fcntl.h>
@@ -16,6 +17,7 @@
 #include <fmt/format.h>
 
 #include "ckptledger/ledger.h"
+#include "ledger/sqlite.h"
 
 namespace {
 
@@ -159,7 +161,7 @@ int main(int argc, char** argv) {
   for (int round = 0; round < 3; ++round) {  // best of 3 for both, interleaved
     sqlite3_stmt* s = nullptr;
     auto t0 = Clock::now();
-    sqlite3_prepare_v2(reader->handle(),
+    sqlite3_prepare_v2(reader->database().handle(),
                        "SELECT seq, run_id, ts_us, kind, step, epoch, iter, path, metric, score, "
                        "bytes, digest, detail FROM events ORDER BY seq",
                        -1, &s, nullptr);

@@ -1,5 +1,5 @@
-// Time to resume (issue 5, performance): open the ledger, replay it, reconcile it with the disk,
-// verify the newest checkpoint's SHA-256 and load it, for a ledger of ~100,000 events and a
+// Time to resume (docs/crash-safety.md: resume): open the ledger, replay it, reconcile it with the
+// disk, verify the newest checkpoint's SHA-256 and load it, for a ledger of ~100,000 events and a
 // 256 MiB checkpoint, beside the time to just load that checkpoint file (our reader, as a resume
 // reads it) measured in the same run. Goal: resume / load <= 1.2.
 //

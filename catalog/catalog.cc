@@ -21,94 +21,42 @@ namespace {
 namespace fs = std::filesystem;
 using ojson = nlohmann::ordered_json;
 
-ErrorCode code_for(int rc) {
-  switch (rc & 0xff) {
-    case SQLITE_BUSY:
-    case SQLITE_LOCKED:
-      return ErrorCode::kBusy;
-    case SQLITE_CORRUPT:
-    case SQLITE_NOTADB:
-      return ErrorCode::kCorruption;
-    case SQLITE_CANTOPEN:
-      return ErrorCode::kNotFound;
+using internal::Statement;
+using internal::Transaction;
+
+void bind_json(Statement& s, const std::vector<ojson>& binds) {
+  for (size_t i = 0; i < binds.size(); ++i) {
+    const int col = static_cast<int>(i + 1);
+    const ojson& b = binds[i];
+    if (b.is_null()) {
+      s.bind_null(col);
+    } else if (b.is_number_integer()) {
+      s.bind_int(col, b.get<int64_t>());
+    } else if (b.is_number()) {
+      s.bind_double(col, b.get<double>());
+    } else {
+      s.bind_text(col, b.is_string() ? b.get<std::string>() : b.dump());
+    }
+  }
+}
+
+ojson json_value(const Statement& s, int col) {
+  switch (s.column_type(col)) {
+    case SQLITE_NULL:
+      return nullptr;
+    case SQLITE_INTEGER:
+      return s.column_int(col);
+    case SQLITE_FLOAT:
+      return s.column_double(col);
     default:
-      return ErrorCode::kIOError;
+      return s.column_text(col);
   }
 }
 
-[[noreturn]] void fail(sqlite3* db, int rc, const std::string& path, const std::string& what) {
-  throw_error(code_for(rc), fmt::format("ledger {}: {}: {}", path, what, sqlite3_errmsg(db)));
-}
-
-class Stmt {
- public:
-  Stmt(sqlite3* db, const std::string& sql, const std::string& path) : db_(db), path_(path) {
-    int rc = sqlite3_prepare_v2(db, sql.c_str(), -1, &s_, nullptr);
-    if (rc != SQLITE_OK) fail(db, rc, path, "query");
-  }
-  ~Stmt() { sqlite3_finalize(s_); }
-  Stmt(const Stmt&) = delete;
-  Stmt& operator=(const Stmt&) = delete;
-  sqlite3_stmt* get() const { return s_; }
-
-  void bind(const std::vector<ojson>& binds) {
-    for (size_t i = 0; i < binds.size(); ++i) {
-      const int col = static_cast<int>(i + 1);
-      const ojson& b = binds[i];
-      if (b.is_null()) {
-        sqlite3_bind_null(s_, col);
-      } else if (b.is_number_integer()) {
-        sqlite3_bind_int64(s_, col, b.get<int64_t>());
-      } else if (b.is_number()) {
-        sqlite3_bind_double(s_, col, b.get<double>());
-      } else {
-        std::string text = b.is_string() ? b.get<std::string>() : b.dump();
-        sqlite3_bind_text(s_, col, text.c_str(), static_cast<int>(text.size()), SQLITE_TRANSIENT);
-      }
-    }
-  }
-  // True while there is a row.
-  bool step() {
-    int rc = sqlite3_step(s_);
-    if (rc == SQLITE_ROW) return true;
-    if (rc == SQLITE_DONE) return false;
-    fail(db_, rc, path_, "read");
-  }
-  ojson value(int col) const {
-    switch (sqlite3_column_type(s_, col)) {
-      case SQLITE_NULL:
-        return nullptr;
-      case SQLITE_INTEGER:
-        return static_cast<int64_t>(sqlite3_column_int64(s_, col));
-      case SQLITE_FLOAT:
-        return sqlite3_column_double(s_, col);
-      default: {
-        const unsigned char* t = sqlite3_column_text(s_, col);
-        return std::string(reinterpret_cast<const char*>(t),
-                           static_cast<size_t>(sqlite3_column_bytes(s_, col)));
-      }
-    }
-  }
-  std::vector<std::string> columns() const {
-    std::vector<std::string> out;
-    for (int i = 0; i < sqlite3_column_count(s_); ++i) out.emplace_back(sqlite3_column_name(s_, i));
-    return out;
-  }
-
- private:
-  sqlite3* db_;
-  std::string path_;
-  sqlite3_stmt* s_ = nullptr;
-};
-
-void exec(sqlite3* db, const std::string& sql, const std::string& path) {
-  char* err = nullptr;
-  int rc = sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &err);
-  if (rc != SQLITE_OK) {
-    std::string msg = err ? err : sqlite3_errstr(rc);
-    sqlite3_free(err);
-    throw_error(code_for(rc), fmt::format("ledger {}: {}: {}", path, sql.substr(0, 40), msg));
-  }
+std::vector<std::string> column_names(const Statement& s) {
+  std::vector<std::string> out;
+  for (int i = 0; i < s.column_count(); ++i) out.push_back(s.column_name(i));
+  return out;
 }
 
 // The statements of a migration script, split where SQLite says a statement is complete.
@@ -117,7 +65,7 @@ std::vector<std::string> split_statements(const std::string& script) {
   std::string current;
   for (char c : script) {
     current += c;
-    if (c == ';' && sqlite3_complete(current.c_str())) {
+    if (c == ';' && internal::sql_statement_complete(current)) {
       out.push_back(current);
       current.clear();
     }
@@ -184,16 +132,14 @@ ojson ResultSet::to_json() const {
 
 // ---- Catalog --------------------------------------------------------------------------------
 
-Catalog::ReadTxn::ReadTxn(const Catalog& c) : db_(c.ledger_->handle()) {
-  if (sqlite3_get_autocommit(db_)) {
-    exec(db_, "BEGIN", c.ledger_->path());
-    owner_ = true;
-  }
+Catalog::ReadTxn::ReadTxn(const Catalog& c) {
+  const internal::Database& db = c.ledger_->database();
+  if (!db.in_transaction()) txn_.emplace(db, Transaction::Mode::kDeferred, "read");
 }
 
-Catalog::ReadTxn::~ReadTxn() {
-  if (owner_) sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr);
-}
+// A read transaction changes nothing: ending it with ROLLBACK (the Transaction's destructor) is
+// the same as committing it.
+Catalog::ReadTxn::~ReadTxn() = default;
 
 std::unique_ptr<Catalog> Catalog::open(const std::string& ledger_or_work_dir) {
   std::unique_ptr<Catalog> c(new Catalog());
@@ -227,8 +173,8 @@ void Catalog::ensure_views() {
       if (!starts_with_ci(stmt, "CREATE VIEW ")) continue;
       std::string rest = stmt.substr(std::string("CREATE VIEW ").size());
       std::string name = rest.substr(0, rest.find_first_of(" \n\t"));
-      exec(ledger_->handle(), "DROP VIEW IF EXISTS temp." + name, ledger_->path());
-      exec(ledger_->handle(), "CREATE TEMP VIEW " + rest, ledger_->path());
+      ledger_->database().exec("DROP VIEW IF EXISTS temp." + name);
+      ledger_->database().exec("CREATE TEMP VIEW " + rest);
     }
   }
 }
@@ -242,8 +188,8 @@ ResultSet Catalog::query(const std::string& sql, const std::vector<ojson>& binds
                  return true;
                });
   if (rs.columns.empty()) {
-    Stmt s(ledger_->handle(), sql, ledger_->path());
-    rs.columns = s.columns();
+    Statement s(ledger_->database(), sql);
+    rs.columns = column_names(s);
   }
   return rs;
 }
@@ -251,12 +197,12 @@ ResultSet Catalog::query(const std::string& sql, const std::vector<ojson>& binds
 void Catalog::for_each_row(
     const std::string& sql, const std::vector<ojson>& binds,
     const std::function<bool(const std::vector<std::string>&, const std::vector<ojson>&)>& fn) {
-  Stmt s(ledger_->handle(), sql, ledger_->path());
-  s.bind(binds);
-  const std::vector<std::string> columns = s.columns();
+  Statement s(ledger_->database(), sql);
+  bind_json(s, binds);
+  const std::vector<std::string> columns = column_names(s);
   std::vector<ojson> row(columns.size());
   while (s.step()) {
-    for (size_t i = 0; i < columns.size(); ++i) row[i] = s.value(static_cast<int>(i));
+    for (size_t i = 0; i < columns.size(); ++i) row[i] = json_value(s, static_cast<int>(i));
     if (!fn(columns, row)) return;
   }
 }

@@ -27,6 +27,7 @@
 
 #include "ckptledger/hook_state.h"
 #include "ckptledger/ledger.h"
+#include "ledger/sqlite.h"
 #include "storage/reconcile.h"
 
 namespace ckptledger {
@@ -94,7 +95,7 @@ struct StateResult {
   int64_t seq = 0;   // the last event applied (0: none)
   std::string time;  // its time (ISO-8601), "" when none
   HookState state;
-  nlohmann::ordered_json hub;  // the message hub values (spec §12 names)
+  nlohmann::ordered_json hub;  // the message hub values (best_score*, best_ckpt*, ...)
 };
 
 // One live file checked by `verify`.
@@ -177,8 +178,7 @@ class Catalog {
     ReadTxn& operator=(const ReadTxn&) = delete;
 
    private:
-    sqlite3* db_;
-    bool owner_ = false;
+    std::optional<internal::Transaction> txn_;
   };
 
   std::unique_ptr<Ledger> ledger_;

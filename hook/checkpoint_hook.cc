@@ -160,8 +160,8 @@ struct CheckpointHook::Impl {
     }
   }
 
-  // §4.3 with §17.6: out_dir is joined with work_dir's basename unless it is work_dir itself,
-  // compared as normalised absolute paths.
+  // out_dir is joined with work_dir's basename unless it is work_dir itself,
+  // compared as normalised absolute paths (docs/behaviour.md: output directory).
   std::string resolve_out_dir() const {
     if (!cfg.options.out_dir) return work_dir;
     std::string given = strip_trailing_slash(absolute_normal(*cfg.options.out_dir));
@@ -281,7 +281,8 @@ struct CheckpointHook::Impl {
     }
   }
 
-  // The state is the fold of the ledger (§17.3); also how a failed write is rolled back. At open
+  // The state is the fold of the ledger (docs/crash-safety.md: state = fold(events)); also how a
+  // failed write is rolled back. At open
   // (`snapshot_after`), a long tail replayed is recorded as a snapshot for the next resume.
   void rebuild_state(bool snapshot_after = false) {
     int64_t from = 0, to = 0;
@@ -339,18 +340,23 @@ struct CheckpointHook::Impl {
     if (!e) return;
     pool->drain();
     rebuild_state();
+    // The failure keeps its own code (a full disk is kIOError, a state the writer cannot encode
+    // kInvalidArgument, ...); only errors from outside ckptledger become kIOError.
     std::string what = "checkpoint write failed";
+    ErrorCode code = ErrorCode::kIOError;
     try {
       std::rethrow_exception(e);
+    } catch (const Error& ex) {
+      what += std::string(": ") + ex.what();
+      code = ex.code();
     } catch (const std::exception& ex) {
-      what += ": ";
-      what += ex.what();
+      what += std::string(": ") + ex.what();
     }
     if (cfg.options.on_error == OnError::kWarn) {
       emit(LogLevel::kWarning, what + " (on_error=warn: training goes on)");
       return;
     }
-    throw_error(ErrorCode::kIOError, what);
+    throw_error(code, what);
   }
 
   void begin_stage() {
@@ -499,8 +505,8 @@ struct CheckpointHook::Impl {
     stager = std::make_unique<Stager>(sets);
   }
 
-  // Spec §6, with the delete moved after the commit (§17.7) and the rotated file taken from the
-  // ledger (§17.3).
+  // MMEngine's rotation (docs/behaviour.md: rotation), with the delete moved after the commit
+  // (delete after successor) and the rotated file taken from the ledger.
   void save_regular(Runner& runner, int64_t step, int64_t meta_epoch, int64_t meta_iter) {
     const std::string path = join(out_dir, cfg.filename(step));
     SavePayload sp;
@@ -557,13 +563,15 @@ struct CheckpointHook::Impl {
         vp.auto_key = resolved.key;
         indicators = {resolved};
       } else {
-        // Already resolved by this run or an earlier one (§17.3: the key survives a resume).
+        // Already resolved by this run or an earlier one (replayed from the ledger: the key
+        // survives a resume).
         indicators = {cfg.resolve_auto(state.auto_key, nullptr)};
       }
     }
     // `validated` is decided now ('auto' must be resolved in the hub the best files record) but
     // appended after every save this validation triggers: a validation counts as complete only
-    // once its outcome is committed, so a crash in between makes it due again (issue 5).
+    // once its outcome is committed, so a crash in between makes it due again (nothing due is
+    // skipped after a resume).
     Event validated = make(EventKind::kValidated, "", cur, E, I);
     validated.detail = to_detail(vp);
     decide({validated});
@@ -660,7 +668,7 @@ struct CheckpointHook::Impl {
            fmt::format("The best checkpoint with {:.4f} {} at {} {} is saved to {}.", score,
                        ind.key, cur, cfg.options.by_epoch ? "epoch" : "iter", name));
     }
-    // §7.6: the regular checkpoint of this step is re-saved so its hub records the new best.
+    // As MMEngine: the regular checkpoint of this step is re-saved so its hub records the new best.
     if (updated && !state.last_ckpt.empty()) save_regular(runner, cur, E, I);
   }
 
@@ -685,8 +693,8 @@ struct CheckpointHook::Impl {
                        "you want to keep them, please set `{}` in published_keys",
                        py_list(dropped), py_list(dropped)));
     }
-    // The name is the SHA-256 of the published bytes, which are deterministic (§17.5): equal
-    // content gets the same name, and publishing it again writes no second file.
+    // The name is the SHA-256 of the published bytes, which are deterministic (docs/behaviour.md:
+    // publishing): equal content gets the same name, and publishing it again writes no second file.
     Sha256 sha;
     write_checkpoint(c10::IValue(out), [&](const void* d, size_t n) { sha.update(d, n); });
     const std::string digest = sha.hex_digest();
@@ -745,9 +753,9 @@ std::optional<std::string> CheckpointHook::resume(Runner& runner, bool resume,
     ckpt = read_checkpoint(path);
   } else if (resume) {
     rp.source = "auto";
-    // Newest committed regular checkpoint whose bytes still match the ledger (§17.3). Each
-    // candidate is loaded and hashed in one read of the file (the SHA-256 on a second thread);
-    // a load whose digest is not the committed one is discarded.
+    // Newest committed regular checkpoint whose bytes still match the ledger (docs/behaviour.md:
+    // resume). Each candidate is loaded and hashed in one read of the file (the SHA-256 on a second
+    // thread); a load whose digest is not the committed one is discarded.
     for (auto it = m.state.regular_order.rbegin(); it != m.state.regular_order.rend(); ++it) {
       auto live = m.state.live.find(*it);
       if (live == m.state.live.end()) continue;
@@ -850,7 +858,8 @@ void CheckpointHook::before_train(Runner& runner) {
   m.pending.clear();
   m.record(std::move(start));
 
-  // §4.6: a smaller max_keep_ckpts trims the restored keep list, oldest first.
+  // As MMEngine's before_train: a smaller max_keep_ckpts trims the restored keep list, oldest
+  // first.
   const int64_t max_keep = m.cfg.options.max_keep_ckpts;
   if (max_keep > 0 && m.state.keep_tracked &&
       static_cast<int64_t>(m.state.keep_ckpt_ids.size()) > max_keep) {
@@ -927,7 +936,8 @@ void CheckpointHook::after_train(Runner& /*runner*/) {
     if (it != m.state.best.end()) {
       m.publish(it->second.path);
     } else if (!m.cfg.single_indicator()) {
-      // MMEngine fails here with a TypeError on the None path (§9.4); §17.5: skip and say so.
+      // MMEngine fails here with a TypeError on the None path; we skip and say so
+      // (docs/behaviour.md: publishing).
       m.emit(LogLevel::kWarning,
              fmt::format("best checkpoint for '{}' was never saved: nothing to publish", key));
     }

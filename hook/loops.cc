@@ -42,7 +42,8 @@ void check_lengths(int64_t max_steps, int64_t iters_per_epoch, const char* max_n
   }
 }
 
-// MMEngine's rule (spec §1), unless the options replace it.
+// MMEngine's rule: due when step >= val_begin and step is a multiple of val_interval or the last
+// step, unless the options replace it.
 bool validation_due(const LoopOptions& o, int64_t step, int64_t max_step) {
   if (!o.validate) return false;
   if (o.val_due) return o.val_due(step);

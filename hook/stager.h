@@ -1,4 +1,5 @@
-// Stager: the training thread's only cost of an asynchronous save (invariant 7).
+// Stager: the training thread's only cost of an asynchronous save; serialisation, hashing, fsync
+// and ledger writes happen on the writer pool (docs/crash-safety.md: off the critical path).
 //
 // stage() deep-copies a checkpoint's content: containers are rebuilt, every tensor is copied into
 // a staging buffer that is allocated once and reused by later saves (fresh pages cost 6-7x a copy

@@ -1,4 +1,4 @@
-// WriterPool: where checkpoint bytes, ledger appends and deletions happen (DESIGN "Data flow").
+// WriterPool: where checkpoint bytes, ledger appends and deletions happen (docs/persistence.md).
 //
 // A boost::asio::thread_pool with one strand: jobs run one at a time, in the order they were
 // posted (decision order), on a pool thread; with `sync` they run inline on the caller's thread.

@@ -16,6 +16,8 @@ const char* error_code_name(ErrorCode code) {
       return "Busy";
     case ErrorCode::kVersion:
       return "Version";
+    case ErrorCode::kForeign:
+      return "Foreign";
   }
   return "Unknown";
 }

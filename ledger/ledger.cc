@@ -14,9 +14,14 @@
 #include <fmt/format.h>
 
 #include "ledger/migrations.h"
+#include "ledger/sqlite.h"
 
 namespace ckptledger {
 namespace {
+
+using internal::Database;
+using internal::Statement;
+using internal::Transaction;
 
 constexpr int32_t kApplicationId = 0x636B706C;  // 'ckpl', set by migration 0001
 // The writer lock is an OFD lock on one byte far beyond SQLite's own lock bytes (at 1 GiB).
@@ -39,71 +44,6 @@ std::string fresh_run_id() {
   return fmt::format("{}-{}-{:08x}", now_us(), ::getpid(), rd());
 }
 
-ErrorCode code_for(int rc) {
-  switch (rc & 0xff) {
-    case SQLITE_BUSY:
-    case SQLITE_LOCKED:
-      return ErrorCode::kBusy;
-    case SQLITE_CORRUPT:
-    case SQLITE_NOTADB:
-      return ErrorCode::kCorruption;
-    case SQLITE_CONSTRAINT:
-    case SQLITE_MISMATCH:
-      return ErrorCode::kInvalidArgument;
-    default:
-      return ErrorCode::kIOError;
-  }
-}
-
-[[noreturn]] void fail(sqlite3* db, int rc, const std::string& path, const std::string& what) {
-  std::string msg = db ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
-  throw_error(code_for(rc), fmt::format("ledger {}: {}: {}", path, what, msg));
-}
-
-// RAII prepared statement.
-class Stmt {
- public:
-  Stmt(sqlite3* db, const char* sql, const std::string& path) : db_(db) {
-    int rc = sqlite3_prepare_v2(db, sql, -1, &s_, nullptr);
-    if (rc != SQLITE_OK) fail(db, rc, path, std::string("prepare ") + sql);
-  }
-  ~Stmt() { sqlite3_finalize(s_); }
-  Stmt(const Stmt&) = delete;
-  Stmt& operator=(const Stmt&) = delete;
-  sqlite3_stmt* get() const { return s_; }
-
- private:
-  sqlite3* db_;
-  sqlite3_stmt* s_ = nullptr;
-};
-
-void exec(sqlite3* db, const std::string& sql, const std::string& path, const std::string& what) {
-  char* err = nullptr;
-  int rc = sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &err);
-  if (rc != SQLITE_OK) {
-    std::string msg = err ? err : sqlite3_errstr(rc);
-    sqlite3_free(err);
-    throw_error(code_for(rc), fmt::format("ledger {}: {}: {}", path, what, msg));
-  }
-}
-
-int64_t query_int(sqlite3* db, const char* sql, const std::string& path) {
-  Stmt s(db, sql, path);
-  int rc = sqlite3_step(s.get());
-  if (rc == SQLITE_ROW) return sqlite3_column_int64(s.get(), 0);
-  if (rc == SQLITE_DONE) return 0;
-  fail(db, rc, path, sql);
-}
-
-bool table_exists(sqlite3* db, const char* name, const std::string& path) {
-  Stmt s(db, "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", path);
-  sqlite3_bind_text(s.get(), 1, name, -1, SQLITE_STATIC);
-  int rc = sqlite3_step(s.get());
-  if (rc == SQLITE_ROW) return true;
-  if (rc == SQLITE_DONE) return false;
-  fail(db, rc, path, "read schema");
-}
-
 uint32_t be32(const unsigned char* p) {
   return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | p[3];
 }
@@ -120,7 +60,7 @@ void probe_header(const std::string& path, off_t size) {
   ssize_t n = ::pread(fd, h, sizeof(h), 0);
   ::close(fd);
   if (n < 16 || std::memcmp(h, "SQLite format 3", 16) != 0) {
-    throw_error(ErrorCode::kInvalidArgument,
+    throw_error(ErrorCode::kForeign,
                 fmt::format("ledger {}: not an SQLite database (bad header, {} bytes); refusing to "
                             "touch it",
                             path, static_cast<int64_t>(size)));
@@ -147,49 +87,33 @@ void probe_header(const std::string& path, off_t size) {
   }
 }
 
-void read_event(sqlite3_stmt* s, Event& e, const std::string& path) {
-  auto text = [&](int col, std::string& out) {
-    const unsigned char* t = sqlite3_column_text(s, col);
-    if (t) {
-      out.assign(reinterpret_cast<const char*>(t),
-                 static_cast<size_t>(sqlite3_column_bytes(s, col)));
-    } else {
-      out.clear();
-    }
-  };
-  auto opt_int = [&](int col, std::optional<int64_t>& out) {
-    if (sqlite3_column_type(s, col) == SQLITE_NULL) {
-      out.reset();
-    } else {
-      out = sqlite3_column_int64(s, col);
-    }
-  };
-  e.seq = sqlite3_column_int64(s, 0);
-  text(1, e.run_id);
-  e.ts_us = sqlite3_column_int64(s, 2);
-  const char* kind = reinterpret_cast<const char*>(sqlite3_column_text(s, 3));
-  auto k = event_kind_from_name(kind ? kind : "");
+void read_event(const Statement& s, Event& e, const std::string& path) {
+  e.seq = s.column_int(0);
+  e.run_id = s.column_text(1);
+  e.ts_us = s.column_int(2);
+  const std::string kind = s.column_text(3);
+  auto k = event_kind_from_name(kind);
   if (!k) {
     throw_error(ErrorCode::kCorruption, fmt::format("ledger {}: event seq {} has unknown kind '{}'",
-                                                    path, e.seq, kind ? kind : "(null)"));
+                                                    path, e.seq, s.is_null(3) ? "(null)" : kind));
   }
   e.kind = *k;
-  opt_int(4, e.step);
-  opt_int(5, e.epoch);
-  opt_int(6, e.iter);
-  text(7, e.path);
-  text(8, e.metric);
-  if (sqlite3_column_type(s, 9) == SQLITE_NULL) {
+  e.step = s.column_opt_int(4);
+  e.epoch = s.column_opt_int(5);
+  e.iter = s.column_opt_int(6);
+  e.path = s.column_text(7);
+  e.metric = s.column_text(8);
+  if (s.is_null(9)) {
     e.score.reset();
   } else {
-    e.score = sqlite3_column_double(s, 9);
+    e.score = s.column_double(9);
   }
-  opt_int(10, e.bytes);
-  text(11, e.digest);
-  text(12, e.detail);
-  if (sqlite3_column_count(s) > 13) {
+  e.bytes = s.column_opt_int(10);
+  e.digest = s.column_text(11);
+  e.detail = s.column_text(12);
+  if (s.column_count() > 13) {
     e.prev_hash.swap(e.hash);  // the row before's hash (for_each starts it at the genesis hash)
-    text(13, e.hash);
+    e.hash = s.column_text(13);
   }
 }
 
@@ -292,84 +216,75 @@ std::unique_ptr<Ledger> Ledger::open(const std::string& path, const LedgerOption
   }
   const bool recover = hot_journal && !l->read_only_;
   probe_uri += recover ? "?mode=rw" : has_wal ? "?mode=ro" : "?immutable=1";
-  int rc = sqlite3_open_v2(probe_uri.c_str(), &l->db_,
-                           (recover ? SQLITE_OPEN_READWRITE : SQLITE_OPEN_READONLY) |
-                               SQLITE_OPEN_URI | SQLITE_OPEN_NOMUTEX,
-                           nullptr);
-  if (rc != SQLITE_OK) fail(l->db_, rc, path, "open");
-  sqlite3_extended_result_codes(l->db_, 1);
-  sqlite3_busy_timeout(l->db_, options.busy_timeout_ms);
   int64_t app_id = 0, version = 0, tables = 0;
-  if (exists && st.st_size > 0) {
-    app_id = query_int(l->db_, "PRAGMA application_id", path);
-    version = query_int(l->db_, "PRAGMA user_version", path);
-    tables = query_int(l->db_, "SELECT count(*) FROM sqlite_master", path);
+  {
+    l->db_ = std::make_unique<Database>(probe_uri,
+                                        (recover ? SQLITE_OPEN_READWRITE : SQLITE_OPEN_READONLY) |
+                                            SQLITE_OPEN_URI | SQLITE_OPEN_NOMUTEX,
+                                        path, options.busy_timeout_ms);
+    if (exists && st.st_size > 0) {
+      app_id = l->db_->query_int("PRAGMA application_id");
+      version = l->db_->query_int("PRAGMA user_version");
+      tables = l->db_->query_int("SELECT count(*) FROM sqlite_master");
+    }
+    if (app_id != kApplicationId && (app_id != 0 || tables > 0 || version > 0)) {
+      throw_error(ErrorCode::kForeign,
+                  fmt::format("ledger {}: an SQLite database of another application "
+                              "(application_id {}, {} schema objects, no ckptledger events); "
+                              "refusing to touch it",
+                              path, app_id, tables));
+    }
+    int latest = latest_schema_version();
+    if (version > latest) {
+      throw_error(ErrorCode::kVersion,
+                  fmt::format("ledger {}: schema version {} is newer than this ckptledger "
+                              "supports ({}); use a newer ckptledger (ledgers are never "
+                              "downgraded)",
+                              path, version, latest));
+    }
+    if (l->read_only_ && version == 0) {
+      throw_error(ErrorCode::kNotFound, fmt::format("ledger {}: empty, not yet initialised", path));
+    }
+    if (version > 0) l->refresh_tail();
+    l->db_.reset();
   }
-  if (app_id != kApplicationId && (app_id != 0 || tables > 0 || version > 0)) {
-    throw_error(ErrorCode::kInvalidArgument,
-                fmt::format("ledger {}: an SQLite database of another application "
-                            "(application_id {}, {} schema objects, no ckptledger events); "
-                            "refusing to touch it",
-                            path, app_id, tables));
-  }
-  int latest = latest_schema_version();
-  if (version > latest) {
-    throw_error(ErrorCode::kVersion,
-                fmt::format("ledger {}: schema version {} is newer than this ckptledger supports "
-                            "({}); use a newer ckptledger (ledgers are never downgraded)",
-                            path, version, latest));
-  }
-  if (l->read_only_ && version == 0) {
-    throw_error(ErrorCode::kNotFound, fmt::format("ledger {}: empty, not yet initialised", path));
-  }
-  if (version > 0) l->refresh_tail();
-  sqlite3_close_v2(l->db_);
-  l->db_ = nullptr;
 
-  int flags = l->read_only_ ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE;
-  rc = sqlite3_open_v2(path.c_str(), &l->db_, flags | SQLITE_OPEN_NOMUTEX, nullptr);
-  if (rc != SQLITE_OK) fail(l->db_, rc, path, "open");
-  sqlite3_extended_result_codes(l->db_, 1);
-  sqlite3_busy_timeout(l->db_, options.busy_timeout_ms);
+  const int latest = latest_schema_version();
+  l->db_ = std::make_unique<Database>(
+      path, (l->read_only_ ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE) | SQLITE_OPEN_NOMUTEX,
+      path, options.busy_timeout_ms);
+  const Database& db = *l->db_;
   // Replays scan the whole table: reading pages through mmap saves a copy per page.
-  exec(l->db_, "PRAGMA mmap_size = 1073741824", path, "enable mmap");
+  db.exec("PRAGMA mmap_size = 1073741824", "enable mmap");
 
   if (!l->read_only_) {
     // Every append writes its dirty pages (table leaf, index leaves) into the WAL and fdatasyncs
     // it: 1 KiB pages keep that to a few KiB, close to the cost of one small fdatasync.
-    if (version == 0) exec(l->db_, "PRAGMA page_size = 1024", path, "set page size");
-    exec(l->db_, "PRAGMA journal_mode=WAL", path, "enable WAL");
-    exec(l->db_, "PRAGMA synchronous=FULL", path, "set synchronous=FULL");
+    if (version == 0) db.exec("PRAGMA page_size = 1024", "set page size");
+    db.exec("PRAGMA journal_mode=WAL", "enable WAL");
+    db.exec("PRAGMA synchronous=FULL", "set synchronous=FULL");
     int target = options.migrate_to < 0 ? latest : std::min(options.migrate_to, latest);
     if (version < target) {
-      exec(l->db_, "BEGIN IMMEDIATE", path, "begin migration");
-      try {
-        for (const Migration& m : embedded_migrations()) {
-          if (m.version <= version || m.version > target) continue;
-          exec(l->db_, m.sql, path, fmt::format("migration {:04d}_{}", m.version, m.name));
-          exec(l->db_, fmt::format("PRAGMA user_version = {}", m.version), path,
-               "record schema version");
-        }
-        exec(l->db_, "COMMIT", path, "commit migration");
-      } catch (...) {
-        sqlite3_exec(l->db_, "ROLLBACK", nullptr, nullptr, nullptr);
-        throw;
+      Transaction txn(db, Transaction::Mode::kImmediate, "migration");
+      for (const Migration& m : embedded_migrations()) {
+        if (m.version <= version || m.version > target) continue;
+        db.exec(m.sql, fmt::format("migration {:04d}_{}", m.version, m.name));
+        db.exec(fmt::format("PRAGMA user_version = {}", m.version), "record schema version");
       }
+      txn.commit();
     }
-    if (table_exists(l->db_, "writer", path)) {
-      Stmt s(l->db_,
-             "INSERT OR REPLACE INTO writer (id, pid, host, since_us, run_id) VALUES (1,?,?,?,?)",
-             path);
-      sqlite3_bind_int64(s.get(), 1, ::getpid());
-      std::string host = host_name();
-      sqlite3_bind_text(s.get(), 2, host.c_str(), -1, SQLITE_TRANSIENT);
-      sqlite3_bind_int64(s.get(), 3, now_us());
-      sqlite3_bind_text(s.get(), 4, l->run_id_.c_str(), -1, SQLITE_TRANSIENT);
-      rc = sqlite3_step(s.get());
-      if (rc != SQLITE_DONE) fail(l->db_, rc, path, "record writer");
+    if (db.table_exists("writer")) {
+      Statement s(db,
+                  "INSERT OR REPLACE INTO writer (id, pid, host, since_us, run_id) "
+                  "VALUES (1,?,?,?,?)");
+      s.bind_int(1, ::getpid());
+      s.bind_text(2, host_name());
+      s.bind_int(3, now_us());
+      s.bind_text(4, l->run_id_);
+      s.run("record writer");
     }
   }
-  if (!table_exists(l->db_, "events", path)) {
+  if (!db.table_exists("events")) {
     throw_error(ErrorCode::kCorruption, fmt::format("ledger {}: no events table", path));
   }
   l->refresh_tail();
@@ -377,14 +292,16 @@ std::unique_ptr<Ledger> Ledger::open(const std::string& path, const LedgerOption
 }
 
 Ledger::~Ledger() {
-  if (db_) sqlite3_close_v2(db_);
+  db_.reset();
   // Closed after SQLite's own descriptors: closing any fd of the file drops this process's POSIX
   // locks on it, including SQLite's.
   if (lock_fd_ >= 0) ::close(lock_fd_);
 }
 
+const internal::Database& Ledger::database() const { return *db_; }
+
 int Ledger::schema_version() const {
-  return static_cast<int>(query_int(db_, "PRAGMA user_version", path_));
+  return static_cast<int>(db_->query_int("PRAGMA user_version"));
 }
 
 // Reads the chain's tail and checks that its last link recomputes (cheap tamper check at open;
@@ -392,23 +309,15 @@ int Ledger::schema_version() const {
 void Ledger::refresh_tail() {
   last_seq_ = 0;
   last_hash_ = kGenesisHash;
-  Stmt s(db_,
-         "SELECT seq, run_id, ts_us, kind, step, epoch, iter, path, metric, score, bytes, digest, "
-         "detail, hash FROM events ORDER BY seq DESC LIMIT 2",
-         path_);
-  int rc = sqlite3_step(s.get());
-  if (rc == SQLITE_DONE) return;
-  if (rc != SQLITE_ROW) fail(db_, rc, path_, "read the last event");
+  Statement s(*db_,
+              "SELECT seq, run_id, ts_us, kind, step, epoch, iter, path, metric, score, bytes, "
+              "digest, detail, hash FROM events ORDER BY seq DESC LIMIT 2");
+  if (!s.step("read the last event")) return;
   Event e;
-  read_event(s.get(), e, path_);
+  read_event(s, e, path_);
   Event before;  // the link before the last one, for the last one's prev_hash
   before.hash = kGenesisHash;
-  rc = sqlite3_step(s.get());
-  if (rc == SQLITE_ROW) {
-    read_event(s.get(), before, path_);
-  } else if (rc != SQLITE_DONE) {
-    fail(db_, rc, path_, "read the last events");
-  }
+  if (s.step("read the last events")) read_event(s, before, path_);
   e.prev_hash = before.hash;
   if (chain_hash(e.prev_hash, e) != e.hash) {
     throw_error(ErrorCode::kCorruption,
@@ -426,13 +335,13 @@ void Ledger::append_batch(std::vector<Event>& events) {
   if (events.empty()) return;
   const int64_t saved_seq = last_seq_;
   const std::string saved_hash = last_hash_;
-  const bool batch = events.size() > 1;
-  if (batch) exec(db_, "BEGIN IMMEDIATE", path_, "begin append");
   try {
-    Stmt s(db_,
-           "INSERT INTO events (seq, run_id, ts_us, kind, step, epoch, iter, path, metric, score, "
-           "bytes, digest, detail, hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-           path_);
+    // A one-element batch runs in autocommit mode: one WAL commit, one fsync.
+    std::optional<Transaction> txn;
+    if (events.size() > 1) txn.emplace(*db_, Transaction::Mode::kImmediate, "append");
+    Statement s(*db_,
+                "INSERT INTO events (seq, run_id, ts_us, kind, step, epoch, iter, path, metric, "
+                "score, bytes, digest, detail, hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
     const int64_t ts = now_us();
     for (Event& e : events) {
       e.seq = last_seq_ + 1;
@@ -440,50 +349,31 @@ void Ledger::append_batch(std::vector<Event>& events) {
       if (e.ts_us == 0) e.ts_us = ts;
       e.prev_hash = last_hash_;
       e.hash = chain_hash(e.prev_hash, e);
-      sqlite3_stmt* st = s.get();
-      auto opt_int = [&](int col, const std::optional<int64_t>& v) {
-        if (v) {
-          sqlite3_bind_int64(st, col, *v);
-        } else {
-          sqlite3_bind_null(st, col);
-        }
-      };
-      auto opt_text = [&](int col, const std::string& v) {
-        if (v.empty()) {
-          sqlite3_bind_null(st, col);
-        } else {
-          sqlite3_bind_text(st, col, v.data(), static_cast<int>(v.size()), SQLITE_STATIC);
-        }
-      };
-      sqlite3_bind_int64(st, 1, e.seq);
-      sqlite3_bind_text(st, 2, e.run_id.data(), static_cast<int>(e.run_id.size()), SQLITE_STATIC);
-      sqlite3_bind_int64(st, 3, e.ts_us);
-      sqlite3_bind_text(st, 4, event_kind_name(e.kind), -1, SQLITE_STATIC);
-      opt_int(5, e.step);
-      opt_int(6, e.epoch);
-      opt_int(7, e.iter);
-      opt_text(8, e.path);
-      opt_text(9, e.metric);
+      s.bind_int(1, e.seq);
+      s.bind_text(2, e.run_id, /*copy=*/false);
+      s.bind_int(3, e.ts_us);
+      s.bind_text(4, event_kind_name(e.kind), /*copy=*/false);
+      s.bind_int(5, e.step);
+      s.bind_int(6, e.epoch);
+      s.bind_int(7, e.iter);
+      s.bind_text_or_null(8, e.path, /*copy=*/false);
+      s.bind_text_or_null(9, e.metric, /*copy=*/false);
       if (e.score) {
-        sqlite3_bind_double(st, 10, *e.score);
+        s.bind_double(10, *e.score);
       } else {
-        sqlite3_bind_null(st, 10);
+        s.bind_null(10);
       }
-      opt_int(11, e.bytes);
-      opt_text(12, e.digest);
-      opt_text(13, e.detail);
-      sqlite3_bind_text(st, 14, e.hash.data(), static_cast<int>(e.hash.size()), SQLITE_STATIC);
-      int rc = sqlite3_step(st);
-      if (rc != SQLITE_DONE) {
-        fail(db_, rc, path_, fmt::format("append {} (seq {})", event_kind_name(e.kind), e.seq));
-      }
-      sqlite3_reset(st);
+      s.bind_int(11, e.bytes);
+      s.bind_text_or_null(12, e.digest, /*copy=*/false);
+      s.bind_text_or_null(13, e.detail, /*copy=*/false);
+      s.bind_text(14, e.hash, /*copy=*/false);
+      s.run(fmt::format("append {} (seq {})", event_kind_name(e.kind), e.seq));
+      s.reset();
       last_seq_ = e.seq;
       last_hash_ = e.hash;
     }
-    if (batch) exec(db_, "COMMIT", path_, "commit append");
+    if (txn) txn->commit();
   } catch (...) {
-    if (batch) sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
     last_seq_ = saved_seq;
     last_hash_ = saved_hash;
     throw;
@@ -491,7 +381,6 @@ void Ledger::append_batch(std::vector<Event>& events) {
 }
 
 int64_t Ledger::append(Event& e) {
-  // A one-element batch runs in autocommit mode: one WAL commit, one fsync.
   std::vector<Event> one(1);
   one[0] = std::move(e);
   try {
@@ -506,24 +395,19 @@ int64_t Ledger::append(Event& e) {
 
 void Ledger::for_each(const std::function<bool(const Event&)>& fn, int64_t after_seq,
                       int64_t up_to_seq, bool with_hashes) const {
-  Stmt s(db_, with_hashes ? kSelectEvents : kSelectEventsNoHashes, path_);
-  sqlite3_bind_int64(s.get(), 1, after_seq);
-  sqlite3_bind_int64(s.get(), 2, up_to_seq);
+  Statement s(*db_, with_hashes ? kSelectEvents : kSelectEventsNoHashes);
+  s.bind_int(1, after_seq);
+  s.bind_int(2, up_to_seq);
   Event e;
   if (with_hashes && after_seq > 0) {
-    Stmt h(db_, "SELECT hash FROM events WHERE seq = ?", path_);
-    sqlite3_bind_int64(h.get(), 1, after_seq);
-    if (sqlite3_step(h.get()) == SQLITE_ROW) {
-      e.hash = reinterpret_cast<const char*>(sqlite3_column_text(h.get(), 0));
-    }
+    Statement h(*db_, "SELECT hash FROM events WHERE seq = ?");
+    h.bind_int(1, after_seq);
+    if (h.step("read event hash")) e.hash = h.column_text(0);
   } else {
     e.hash = kGenesisHash;
   }
-  for (;;) {
-    int rc = sqlite3_step(s.get());
-    if (rc == SQLITE_DONE) return;
-    if (rc != SQLITE_ROW) fail(db_, rc, path_, "read events");
-    read_event(s.get(), e, path_);
+  while (s.step("read events")) {
+    read_event(s, e, path_);
     if (!fn(e)) return;
   }
 }
@@ -532,7 +416,7 @@ void Ledger::for_each(const std::function<bool(const Event&)>& fn, int64_t after
 // see it when the main file and the -wal come from different moments (a copy taken while the
 // ledger was written, a -wal copied later or deleted mid-checkpoint): pages of two moments then
 // form valid b-trees whose scan skips or repeats rows. Checking that seqs run 1, 2, 3 ... up to the
-// tail read at open turns that into an error (issue 5).
+// tail read at open turns that into an error instead of a silently wrong state.
 int64_t Ledger::replay(EventHandler& handler, int64_t up_to_seq) const {
   return replay_range(handler, 0, up_to_seq);
 }
@@ -572,68 +456,53 @@ void Ledger::put_snapshot(int64_t seq, const std::string& format, const std::str
     throw_error(ErrorCode::kInvalidArgument,
                 fmt::format("ledger {}: put_snapshot on a read-only ledger", path_));
   }
-  if (!table_exists(db_, "snapshots", path_)) return;  // a schema older than 0004 (migrate_to)
+  if (!db_->table_exists("snapshots")) return;  // a schema older than 0004 (migrate_to)
   std::string hash;
   {
-    Stmt h(db_, "SELECT hash FROM events WHERE seq = ?", path_);
-    sqlite3_bind_int64(h.get(), 1, seq);
-    int rc = sqlite3_step(h.get());
-    if (rc == SQLITE_DONE) {
+    Statement h(*db_, "SELECT hash FROM events WHERE seq = ?");
+    h.bind_int(1, seq);
+    if (!h.step("read event hash")) {
       throw_error(ErrorCode::kInvalidArgument,
                   fmt::format("ledger {}: snapshot at seq {}: no such event", path_, seq));
     }
-    if (rc != SQLITE_ROW) fail(db_, rc, path_, "read event hash");
-    hash = reinterpret_cast<const char*>(sqlite3_column_text(h.get(), 0));
+    hash = h.column_text(0);
   }
-  exec(db_, "BEGIN IMMEDIATE", path_, "begin snapshot");
-  try {
-    {
-      Stmt s(db_, "INSERT OR REPLACE INTO snapshots (seq, hash, format, state) VALUES (?,?,?,?)",
-             path_);
-      sqlite3_bind_int64(s.get(), 1, seq);
-      sqlite3_bind_text(s.get(), 2, hash.c_str(), static_cast<int>(hash.size()), SQLITE_STATIC);
-      sqlite3_bind_text(s.get(), 3, format.c_str(), static_cast<int>(format.size()), SQLITE_STATIC);
-      sqlite3_bind_blob64(s.get(), 4, blob.data(), blob.size(), SQLITE_STATIC);
-      int rc = sqlite3_step(s.get());
-      if (rc != SQLITE_DONE) fail(db_, rc, path_, "write snapshot");
-    }
-    {
-      Stmt d(db_,
-             "DELETE FROM snapshots WHERE format = ?1 AND seq NOT IN "
-             "(SELECT seq FROM snapshots WHERE format = ?1 ORDER BY seq DESC LIMIT ?2)",
-             path_);
-      sqlite3_bind_text(d.get(), 1, format.c_str(), static_cast<int>(format.size()), SQLITE_STATIC);
-      sqlite3_bind_int(d.get(), 2, kKeptSnapshots);
-      int rc = sqlite3_step(d.get());
-      if (rc != SQLITE_DONE) fail(db_, rc, path_, "trim snapshots");
-    }
-    exec(db_, "COMMIT", path_, "commit snapshot");
-  } catch (...) {
-    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
-    throw;
+  Transaction txn(*db_, Transaction::Mode::kImmediate, "snapshot");
+  {
+    Statement s(*db_,
+                "INSERT OR REPLACE INTO snapshots (seq, hash, format, state) VALUES (?,?,?,?)");
+    s.bind_int(1, seq);
+    s.bind_text(2, hash, /*copy=*/false);
+    s.bind_text(3, format, /*copy=*/false);
+    s.bind_blob(4, blob.data(), blob.size(), /*copy=*/false);
+    s.run("write snapshot");
   }
+  {
+    Statement d(*db_,
+                "DELETE FROM snapshots WHERE format = ?1 AND seq NOT IN "
+                "(SELECT seq FROM snapshots WHERE format = ?1 ORDER BY seq DESC LIMIT ?2)");
+    d.bind_text(1, format, /*copy=*/false);
+    d.bind_int(2, kKeptSnapshots);
+    d.run("trim snapshots");
+  }
+  txn.commit();
 }
 
 std::optional<Snapshot> Ledger::latest_snapshot(const std::string& format,
                                                 int64_t up_to_seq) const {
-  if (!table_exists(db_, "snapshots", path_)) return std::nullopt;
+  if (!db_->table_exists("snapshots")) return std::nullopt;
   // Only a snapshot of a prefix of this chain: the hash recorded with it must be the hash of its
   // event here (each hash covers every event before it).
-  Stmt s(db_,
-         "SELECT s.seq, s.state FROM snapshots s JOIN events e ON e.seq = s.seq "
-         "WHERE s.format = ? AND s.seq <= ? AND e.hash = s.hash ORDER BY s.seq DESC LIMIT 1",
-         path_);
-  sqlite3_bind_text(s.get(), 1, format.c_str(), static_cast<int>(format.size()), SQLITE_STATIC);
-  sqlite3_bind_int64(s.get(), 2, std::min(up_to_seq, last_seq_));
-  int rc = sqlite3_step(s.get());
-  if (rc == SQLITE_DONE) return std::nullopt;
-  if (rc != SQLITE_ROW) fail(db_, rc, path_, "read snapshot");
+  Statement s(*db_,
+              "SELECT s.seq, s.state FROM snapshots s JOIN events e ON e.seq = s.seq "
+              "WHERE s.format = ? AND s.seq <= ? AND e.hash = s.hash ORDER BY s.seq DESC LIMIT 1");
+  s.bind_text(1, format, /*copy=*/false);
+  s.bind_int(2, std::min(up_to_seq, last_seq_));
+  if (!s.step("read snapshot")) return std::nullopt;
   Snapshot snap;
-  snap.seq = sqlite3_column_int64(s.get(), 0);
+  snap.seq = s.column_int(0);
   snap.format = format;
-  const void* p = sqlite3_column_blob(s.get(), 1);
-  const int n = sqlite3_column_bytes(s.get(), 1);
-  if (p && n > 0) snap.blob.assign(static_cast<const char*>(p), static_cast<size_t>(n));
+  snap.blob = s.column_blob(1);
   return snap;
 }
 
@@ -662,30 +531,25 @@ VerifyReport Ledger::verify() const {
 }
 
 bool Ledger::names(const std::string& path, std::initializer_list<EventKind> kinds) const {
-  Stmt s(db_, "SELECT kind FROM events WHERE path = ?", path_);
-  sqlite3_bind_text(s.get(), 1, path.data(), static_cast<int>(path.size()), SQLITE_STATIC);
-  for (;;) {
-    int rc = sqlite3_step(s.get());
-    if (rc == SQLITE_DONE) return false;
-    if (rc != SQLITE_ROW) fail(db_, rc, path_, "look up events of " + path);
-    const char* kind = reinterpret_cast<const char*>(sqlite3_column_text(s.get(), 0));
+  Statement s(*db_, "SELECT kind FROM events WHERE path = ?");
+  s.bind_text(1, path, /*copy=*/false);
+  while (s.step("look up events of " + path)) {
+    const std::string kind = s.column_text(0);
     for (EventKind k : kinds) {
-      if (kind && std::strcmp(kind, event_kind_name(k)) == 0) return true;
+      if (kind == event_kind_name(k)) return true;
     }
   }
+  return false;
 }
 
 std::optional<WriterInfo> Ledger::writer_info() const {
-  if (!table_exists(db_, "writer", path_)) return std::nullopt;
-  Stmt s(db_, "SELECT pid, host, since_us FROM writer WHERE id = 1", path_);
-  int rc = sqlite3_step(s.get());
-  if (rc == SQLITE_DONE) return std::nullopt;
-  if (rc != SQLITE_ROW) fail(db_, rc, path_, "read writer");
+  if (!db_->table_exists("writer")) return std::nullopt;
+  Statement s(*db_, "SELECT pid, host, since_us FROM writer WHERE id = 1");
+  if (!s.step("read writer")) return std::nullopt;
   WriterInfo w;
-  w.pid = sqlite3_column_int64(s.get(), 0);
-  const unsigned char* h = sqlite3_column_text(s.get(), 1);
-  w.host = h ? reinterpret_cast<const char*>(h) : "";
-  w.since_us = sqlite3_column_int64(s.get(), 2);
+  w.pid = s.column_int(0);
+  w.host = s.column_text(1);
+  w.since_us = s.column_int(2);
   return w;
 }
 

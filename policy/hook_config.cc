@@ -625,7 +625,7 @@ HookConfig HookConfig::from_json(const json& j) {
     } else if (k == "ledger_path") {
       c.ledger_path = get_optional_string(k, v);
     } else {
-      // MMEngine keeps unknown kwargs and fails at the first regular save; we fail now (§17.1).
+      // MMEngine keeps unknown kwargs and fails at the first regular save; we fail now.
       fail(fmt::format("unknown option {} (value {}); known options: {}", quoted(k), describe(v),
                        known_options()));
     }
@@ -735,7 +735,8 @@ ValidatedConfig validate(const HookConfig& c) {
   ValidatedConfig v;
   v.options = c;
 
-  // Spec §2, in the constructor's order; 1-7 (interval .. kwargs) are not validated by MMEngine.
+  // MMEngine's constructor checks, in its order and numbered as its steps; steps 1-7 (interval ..
+  // kwargs) validate nothing in MMEngine.
   // 8. file_client_args / backend_args.
   if (!c.file_client_args.is_null()) {
     v.warnings.push_back(
@@ -813,7 +814,7 @@ ValidatedConfig validate(const HookConfig& c) {
   v.greater_keys = effective_keys("greater_keys", c.greater_keys, default_greater_keys());
   v.less_keys = effective_keys("less_keys", c.less_keys, default_less_keys());
 
-  // 13. Rule initialisation (§3), pair by pair: the rule value is checked before inference.
+  // 13. Rule initialisation, pair by pair: the rule value is checked before inference.
   if (save_best) {
     // save_best=[] zips nothing, so MMEngine never looks at the rule; we still reject a bad one.
     for (const json& r : rules) {
@@ -879,7 +880,7 @@ ValidatedConfig validate(const HookConfig& c) {
     fail(fmt::format("\"save_begin\" should not be less than 0, but got {}", c.save_begin));
   }
 
-  // What MMEngine finds only later (first save, before_train), now at construction (§17.1).
+  // What MMEngine finds only later (first save, before_train), now at construction.
   check_filename_tmpl(v.filename_tmpl);
   check_backend("file_client_args", c.file_client_args);
   check_backend("backend_args", c.backend_args);

@@ -1,5 +1,5 @@
-// Asynchronous persistence (issue 4): snapshot isolation, sticky errors through an injected
-// filesystem, back-pressure, bounded staging memory, draining.
+// Asynchronous persistence (docs/persistence.md): snapshot isolation, sticky errors through an
+// injected filesystem, back-pressure, bounded staging memory, draining.
 #include <fcntl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -288,7 +288,7 @@ TEST_F(AsyncTest, FailedRenameKeepsThePreviousFileUnderThatName) {
   faulty.target = "/epoch_1.pth";  // not best_acc_epoch_1.pth
   r.set_all(2);
   r.epoch_ = 1;
-  // The best improvement re-saves epoch_1.pth (spec §7.6); its rename fails.
+  // The best improvement re-saves the regular epoch_1.pth; its rename fails.
   EXPECT_THROW(hook.after_val_epoch(r, {{"acc", 0.5}}), Error);  // sync: raised at once
   EXPECT_EQ(first_value(path, "p0"), 1);                         // the old bytes are intact
   EXPECT_FALSE(temp_files_left());

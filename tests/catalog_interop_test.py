@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""The catalog's views from other tools, while a training process writes (issue 6).
+"""The catalog's views (docs/ledger-format.md) from other tools, while a training process writes.
 
     catalog_interop_test.py CKPTLEDGER_BIN CATALOG_TEST_BIN [unittest args]
 

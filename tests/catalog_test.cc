@@ -1,6 +1,7 @@
-// The catalog (issue 6): the views of migration 0003, the Catalog queries, and the CLI verbs
-// (run through CKPT_BIN) with their exit codes. Ledgers are built by appending the events the hook
-// appends, directly with ckptledger::Ledger (no libtorch), with real files on disk.
+// The catalog: the views of migration 0003 (docs/ledger-format.md), the Catalog queries, and the
+// CLI verbs (run through CKPT_BIN) with their exit codes (docs/cli.md). Ledgers are built by
+// appending the events the hook appends, directly with ckptledger::Ledger (no libtorch), with real
+// files on disk.
 //
 // CatalogWriter.Run is not a test: tests/catalog_interop_test.py runs this binary with
 // --gtest_filter=CatalogWriter.Run and CKPT_WRITER_* set, as a writer whose append latency it
@@ -259,7 +260,7 @@ class CatalogTest : public ::testing::Test {
     s.e1 = save_regular(1, {1}, {});
     validated(1, {{"acc", 0.5}, {"loss", std::nullopt}});
     s.best1 = save_best("acc", 1, 0.5, "");
-    s.e1_again = save_regular(1, {1}, {}, 2);  // §7.6 re-save: overwrites epoch_1.pth
+    s.e1_again = save_regular(1, {1}, {}, 2);  // re-save after the best: overwrites epoch_1.pth
     s.e2 = save_regular(2, {1, 2}, {});
     validated(2, {{"acc", 0.7}, {"loss", 0.3}});
     s.best2 = save_best("acc", 2, 0.7, file("best_acc_epoch_1.pth"));

@@ -1,4 +1,5 @@
-// CheckpointHook against MMEngine's own unit tests (spec §16) and the fold property (§17.3).
+// CheckpointHook against MMEngine's own unit tests of the hook, and the fold property: the live
+// state equals the state replayed from the ledger (docs/crash-safety.md: state = fold(events)).
 #include <unistd.h>
 
 #include <filesystem>
@@ -15,6 +16,7 @@
 #include "ckptledger/checkpoint_hook.h"
 #include "ckptledger/ledger.h"
 #include "hook/checkpoint_format.h"
+#include "ledger/sqlite.h"
 
 namespace ckptledger {
 namespace {
@@ -105,7 +107,7 @@ class HookTest : public ::testing::Test {
     }
     return j;
   }
-  // The property of §17.3: replaying the ledger gives the state the live hook holds.
+  // State = fold(events): replaying the ledger gives the state the live hook holds.
   void expect_live_equals_replay(CheckpointHook& hook) {
     hook.wait_idle();
     LedgerOptions ro;
@@ -322,7 +324,7 @@ TEST_F(HookTest, ResumeRebuildsHubFromLedgerIncludingLastCkpt) {
   hook.wait_idle();
   nlohmann::json h = hook.hub_info();
   EXPECT_NEAR(h["best_score"].get<double>(), 0.3, 1e-12);
-  EXPECT_EQ(h["last_ckpt"], p("epoch_3.pth"));         // §17.3: survives the resume
+  EXPECT_EQ(h["last_ckpt"], p("epoch_3.pth"));         // replayed: survives the resume
   EXPECT_EQ(h["keep_ckpt_ids"], nlohmann::json({3}));  // trimmed to the new max_keep_ckpts
   EXPECT_FALSE(fs::exists(p("epoch_2.pth")));
   EXPECT_TRUE(fs::exists(p("epoch_3.pth")));
@@ -372,7 +374,7 @@ HookState snapshot_fold(const Ledger& l, int64_t up_to, int64_t* from = nullptr)
 
 void exec_sql(const Ledger& l, const std::string& sql) {
   char* err = nullptr;
-  int rc = sqlite3_exec(l.handle(), sql.c_str(), nullptr, nullptr, &err);
+  int rc = sqlite3_exec(l.database().handle(), sql.c_str(), nullptr, nullptr, &err);
   std::string msg = err ? err : "";
   sqlite3_free(err);
   ASSERT_EQ(rc, SQLITE_OK) << msg;

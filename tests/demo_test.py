@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""`ckptledger demo --size small` end to end (issue 7).
+"""`ckptledger demo --size small` end to end (docs/cli.md).
 
     demo_test.py CKPTLEDGER_BIN [unittest args]
 

@@ -1,5 +1,6 @@
-// HookConfig / validate(): MMEngine's CheckpointHook constructor checks (spec §2, §3, §14), the
-// early errors and warnings of ckptledger (§17.1, §17.2), and Python str.format for templates.
+// HookConfig / validate(): MMEngine's CheckpointHook constructor checks and rule inference, the
+// early errors and warnings of ckptledger (docs/behaviour.md: configuration errors, differences),
+// and Python str.format for templates.
 #include "ckptledger/hook_config.h"
 
 #include <cstdint>
@@ -367,7 +368,7 @@ TEST(HookConfig, RuleListWithoutSaveBestIsRejected) {
 }
 
 TEST(HookConfig, RuleStrWithoutSaveBestIsRejected) {
-  // MMEngine ignores it (so rule='max' passes); ckptledger rejects it (§17.1).
+  // MMEngine ignores it (so rule='max' passes); ckptledger rejects it.
   EXPECT_THAT(config_error(R"({"rule": "max"})"),
               HasSubstr("\"rule\" is set to str \"max\" but \"save_best\" is None"));
   EXPECT_THAT(config_error(R"({"rule": "greater"})"),
@@ -762,7 +763,7 @@ TEST(HookConfig, MMEngineTestInitCases) {
 }
 
 TEST(HookConfig, ReferenceScenarioHooksAreAccepted) {
-  // The `hook` objects of spec/examples/*.json that MMEngine accepted.
+  // The `hook` objects of tests/data/examples/*.json that MMEngine accepted.
   for (const char* text : {
            R"({"interval": 2, "save_best": "auto"})",
            R"({"interval": 2, "save_best": ["acc", "mIoU"]})",
@@ -831,7 +832,7 @@ TEST(HookConfig, ResolveAutoWithoutAutoIsAnError) {
               HasSubstr("not 'auto'"));
 }
 
-// ---- infer_rule (spec §3 "Consequences") ----------------------------------------------------
+// ---- infer_rule (the outcomes confirmed by running MMEngine) ----------------------------------
 
 Rule infer(const std::string& key, std::string* warning = nullptr) {
   return infer_rule(key, default_greater_keys(), default_less_keys(), warning);

@@ -1,5 +1,5 @@
-// Recovery at open (issue 5): reconciliation findings, verified resume, strict policy, one writer
-// per work_dir, and "nothing due is skipped".
+// Recovery at open (docs/crash-safety.md): reconciliation findings, verified resume, strict
+// policy, one writer per work_dir, and "nothing due is skipped" after a resume.
 #include <fcntl.h>
 #include <signal.h>
 #include <sqlite3.h>
@@ -25,6 +25,7 @@
 #include "ckptledger/loops.h"
 #include "hook/checkpoint_format.h"
 #include "ledger/sha256.h"
+#include "ledger/sqlite.h"
 #include "policy/hook_events.h"
 #include "storage/durable_file.h"
 #include "storage/reconcile.h"
@@ -411,7 +412,7 @@ TEST_F(RecoveryTest, CommittedCheckpointThatDoesNotLoadIsRaisedNotSkipped) {
   }
 }
 
-// --- A ledger behind its work_dir (issue 5) -----------------------------------------------------
+// --- A ledger behind its work_dir (docs/crash-safety.md) ----------------------------------------
 // A ledger restored from an older copy, or whose -wal was deleted after its writer died, opens as
 // an older, consistent prefix while the work_dir holds what the lost events wrote. Reconciling it
 // would resume from an older checkpoint and let the next saves overwrite files the ledger does
@@ -617,7 +618,7 @@ TEST(CheckpointNameMatcher, RecognisesRegularAndBestNamesOfTheTemplateOnly) {
   EXPECT_TRUE(nested("best_acc_ckpt_7.pth"));
 }
 
-// --- A ledger copied while it is written (issue 5) ----------------------------------------------
+// --- A ledger copied while it is written (docs/crash-safety.md) ---------------------------------
 // A copy of ckptledger.sqlite taken while a writer appends (the main file alone, or with a -wal
 // copied at another moment) mixes pages of different moments. Opening it must give a consistent
 // prefix of the real history (the chain verifies and the fold equals the fold of that prefix) or
@@ -688,15 +689,17 @@ void append_training_step(Ledger& l, const std::string& dir, int64_t step) {
   l.append(validated);
 }
 
-// Checkpoints the WAL every few transactions, so that copies straddle checkpoints and WAL restarts
-// (the default, 1000 pages, needs a few hundred appends per checkpoint).
+// Checkpoints the WAL every few transactions, so that copies straddle checkpoints and WAL
+// restarts (the default, 1000 pages, needs a few hundred appends per checkpoint).
 void checkpoint_often(Ledger& l) {
-  ASSERT_EQ(sqlite3_exec(l.handle(), "PRAGMA wal_autocheckpoint = 8", nullptr, nullptr, nullptr),
+  ASSERT_EQ(sqlite3_exec(l.database().handle(), "PRAGMA wal_autocheckpoint = 8", nullptr, nullptr,
+                         nullptr),
             SQLITE_OK);
 }
 
-// Copies `from` to `to` in small pieces with a pause between them, so that a writer running at the
-// same time changes the file while it is being copied. Copies nothing when `from` does not exist.
+// Copies `from` to `to` in small pieces with a pause between them, so that a writer running at
+// the same time changes the file while it is being copied. Copies nothing when `from` does not
+// exist.
 void copy_slowly(const std::string& from, const std::string& to, int pause_us) {
   int in = ::open(from.c_str(), O_RDONLY | O_CLOEXEC);
   if (in < 0) return;
@@ -805,7 +808,8 @@ TEST_F(LedgerCopyTest, CopyTakenWhileAWriterAppendsOpensAsAPrefixOrIsRefused) {
   if (child == 0) {
     try {
       auto l = Ledger::open(ledger_);
-      sqlite3_exec(l->handle(), "PRAGMA wal_autocheckpoint = 8", nullptr, nullptr, nullptr);
+      sqlite3_exec(l->database().handle(), "PRAGMA wal_autocheckpoint = 8", nullptr, nullptr,
+                   nullptr);
       for (int64_t step = 1;; ++step) {
         append_training_step(*l, run_dir, step);
         steps->store(step);

@@ -1,5 +1,5 @@
-// The scenario model of `ckptledger simulate` (spec/simulate.md): parsing, defaults, restarts,
-// substitution and the error messages for malformed scenarios.
+// The scenario model of `ckptledger simulate` (docs/behaviour.md: simulate traces): parsing,
+// defaults, restarts, substitution and the error messages for malformed scenarios.
 #include "tools/train/scenario.h"
 
 #include <algorithm>

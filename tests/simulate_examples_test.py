@@ -4,11 +4,12 @@
     simulate_examples_test.py CKPTLEDGER_BIN EXAMPLES_DIR [unittest args]
 
 * Every EXAMPLES_DIR/*.json case file is simulated into a fresh root and compared with its trace by
-  trace_compare.compare (spec/simulate.md, "Comparing two traces"). Crash examples are held to
-  spec §17.4 instead: the runs' `end` (and crash point) must match MMEngine's, the first run (no
-  resume yet) must match MMEngine event by event, and the final state must equal the final state
-  of the same scenario simulated without its crash; the surviving checkpoints' weights and
-  optimizer state must be bitwise equal to the uninterrupted run's.
+  trace_compare.compare (docs/behaviour.md, simulate traces). Crash examples are held to the
+  crash outcome rule instead (docs/behaviour.md: crash outcome): the runs' `end` (and crash point)
+  must match MMEngine's, the first run (no resume yet) must match MMEngine event by event, and the
+  final state must equal the final state of the same scenario simulated without its crash; the
+  surviving checkpoints' weights and optimizer state must be bitwise equal to the uninterrupted
+  run's.
 * Every tests/data/scenarios/*.json has a check below (CHECKS) asserting specific outcomes.
 One subTest per file; every difference is printed.
 """
@@ -85,7 +86,7 @@ def report(diffs):
 
 def final_checkpoint_differences(a, b):
     """Bitwise comparison of weights and optimizer state of the regular checkpoints both runs
-    left (spec §17.4)."""
+    left: a run killed and resumed must end bitwise equal to the run without the crash."""
     if torch is None:
         return []
     out = []
@@ -114,7 +115,7 @@ def final_checkpoint_differences(a, b):
 
 
 def crash_differences(tc, tmp, name, expected_trace, scenario):
-    """§17.4 checks of a crash scenario; returns (diffs, simulation)."""
+    """Crash-outcome checks of a crash scenario; returns (diffs, simulation)."""
     sim = Simulation(tmp, name, scenario)
     tc.assertEqual(sim.rc, 0, sim.describe())
     tc.assertIsNotNone(sim.trace, sim.describe())

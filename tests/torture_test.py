@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""The kill -9 torture test (issue 5, "The torture test").
+"""The kill -9 torture test (docs/crash-safety.md, "The torture test").
 
     torture_test.py --child TORTURE_CHILD --ckptledger CKPTLEDGER --scenario SCENARIO.json
                     [--kills N] [--seed S] [--trials T] [--slow-ms MS] [--ballast-mib N]

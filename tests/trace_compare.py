@@ -1,17 +1,18 @@
 #!/usr/bin/python3
-"""Compare two `ckptledger simulate` traces by the rules of spec/simulate.md, "Comparing two traces".
+"""Compare two `ckptledger simulate` traces by the rules of docs/behaviour.md (simulate traces).
 
     trace_compare.py EXPECTED.json ACTUAL.json [--crash-final-only] [--final-against NOCRASH.json]
 
-EXPECTED is usually a case file from spec/examples (what MMEngine did), ACTUAL what ckptledger did.
-A case file ({"scenario": ..., "trace": ...}) is accepted wherever a trace is. Exit status: 0 when
-equal, 1 when they differ (each difference printed with its location), 2 on bad usage or input.
+EXPECTED is usually a case file from tests/data/examples (what MMEngine did), ACTUAL what
+ckptledger did. A case file ({"scenario": ..., "trace": ...}) is accepted wherever a trace is. Exit
+status: 0 when equal, 1 when they differ (each difference printed with its location), 2 on bad
+usage or input.
 
 Rules, as implemented:
 
 * Runs: the number of runs, and per run `end`. For `end == "error"`, `error.phase`; the error
   `type`, `message` and `stage` are not compared.
-* Earlier failure (spec §17.1): ckptledger raises every configuration error when the hook is
+* Earlier failure: ckptledger raises every configuration error when the hook is
   constructed. An actual phase that comes *earlier* than the expected one, in the order
   hook_init < runner_init < train, is accepted (e.g. MMEngine failed in `train` at its first save,
   ckptledger in `hook_init`). Such a run wrote nothing in ckptledger, so its events are not
@@ -32,7 +33,7 @@ Rules, as implemented:
   {"__float__": "nan"|"inf"|"-inf"} decode first and NaN equals NaN. `files` and checkpoint `keys`
   compare as sets (they are sorted lists in a trace). A missing `info`/`hub` is {}, a missing
   `saves` is [], a missing `last_checkpoint` is null.
-* Crash scenarios (spec §17.4), options:
+* Crash scenarios (a run killed and resumed must end as the run without the crash), options:
   --crash-final-only: when EXPECTED has a run that ended "crashed", compare runs (count, end,
       phase) and the final state only, not events (ckptledger's resume is allowed to differ from
       MMEngine's on the way).
@@ -236,7 +237,7 @@ def compare(expected, actual, *, crash_final_only=False, final_against=None):
     """Differences between two traces (or case files), as printable lines; [] when equal.
 
     `final_against`: a trace (or case file) of the scenario run without its crash; when given,
-    the final state is compared with its final state and events are not compared (spec §17.4).
+    the final state is compared with its final state and events are not compared.
     `crash_final_only`: for an expected trace with a crashed run, compare runs and final state only.
     """
     exp = normalise(trace_of(expected))
@@ -263,7 +264,8 @@ def compare(expected, actual, *, crash_final_only=False, final_against=None):
             ap = (ar.get("error") or {}).get("phase")
             if ep != ap:
                 if ap in PHASE_ORDER and ep in PHASE_ORDER and PHASE_ORDER[ap] < PHASE_ORDER[ep]:
-                    # §17.1: ckptledger fails earlier; it wrote nothing in this run.
+                    # ckptledger fails earlier (config errors at construction); it wrote
+                    # nothing in this run.
                     run_events = False
                     if early_failure_at is None:
                         early_failure_at = idx

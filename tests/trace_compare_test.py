@@ -1,5 +1,6 @@
 #!/usr/bin/python3
-"""Tests of tests/trace_compare.py (plain unittest): the comparison rules of spec/simulate.md."""
+"""Tests of tests/trace_compare.py (plain unittest): the trace comparison rules of
+docs/behaviour.md (simulate traces)."""
 
 import copy
 import glob

@@ -17,27 +17,32 @@
 
 namespace ckptledger::cli {
 
-// Exit codes (README "CLI"): 0 ok; 1 problems found; 2 usage error; 3 ledger not found;
-// 4 corrupt or foreign ledger; 5 ledger of a newer version; 6 I/O error; 7 busy; 8 nothing matched.
-constexpr int kExitProblems = 1;
-constexpr int kExitUsage = 2;
-constexpr int kExitIO = 6;
-constexpr int kExitNothing = 8;
+// Exit codes (docs/cli.md): every verb of both binaries exits with one of these.
+constexpr int kExitOk = 0;
+constexpr int kExitProblems = 1;  // verify/gc found problems
+constexpr int kExitUsage = 2;  // bad command line, or an argument refused later (kInvalidArgument)
+constexpr int kExitNotFound = 3;  // no ledger (or checkpoint) at the path given
+constexpr int kExitCorrupt = 4;   // a corrupt ledger, or a file that is not a ckptledger ledger
+constexpr int kExitVersion = 5;   // a ledger written by a newer ckptledger
+constexpr int kExitIO = 6;        // the OS refused (permissions, full disk, I/O error)
+constexpr int kExitBusy = 7;      // another process holds the ledger's writer lock
+constexpr int kExitNothing = 8;   // the query matched nothing
 
 inline int exit_code_for(const Error& e) {
   switch (e.code()) {
     case ErrorCode::kInvalidArgument:
-      return 4;
+      return kExitUsage;
     case ErrorCode::kNotFound:
-      return 3;
+      return kExitNotFound;
     case ErrorCode::kCorruption:
-      return 4;
+    case ErrorCode::kForeign:
+      return kExitCorrupt;
     case ErrorCode::kVersion:
-      return 5;
+      return kExitVersion;
     case ErrorCode::kIOError:
       return kExitIO;
     case ErrorCode::kBusy:
-      return 7;
+      return kExitBusy;
   }
   return kExitIO;
 }

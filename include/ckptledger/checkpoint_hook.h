@@ -1,12 +1,13 @@
-// CheckpointHook: MMEngine's CheckpointHook (spec/mmengine-checkpointhook.md) on the ledger.
+// CheckpointHook: MMEngine's CheckpointHook (docs/behaviour.md) on the ledger.
 //
 // Contract: construction validates the config (Error(kInvalidArgument) before anything touches the
-// disk, §17.1). Call the stages in MMEngine's runner order (the reference loops in hook/loops.h
+// disk). Call the stages in MMEngine's runner order (the reference loops in ckptledger/loops.h
 // do): resume() (optional), before_train, after_train_iter / after_train_epoch / after_val_epoch,
-// after_train, after_run. The hook's state (the message hub values of §12) is the fold of the
-// ledger's committed events; resume() rebuilds it by replay (§17.3). Every save, prune, best
-// update, validation and publish is a ledger event. Thread safety: one training thread calls the
-// hook; checkpoint bytes are written per `sync`.
+// after_train, after_run. The hook's state (the message hub values: best scores and paths,
+// last_ckpt, keep_ckpt_ids) is the fold of the ledger's committed events; resume() rebuilds it by
+// replay (docs/crash-safety.md: state = fold(events)). Every save, prune, best update, validation
+// and publish is a ledger event. Thread safety: one training thread calls the hook; checkpoint
+// bytes are written per `sync`.
 #pragma once
 
 #include <memory>
@@ -50,7 +51,7 @@ class CheckpointHook {
   // need to; tools call it before looking at the disk.
   void wait_idle();
 
-  // Hub values of §12 that are set: best_score*, best_ckpt*, last_ckpt, keep_ckpt_ids.
+  // Message hub values that are set: best_score*, best_ckpt*, last_ckpt, keep_ckpt_ids.
   nlohmann::json hub_info() const;
   const std::string& out_dir() const;  // absolute, after before_train
   const ValidatedConfig& config() const;
@@ -61,7 +62,7 @@ class CheckpointHook {
   std::string ledger_path() const;
   // True when the validation at these counters was recorded and what it triggered committed.
   // After a resume, a loop runs a due validation again when this is false (nothing due is
-  // skipped: issue 5); the reference loops in hook/loops.h do.
+  // skipped after a resume); the reference loops in ckptledger/loops.h do.
   bool validation_complete(int64_t epoch, int64_t iter) const;
   // The live state (the fold of every event this hook appended or replayed). Read it after
   // wait_idle(): the writer pool patches committed files' bytes, digest and seq into it.

@@ -1,4 +1,4 @@
-// Error taxonomy shared by every ckptledger module (LevelDB Status, as exceptions).
+// Error taxonomy shared by every ckptledger module (a status code carried by an exception).
 //
 // One small set of codes; the message always names the culprit (option, path, event seq).
 // Errors cross API boundaries as `ckptledger::Error`; foreign exceptions (sqlite, libtorch,
@@ -17,6 +17,7 @@ enum class ErrorCode {
   kIOError,          // the OS refused (permissions, ENOSPC, EIO, read-only)
   kBusy,             // another writer holds the ledger
   kVersion,          // a ledger written by a newer ckptledger
+  kForeign,          // a file at the ledger's path that is not a ckptledger ledger (left untouched)
 };
 
 const char* error_code_name(ErrorCode code);

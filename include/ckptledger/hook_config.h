@@ -8,9 +8,10 @@
 //    exactly as given, so that validate() checks them in MMEngine's order. JSON extensions:
 //    {"__tuple__": [...]} is a Python tuple (python_tuple()), {"__float__": "nan"|"inf"|"-inf"}
 //    a non-finite float, null is None.
-//  - validate() raises every configuration error before anything is written (spec §17.1). It
-//    follows the constructor order of spec §2 (the first error wins), then checks what MMEngine
-//    only finds later (filename_tmpl, the storage backend), then ckptledger's own options.
+//  - validate() raises every configuration error before anything is written, including those
+//    MMEngine raises at the first save or never (docs/behaviour.md: configuration errors). It
+//    follows MMEngine's constructor order (the first error wins), then checks what MMEngine only
+//    finds later (filename_tmpl, the storage backend), then ckptledger's own options.
 //  - Every error is Error(kInvalidArgument); its message starts with "CheckpointHook config: " and
 //    names the option and the bad value.
 // Thread safety: all types are values; all functions are pure (no I/O, no global state).
@@ -40,7 +41,8 @@ enum class RecoveryMode {
 const char* on_error_name(OnError v);            // "raise" | "warn"
 const char* recovery_mode_name(RecoveryMode v);  // "repair" | "strict"
 
-// Every option of MMEngine's CheckpointHook (same names and defaults, spec §2), then ours.
+// Every option of MMEngine's CheckpointHook (same names and defaults), then ours; the table is in
+// docs/behaviour.md (configuration).
 struct HookConfig {
   // --- MMEngine ------------------------------------------------------------------------------
   int64_t interval = -1;  // <= 0: no periodic saves
@@ -91,7 +93,7 @@ struct HookConfig {
 // {"__tuple__": [items...]}: a Python tuple, for the options that accept one.
 nlohmann::json python_tuple(std::vector<nlohmann::json> items);
 
-// How a best-checkpoint key compares scores (spec §3).
+// How a best-checkpoint key compares scores (docs/behaviour.md: rule inference).
 enum class Rule {
   kUnresolved,  // 'auto' without an explicit rule: inferred once the metric key is known
   kGreater,     // higher is better (strictly)
@@ -108,16 +110,16 @@ struct BestIndicator {
   }
 };
 
-// MMEngine's default inference keys (spec §2.12).
+// MMEngine's default inference keys (greater_keys / less_keys when None).
 const std::vector<std::string>& default_greater_keys();
 const std::vector<std::string>& default_less_keys();
 
-// Spec §3: infers the rule of `key`. Case-insensitive; an exact match beats a substring match, and
-// at each level greater beats less (so "heatmap_loss" and "loss_acc" are greater). If the deciding
-// level matches both lists, *warning (when not null) names both matches and suggests `rule`
-// (§17.2); otherwise it is cleared. Throws Error(kInvalidArgument) "... Cannot infer the rule for
-// key K, thus a specific rule must be specified." naming save_best and the key when nothing
-// matches. Lower-casing is ASCII-only (Python lower-cases all of Unicode).
+// Infers the rule of `key` in MMEngine's order. Case-insensitive; an exact match beats a substring
+// match, and at each level greater beats less (so "heatmap_loss" and "loss_acc" are greater). If
+// the deciding level matches both lists, *warning (when not null) names both matches and suggests
+// `rule` (a ckptledger addition); otherwise it is cleared. Throws Error(kInvalidArgument) "...
+// Cannot infer the rule for key K, thus a specific rule must be specified." naming save_best and
+// the key when nothing matches. Lower-casing is ASCII-only (Python lower-cases all of Unicode).
 Rule infer_rule(const std::string& key, const std::vector<std::string>& greater_keys,
                 const std::vector<std::string>& less_keys, std::string* warning);
 
@@ -156,14 +158,15 @@ struct ValidatedConfig {
   bool has_auto() const { return best.size() == 1 && best[0].key == "auto"; }
   std::string filename(int64_t step) const { return format_filename(filename_tmpl, step); }
 
-  // Spec §7.4: the 'auto' indicator resolved with the first key of the first metrics dict. The
+  // MMEngine's 'auto': the indicator resolved with the first key of the first metrics dict. The
   // stored explicit rule is kept; otherwise the rule is inferred (may throw, as infer_rule).
   // Precondition: has_auto(). Does not modify *this: the hook stores the result.
   BestIndicator resolve_auto(const std::string& first_metric_key, std::string* warning) const;
 };
 
-// Checks `config` in MMEngine's constructor order with ckptledger's deviations (spec §2, §3,
-// §17.1, §17.2) and resolves it. Throws Error(kInvalidArgument) on the first problem.
+// Checks `config` in MMEngine's constructor order, with ckptledger's early errors and ambiguous-key
+// warnings (docs/behaviour.md: differences), and resolves it. Throws Error(kInvalidArgument) on the
+// first problem.
 ValidatedConfig validate(const HookConfig& config);
 
 }  // namespace ckptledger

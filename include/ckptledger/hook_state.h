@@ -1,5 +1,6 @@
-// HookState: what MMEngine keeps in its message hub for CheckpointHook (spec §12), plus what the
-// ledger knows about files; HookStateFold builds it from events (one handler per kind).
+// HookState: what MMEngine keeps in its message hub for CheckpointHook (docs/behaviour.md: message
+// hub values), plus what the ledger knows about files; HookStateFold builds it from events (one
+// handler per kind).
 //
 // The live hook applies the same fold to the events it appends, so "live state == replayed
 // state" holds by construction and is checked by a property test.
@@ -35,7 +36,7 @@ struct LiveFile {
 };
 
 struct HookState {
-  // --- the message hub (spec §12) ---
+  // --- the message hub ---
   std::map<std::string, BestState> best;  // by metric key
   std::string auto_key;                   // what 'auto' resolved to ("" = not yet)
   bool keep_tracked = false;              // keep_ckpt_ids is in the hub
@@ -59,8 +60,9 @@ struct HookState {
   // file on disk is never reported as unknown.
   std::set<std::string> retired;
 
-  // Hub keys of spec §12 for this state. `single` selects best_score/best_ckpt naming; `keys` are
-  // the indicator keys in order (their entries are shown when set).
+  // The hub values of this state that are set: best_score*, best_ckpt*, keep_ckpt_ids, last_ckpt.
+  // `single` selects best_score/best_ckpt naming; `keys` are the indicator keys in order (their
+  // entries are shown when set).
   nlohmann::json hub_info(bool single, const std::vector<std::string>& keys) const;
   friend bool operator==(const HookState& a, const HookState& b);
 };

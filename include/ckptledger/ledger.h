@@ -27,9 +27,11 @@
 #include "ckptledger/event.h"
 #include "ckptledger/event_handler.h"
 
-struct sqlite3;
-
 namespace ckptledger {
+
+namespace internal {
+class Database;  // ledger/sqlite.h
+}  // namespace internal
 
 inline constexpr const char* kDefaultLedgerName = "ckptledger.sqlite";
 
@@ -124,8 +126,8 @@ class Ledger {
   // The recorded writer (the current holder while it runs, or the last one after it exits).
   std::optional<WriterInfo> writer_info() const;
 
-  // The raw handle, for the catalog's queries. Owned by the Ledger.
-  sqlite3* handle() const { return db_; }
+  // The connection, for the catalog's queries (internal: ledger/sqlite.h). Owned by the Ledger.
+  const internal::Database& database() const;
 
  private:
   Ledger() = default;
@@ -135,7 +137,7 @@ class Ledger {
   std::string run_id_;
   bool read_only_ = false;
   bool created_ = false;
-  sqlite3* db_ = nullptr;
+  std::unique_ptr<internal::Database> db_;
   int lock_fd_ = -1;  // holds the OFD writer lock; closed only after db_ (POSIX lock semantics)
   int64_t last_seq_ = 0;
   std::string last_hash_;

@@ -1,10 +1,11 @@
-// Reference training loops that drive a CheckpointHook in MMEngine's runner order (spec §1).
+// Reference training loops that drive a CheckpointHook in MMEngine's runner order
+// (docs/behaviour.md: stages and counters).
 //
 // Copy them into your own code or use them as they are. Each loop owns nothing: it advances the
 // counters of a LoopRunner, calls your train step, runs validation when it is due, and calls the
 // hook's stages:
 //
-//   hook.resume()            only when LoopOptions::resume or load_from is set (spec §10)
+//   hook.resume()            only when LoopOptions::resume or load_from is set
 //   before_train
 //   EpochLoop, per epoch:    per batch: step(batch_idx), after_train_iter(batch_idx), I += 1
 //                            after_train_epoch, E += 1, then validation if due: after_val_epoch
@@ -24,7 +25,8 @@
 //
 // One deliberate difference from MMEngine: an EpochLoop resumed from a mid-epoch checkpoint (an
 // iteration-based hook's iter_N.pth) continues that epoch at the batch after the last one trained,
-// as IterLoop does, instead of replaying the epoch from its first batch (spec §10, §17.4).
+// as IterLoop does, instead of replaying the epoch from its first batch while I goes on (which
+// runs past max_iters; docs/behaviour.md: reference loops).
 //
 // Thread safety: a loop runs on the calling thread; the hook and the runner are used from it only.
 #pragma once
@@ -63,8 +65,8 @@ class LoopRunner : public Runner {
   }
 
  protected:
-  // Spec §10 step 3: E = meta.epoch, I = meta.iter (each left alone when absent).
-  void restore_counters(const c10::impl::GenericDict& ckpt);
+  // As MMEngine's resume does: E = meta.epoch, I = meta.iter (each left alone when absent).
+  void restore_counters(const Dict& ckpt);
 
  private:
   int64_t epoch_ = 0;
@@ -74,7 +76,7 @@ class LoopRunner : public Runner {
 };
 
 struct LoopOptions {
-  // Resume before before_train (spec §10): resume && !load_from is auto-resume, resume && load_from
+  // Resume before before_train: resume && !load_from is auto-resume, resume && load_from
   // resumes from that file, !resume && load_from loads the weights only.
   bool resume = false;
   std::optional<std::string> load_from;

@@ -1,6 +1,7 @@
-// Runner: what CheckpointHook needs from a training loop (MMEngine's runner, spec §1, §8, §10).
+// Runner: what CheckpointHook needs from a training loop (the part of MMEngine's runner it uses:
+// counters, checkpoint content, loading).
 //
-// The loop owns the runner; the hook calls it on the training thread only. Counters follow spec §1:
+// The loop owns the runner; the hook calls it on the training thread only. Counters are MMEngine's:
 // epoch() is E (0-based, completed epochs once an epoch ends), iter() is I (iterations done).
 #pragma once
 
@@ -15,6 +16,13 @@
 #include <vector>
 
 namespace ckptledger {
+
+// A checkpoint's dictionaries as PyTorch writes them (str -> any: tensors, numbers, strings,
+// lists, nested dicts). `Dict d = make_dict(); d.insert("lr", 0.1);`
+using Dict = c10::impl::GenericDict;
+using List = c10::impl::GenericList;
+inline Dict make_dict() { return Dict(c10::StringType::get(), c10::AnyType::get()); }
+inline List make_list() { return List(c10::AnyType::get()); }
 
 enum class LogLevel { kInfo, kWarning, kError };
 const char* log_level_name(LogLevel level);  // "INFO" | "WARNING" | "ERROR"
@@ -35,15 +43,13 @@ class Runner {
   // The parts of MMEngine's runner.save_checkpoint that are the runner's: "state_dict" (name ->
   // tensor), "optimizer" and "param_schedulers" when asked for and available. Tensors may be the
   // live ones: the hook snapshots them before the call returns.
-  virtual c10::impl::GenericDict checkpoint_state(bool with_optimizer, bool with_schedulers) = 0;
+  virtual Dict checkpoint_state(bool with_optimizer, bool with_schedulers) = 0;
   virtual bool has_param_schedulers() const = 0;
   // Extra meta keys (seed, experiment_name, cfg, ...); epoch/iter are the hook's.
-  virtual c10::impl::GenericDict meta_extra() const {
-    return c10::impl::GenericDict(c10::StringType::get(), c10::AnyType::get());
-  }
+  virtual Dict meta_extra() const { return make_dict(); }
   // Restores a checkpoint's content: weights always; optimizer, schedulers and counters (from
   // meta) when `resume`.
-  virtual void load_checkpoint(const c10::impl::GenericDict& ckpt, bool resume) = 0;
+  virtual void load_checkpoint(const Dict& ckpt, bool resume) = 0;
 };
 
 }  // namespace ckptledger

@@ -1,5 +1,5 @@
-// torture_child: the training job tests/torture_test.py kills with SIGKILL and restarts (issue 5,
-// "The torture test").
+// torture_child: the training job tests/torture_test.py kills with SIGKILL and restarts
+// (docs/crash-safety.md, "The torture test").
 //
 //   torture_child SCENARIO.json --root DIR [--slow-ms N] [--ballast-mib N]
 //

@@ -1,5 +1,5 @@
 // `ckptledger`: the command-line tool. It does not link libtorch; `simulate` and `demo` are handed
-// over to `ckptledger-train` (catalog/train_main.cc). Each verb opens ledgers read-only unless it
+// over to `ckptledger-train` (tools/train/train_main.cc). Each verb opens ledgers read-only unless it
 // says otherwise;
 // the catalog verbs (runs, history, best, latest, show, verify, state, export, gc) take a ledger
 // file or a work_dir (default: the current directory), print a readable table, or JSON with --json.
@@ -40,6 +40,7 @@ using ckptledger::cell_text;
 using ckptledger::TextTable;
 
 using ckptledger::cli::kExitNothing;
+using ckptledger::cli::kExitOk;
 using ckptledger::cli::kExitProblems;
 
 void print_json(const ojson& j) { std::fputs((j.dump(2) + "\n").c_str(), stdout); }
@@ -74,7 +75,7 @@ int run_runs(const Common& c) {
     ojson a = rs.to_json();
     for (auto& r : a) r["config"] = parsed(r["config"]);
     print_json(a);
-    return 0;
+    return kExitOk;
   }
   TextTable t({"run_id", "started_at", "ended_at", "ended", "pid", "host", "resumed_from"});
   for (size_t i = 0; i < rs.rows.size(); ++i) {
@@ -84,7 +85,7 @@ int run_runs(const Common& c) {
            rel(rs.at(i, "resumed_from"), cat->work_dir())});
   }
   print_text(t.render());
-  return 0;
+  return kExitOk;
 }
 
 void print_history(const ckptledger::ResultSet& rs, const std::string& dir, bool json) {
@@ -115,7 +116,7 @@ int run_history(const Common& c, const std::vector<std::string>& kinds, const st
   f.limit = limit;
   auto cat = Catalog::open(c.ledger);
   print_history(cat->history(f), cat->work_dir(), c.json);
-  return 0;
+  return kExitOk;
 }
 
 // Ledgers to report on: the one given, or every ledger below --root.
@@ -187,7 +188,7 @@ int run_best(const Common& c, const std::string& metric, const std::string& root
     fmt::print(stderr, "ckptledger: no best checkpoint for metric '{}'\n", *m);
     return kExitNothing;
   }
-  return 0;
+  return kExitOk;
 }
 
 int run_latest(const Common& c, const std::string& root) {
@@ -237,7 +238,7 @@ int run_latest(const Common& c, const std::string& root) {
     print_text(text);
   }
   if (failed) return kExitProblems;
-  return all.empty() ? kExitNothing : 0;
+  return all.empty() ? kExitNothing : kExitOk;
 }
 
 int run_show(const Common& c, const std::string& path) {
@@ -284,7 +285,7 @@ int run_show(const Common& c, const std::string& path) {
     for (auto& r : ev) r["detail"] = parsed(r["detail"]);
     o["events"] = ev;
     print_json(o);
-    return 0;
+    return kExitOk;
   }
   std::string out = fmt::format("{}\n", resolved);
   for (size_t i = 0; i < rows.rows.size(); ++i) {
@@ -312,7 +313,7 @@ int run_show(const Common& c, const std::string& path) {
   }
   print_text(out + "\n");
   print_history(events, cat->work_dir(), false);
-  return 0;
+  return kExitOk;
 }
 
 // A progress bar on stderr, redrawn at most 10 times a second.
@@ -374,7 +375,7 @@ int run_verify(const Common& c) {
                 {"first_bad_seq", r.chain.ok() ? ojson(nullptr) : ojson(r.chain.first_bad_seq)},
                 {"live_files_checked", r.files.size()},
                 {"file_problems", files}});
-    return r.ok() ? 0 : kExitProblems;
+    return r.ok() ? kExitOk : kExitProblems;
   }
   if (r.chain.ok()) {
     fmt::print("{}: hash chain intact ({} events)\n", cat->ledger_path(), r.chain.events_checked);
@@ -397,7 +398,7 @@ int run_verify(const Common& c) {
   }
   fmt::print("{}: {} live files checked (size and SHA-256), {} with problems\n", cat->ledger_path(),
              r.files.size(), bad);
-  return r.ok() ? 0 : kExitProblems;
+  return r.ok() ? kExitOk : kExitProblems;
 }
 
 int run_state(const Common& c, const std::string& as_of) {
@@ -430,7 +431,7 @@ int run_state(const Common& c, const std::string& as_of) {
                 {"last_ckpt", s.last_ckpt.empty() ? ojson(nullptr) : ojson(s.last_ckpt)},
                 {"runs", s.runs},
                 {"live", live}});
-    return 0;
+    return kExitOk;
   }
   std::string out =
       fmt::format("state as of seq {}{}\n", r.seq, r.time.empty() ? "" : " (" + r.time + ")");
@@ -449,7 +450,7 @@ int run_state(const Common& c, const std::string& as_of) {
     t.add({f.role, std::to_string(f.step), std::to_string(f.bytes), rel(path, cat->work_dir())});
   }
   print_text(t.render());
-  return 0;
+  return kExitOk;
 }
 
 std::string csv_field(const ojson& v) {
@@ -503,7 +504,7 @@ int run_export(const Common& c, std::string format, const std::string& view,
   if (format == "json") out << (first ? "]\n" : "\n]\n");
   out.flush();
   if (!out) throw ckptledger::Error(ckptledger::ErrorCode::kIOError, "export: write failed");
-  return 0;
+  return kExitOk;
 }
 
 // Reported only: unknown files (left alone) and saves a live writer is making.
@@ -562,7 +563,7 @@ int run_gc(const Common& c, bool apply) {
       print_text(fmt::format("ledger behind its work_dir (a training start refuses): {}\n", b));
     }
   }
-  return !apply && (actions || !plan.behind.empty()) ? kExitProblems : 0;
+  return !apply && (actions || !plan.behind.empty()) ? kExitProblems : kExitOk;
 }
 
 // The verbs that train through the real hook live in `ckptledger-train` (it links libtorch, which
@@ -680,7 +681,7 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     int rc = app.exit(e);
-    return rc == 0 ? 0 : ckptledger::cli::kExitUsage;
+    return rc == 0 ? kExitOk : ckptledger::cli::kExitUsage;
   }
   return ckptledger::cli::guarded([&]() -> int {
     if (*runs) return run_runs(c);
@@ -692,7 +693,8 @@ int main(int argc, char** argv) {
     if (*state) return run_state(c, as_of);
     if (*exportv) return run_export(c, exp_format, exp_view, exp_output);
     if (*gc) return run_gc(c, gc_apply);
-    std::fputs(app.help().c_str(), stdout);
-    return 0;
+    // No verb: the help, on stderr, as a usage error (a script that forgot the verb must fail).
+    std::fputs(app.help().c_str(), stderr);
+    return ckptledger::cli::kExitUsage;
   });
 }

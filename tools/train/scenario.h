@@ -1,5 +1,5 @@
-// The scenario format of `ckptledger simulate` (spec/simulate.md): parsing, validation, and the
-// per-run plan that the simulator executes.
+// The scenario format of `ckptledger simulate` (docs/behaviour.md: simulate traces): parsing,
+// validation, and the per-run plan that the simulator executes.
 //
 // A scenario scripts a training schedule (loop type, lengths, validation metrics) and a list of
 // restarts; run i ends at restart i's stage (a crash, or "end") and restart i configures run i+1.
@@ -120,8 +120,8 @@ struct RunPlan {
   std::optional<std::string> load_from;  // run i>0: restarts[i-1].load_from, substituted
   StopPoint stop;                        // restarts[i], or kEnd for the last run
 
-  // The loop's own counters (spec §1): an epoch loop runs max_epochs * iters_per_epoch
-  // iterations; an iteration loop has max_epochs 1.
+  // The loop's own counters, as MMEngine's loops keep them: an epoch loop runs
+  // max_epochs * iters_per_epoch iterations; an iteration loop has max_epochs 1.
   int64_t loop_max_epochs() const { return loop == LoopKind::kEpoch ? max_epochs : 1; }
   int64_t loop_max_iters() const {
     return loop == LoopKind::kEpoch ? max_epochs * iters_per_epoch : max_iters;

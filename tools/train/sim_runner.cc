@@ -127,7 +127,7 @@ GenericDict SimRunner::meta_extra() const {
 }
 
 void SimRunner::load_checkpoint(const GenericDict& ckpt, bool resume) {
-  // Weights, non-strict (spec §10 step 2).
+  // Weights, non-strict, as MMEngine's resume loads them.
   load_weights(*impl_->model, ckpt);
   if (!resume) return;
   restore_counters(ckpt);

@@ -1,6 +1,6 @@
-// SimRunner: the training job `ckptledger simulate` drives (spec/simulate.md): a tiny real libtorch
-// model (Linear 4->3, ReLU, Linear 3->2), SGD with momentum, a StepLR-equivalent scheduler stepped
-// per iteration, and deterministic synthetic data.
+// SimRunner: the training job `ckptledger simulate` drives (docs/behaviour.md: simulate traces): a
+// tiny real libtorch model (Linear 4->3, ReLU, Linear 3->2), SGD with momentum, a StepLR-equivalent
+// scheduler stepped per iteration, and deterministic synthetic data.
 //
 // Determinism: the weights come from a fixed seed; the batch of iteration I is generated from
 // (seed, I) alone, so no RNG state needs saving. A run resumed from a checkpoint (weights,

@@ -99,7 +99,7 @@ ordered_json ivalue_to_json(const c10::IValue& v) {
   return std::string("<") + v.tagKind() + ">";
 }
 
-// The hub keys the trace records (spec §12).
+// The message hub keys the trace records: best_score*, best_ckpt*, last_ckpt, keep_ckpt_ids.
 bool is_hub_key(const std::string& k) {
   return k.rfind("best_score", 0) == 0 || k.rfind("best_ckpt", 0) == 0 || k == "last_ckpt" ||
          k == "keep_ckpt_ids";

@@ -1,5 +1,5 @@
-// `ckptledger simulate` (spec/simulate.md): runs a scenario through the real CheckpointHook, ledger
-// and writer, one child process per run, and writes the trace.
+// `ckptledger simulate` (docs/behaviour.md: simulate traces): runs a scenario through the real
+// CheckpointHook, ledger and writer, one child process per run, and writes the trace.
 //
 // The parent (simulate()) validates the scenario, prepares the root, then for each run fork+execs
 // `ckptledger simulate-run` (simulate_run()) with the root as its working directory. The child

@@ -1,9 +1,9 @@
 // `ckptledger-train`: the verbs that train through the real CheckpointHook and so link libtorch.
 // Users call them through `ckptledger simulate|demo ...`, which hands them over to this binary
-// (catalog/main.cc); the hidden verbs are the child processes these start (one per run).
-//   simulate SCENARIO --root DIR [-o TRACE]    spec/simulate.md
-//   demo [--work-dir DIR] [--size small|full]  issue 7: train, SIGKILL, resume, compare, show
-// Exit codes as `ckptledger` (catalog/cli.h).
+// (tools/ckptledger/main.cc); the hidden verbs are the child processes these start (one per run).
+//   simulate SCENARIO --root DIR [-o TRACE]    docs/behaviour.md (simulate traces)
+//   demo [--work-dir DIR] [--size small|full]  train, SIGKILL, resume, compare, show
+// Exit codes as `ckptledger` (tools/cli.h, docs/cli.md).
 #include <cstdio>
 #include <string>
 
@@ -37,7 +37,7 @@ int main(int argc, char** argv) {
   simulate_run->add_option("--run", run_index)->required();
   simulate_run->add_option("--out", run_out)->required();
 
-  // `demo` (issue 7) and its hidden training process `demo-train`.
+  // `demo` and its hidden training process `demo-train`.
   ckptledger::DemoOptions demo_opts;
   std::string demo_dir, demo_size;
   auto* demo = app.add_subcommand(
@@ -62,7 +62,7 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     int rc = app.exit(e);
-    return rc == 0 ? 0 : cli::kExitUsage;
+    return rc == 0 ? cli::kExitOk : cli::kExitUsage;
   }
   return cli::guarded([&]() -> int {
     if (*simulate) {
@@ -72,7 +72,7 @@ int main(int argc, char** argv) {
       if (!sim_output.empty()) o.output = sim_output;
       o.self_exe = cli::self_exe(argv[0]);
       ckptledger::simulate(o);
-      return 0;
+      return cli::kExitOk;
     }
     if (*simulate_run) {
       return ckptledger::simulate_run(run_scenario, run_root, run_index, run_out);
