@@ -1,4 +1,4 @@
-// Use ckptledger in your own loop: a complete program (README "Use it in your loop").
+// Use ckptledger in your own loop: a complete program (README.md "Use it in your loop").
 // Built by tests/install_test.sh against the installed package, exactly as a user would.
 #include <ckptledger/ckptledger.h>
 #include <torch/torch.h>
@@ -42,32 +42,36 @@ int main(int argc, char** argv) {
   torch::manual_seed(0);
   MyRunner runner(work_dir);
 
+  torch::Tensor x = torch::randn({64, 4}), y = (x.sum(1) > 0).to(torch::kLong);
+  auto train_step = [&](int64_t /*batch_idx*/) {
+    runner.optimizer.zero_grad();
+    torch::nn::functional::cross_entropy(runner.model->forward(x), y).backward();
+    runner.optimizer.step();
+  };
+  auto validate = [&](int64_t /*epoch*/) {
+    torch::NoGradGuard no_grad;
+    double acc = (runner.model->forward(x).argmax(1) == y).to(torch::kFloat).mean().item<double>();
+    return ckptledger::Metrics{{"acc", acc}};
+  };
+  auto print_log = [](ckptledger::LogLevel level, const std::string& msg) {
+    std::cout << ckptledger::log_level_name(level) << " " << msg << "\n";
+  };
+
+  // The loop integration: README.md shows exactly these lines (tests/readme_test.py checks it).
+  // [readme-loop]
   // MMEngine's CheckpointHook options, same names and defaults.
   ckptledger::CheckpointHook hook(
       ckptledger::HookConfig::from_json({{"interval", 1},
                                          {"max_keep_ckpts", 2},
                                          {"save_best", "acc"},
                                          {"published_keys", {"meta", "state_dict"}}}),
-      [](ckptledger::LogLevel level, const std::string& msg) {
-        std::cout << ckptledger::log_level_name(level) << " " << msg << "\n";
-      });
-
-  torch::Tensor x = torch::randn({64, 4}), y = (x.sum(1) > 0).to(torch::kLong);
+      print_log);
   ckptledger::LoopOptions options;
-  options.resume = true;  // continue from the ledger's newest verified checkpoint, if any
-  options.validate = [&](int64_t) {
-    torch::NoGradGuard no_grad;
-    double acc = (runner.model->forward(x).argmax(1) == y).to(torch::kFloat).mean().item<double>();
-    return ckptledger::Metrics{{"acc", acc}};
-  };
-  auto train_step = [&](int64_t) {
-    runner.optimizer.zero_grad();
-    torch::nn::functional::cross_entropy(runner.model->forward(x), y).backward();
-    runner.optimizer.step();
-  };
+  options.resume = true;        // continue from the ledger's newest verified checkpoint, if any
+  options.validate = validate;  // step -> ckptledger::Metrics{{"acc", acc}}
   ckptledger::EpochLoop(runner, hook, /*max_epochs=*/5, /*iters_per_epoch=*/4, train_step, options)
       .run();
-
   std::cout << "best: " << hook.hub_info().dump() << "\n";
+  // [/readme-loop]
   return 0;
 }
