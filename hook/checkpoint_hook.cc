@@ -21,6 +21,7 @@
 #include "hook/writer_pool.h"
 #include "ledger/sha256.h"
 #include "policy/hook_events.h"
+#include "policy/save_planner.h"
 #include "storage/durable_file.h"
 #include "storage/reconcile.h"
 
@@ -364,17 +365,6 @@ struct CheckpointHook::Impl {
     check_error();
   }
 
-  static Event make(EventKind kind, const std::string& path, int64_t step, int64_t epoch,
-                    int64_t iter) {
-    Event e;
-    e.kind = kind;
-    e.path = path;
-    e.step = step;
-    e.epoch = epoch;
-    e.iter = iter;
-    return e;
-  }
-
   c10::impl::GenericDict content(Runner& runner, int64_t epoch, int64_t iter, bool with_optimizer,
                                  bool with_schedulers, const HookState& hub_state) {
     c10::impl::GenericDict meta(c10::StringType::get(), c10::AnyType::get());
@@ -414,17 +404,21 @@ struct CheckpointHook::Impl {
     return ckpt;
   }
 
-  // One checkpoint file. The training thread decides (`commit`: save_committed first, then what
-  // it supersedes), builds the content from the state after the decision (MMEngine updates the
-  // hub before saving) and, unless `sync`, stages a copy of its tensors. The pool then appends
-  // save_begun, writes the bytes durably under their final name, appends `commit` in one
-  // transaction, removes the superseded files and rewrites last_checkpoint (invariants 1, 2, 7).
-  void save(Runner& runner, const std::string& path, std::vector<Event> commit,
-            std::vector<std::string> remove_after, int64_t meta_epoch, int64_t meta_iter,
-            bool with_optimizer, bool with_schedulers, bool moves_last_checkpoint) {
+  // One checkpoint file, as planned (policy/save_planner.h). The training thread applies the
+  // decision (`commit`: save_committed first, then what it supersedes), builds the content from
+  // the state after the decision (MMEngine updates the hub before saving) and, unless `sync`,
+  // stages a copy of its tensors. The pool then appends save_begun, writes the bytes durably under
+  // their final name, appends `commit` in one transaction, removes the superseded files and
+  // rewrites last_checkpoint (docs/crash-safety.md: durable before referenced, delete after
+  // successor, off the critical path).
+  void save(Runner& runner, PlannedSave plan) {
+    const std::string path = plan.path;
+    std::vector<Event> commit = std::move(plan.commit);
+    std::vector<std::string> remove_after = std::move(plan.remove_after);
+    const bool moves_last_checkpoint = plan.moves_last_checkpoint;
     decide(commit);
-    c10::impl::GenericDict ckpt =
-        content(runner, meta_epoch, meta_iter, with_optimizer, with_schedulers, snapshot());
+    c10::impl::GenericDict ckpt = content(runner, plan.meta_epoch, plan.meta_iter,
+                                          plan.with_optimizer, plan.with_schedulers, snapshot());
     std::shared_ptr<Staged> staged;
     int64_t stall_us = 0;
     if (!pool->synchronous()) {
@@ -505,76 +499,18 @@ struct CheckpointHook::Impl {
     stager = std::make_unique<Stager>(sets);
   }
 
-  // MMEngine's rotation (docs/behaviour.md: rotation), with the delete moved after the commit
-  // (delete after successor) and the rotated file taken from the ledger.
-  void save_regular(Runner& runner, int64_t step, int64_t meta_epoch, int64_t meta_iter) {
-    const std::string path = join(out_dir, cfg.filename(step));
-    SavePayload sp;
-    sp.role = "regular";
-    std::vector<Event> commit{make(EventKind::kSaveCommitted, path, step, meta_epoch, meta_iter)};
-    std::vector<std::string> remove_after;
-    const int64_t max_keep = cfg.options.max_keep_ckpts;
-    if (max_keep > 0) {
-      std::vector<int64_t> keep = state.keep_tracked ? state.keep_ckpt_ids : std::vector<int64_t>{};
-      if (keep.empty() || keep.back() != step) {
-        while (static_cast<int64_t>(keep.size()) >= max_keep) {
-          int64_t old = keep.front();
-          keep.erase(keep.begin());
-          auto it = state.regular_path_by_step.find(old);
-          if (it == state.regular_path_by_step.end() || it->second == path) continue;
-          Event prune = make(EventKind::kPruned, it->second, old, meta_epoch, meta_iter);
-          PrunePayload pp;
-          pp.reason = "rotation";
-          pp.superseded_by = path;
-          prune.detail = to_detail(pp);
-          commit.push_back(prune);
-          remove_after.push_back(it->second);
-        }
-        keep.push_back(step);
-      }
-      sp.keep_tracked = true;
-      sp.keep_ckpt_ids = keep;
-    }
-    commit.front().detail = to_detail(sp);
-    save(runner, path, std::move(commit), std::move(remove_after), meta_epoch, meta_iter,
-         cfg.options.save_optimizer, cfg.options.save_param_scheduler,
-         /*moves_last_checkpoint=*/true);
+  SavePlanner planner() const {
+    return SavePlanner(cfg, out_dir, [](const std::string& p) { return fs::exists(p); });
   }
 
-  bool better(Rule rule, double score, const BestState* prev) const {
-    if (std::isnan(score)) return false;
-    if (rule == Rule::kGreater) {
-      return score > (prev ? prev->score : -std::numeric_limits<double>::infinity());
-    }
-    return score < (prev ? prev->score : std::numeric_limits<double>::infinity());
+  void save_regular(Runner& runner, int64_t step, int64_t meta_epoch, int64_t meta_iter) {
+    save(runner, planner().plan_regular(state, step, meta_epoch, meta_iter));
   }
 
   void after_val_epoch(Runner& runner, const Metrics& metrics) {
-    const int64_t E = runner.epoch(), I = runner.iter();
-    const int64_t cur = cfg.options.by_epoch ? E : I;
-    ValidatedPayload vp;
-    vp.metrics = metrics;
-    std::vector<BestIndicator> indicators = cfg.best;
-    if (!metrics.empty() && cfg.has_auto()) {
-      if (state.auto_key.empty()) {
-        std::string warning;
-        BestIndicator resolved = cfg.resolve_auto(metrics.front().first, &warning);
-        if (!warning.empty()) emit(LogLevel::kWarning, warning);
-        vp.auto_key = resolved.key;
-        indicators = {resolved};
-      } else {
-        // Already resolved by this run or an earlier one (replayed from the ledger: the key
-        // survives a resume).
-        indicators = {cfg.resolve_auto(state.auto_key, nullptr)};
-      }
-    }
-    // `validated` is decided now ('auto' must be resolved in the hub the best files record) but
-    // appended after every save this validation triggers: a validation counts as complete only
-    // once its outcome is committed, so a crash in between makes it due again (nothing due is
-    // skipped after a resume).
-    Event validated = make(EventKind::kValidated, "", cur, E, I);
-    validated.detail = to_detail(vp);
-    decide({validated});
+    ValidationPlan plan = planner().plan_validation(state, metrics, runner.epoch(), runner.iter());
+    decide({plan.validated});
+    // Appended after every save this validation triggers, also when one of them throws.
     struct AppendAtEnd {
       Impl* impl;
       Event e;
@@ -585,91 +521,16 @@ struct CheckpointHook::Impl {
           impl->maybe_snapshot(kSnapshotEvery);
         });
       }
-    } append_validated{this, validated};
-
-    if (metrics.empty()) {
-      emit(LogLevel::kWarning,
-           "Since `metrics` is an empty dict, the behavior to save the best checkpoint will be "
-           "skipped in this evaluation.");
-      return;
-    }
-    if (!cfg.save_best_enabled || indicators.empty()) return;
-
-    const std::string tmpl_name = cfg.filename(cur);
-    bool updated = false;
-    for (const BestIndicator& ind : indicators) {
-      auto m = std::find_if(metrics.begin(), metrics.end(),
-                            [&](const auto& kv) { return kv.first == ind.key; });
-      if (m == metrics.end()) {
-        std::vector<std::string> keys;
-        for (const auto& kv : metrics) keys.push_back(kv.first);
-        throw_error(ErrorCode::kInvalidArgument,
-                    fmt::format("after_val_epoch: save_best key '{}' is not in the metrics {}",
-                                ind.key, py_list(keys)));
-      }
-      if (!m->second) continue;  // None: silently skipped, as MMEngine
-      const double score = *m->second;
-      auto prev_it = state.best.find(ind.key);
-      const BestState* prev = prev_it == state.best.end() ? nullptr : &prev_it->second;
-      if (std::isnan(score)) {
-        emit(LogLevel::kWarning,
-             fmt::format("metric '{}' is NaN at {} {}: never a best score", ind.key, cur,
-                         cfg.options.by_epoch ? "epoch" : "iter"));
+    } append_validated{this, plan.validated};
+    for (PlanStep& step : plan.steps) {
+      if (!step.save) {
+        emit(step.level, step.message);
         continue;
       }
-      std::string name = "best_" + ind.key + "_" + tmpl_name;
-      std::replace(name.begin(), name.end(), '/', '_');
-      const std::string path = join(out_dir, name);
-      if (!better(ind.rule, score, prev)) {
-        // The same validation, re-run after a crash that hit between its best's commit and the
-        // end of its re-save: the best is already committed, the re-save is still owed.
-        if (prev && prev->path == path && prev->score == score) updated = true;
-        continue;
-      }
-      updated = true;
-
-      const std::string old = prev ? prev->path : std::string();
-
-      Event best = make(EventKind::kBestUpdated, path, cur, E, I);
-      best.metric = ind.key;
-      best.score = score;
-      BestPayload bp;
-      bp.rule = rule_name(ind.rule);
-      bp.previous_path = old;
-      bp.had_previous_score = prev != nullptr;
-      bp.previous_score = prev ? prev->score : 0.0;
-      best.detail = to_detail(bp);
-      Event committed = make(EventKind::kSaveCommitted, path, cur, E, I);
-      SavePayload sp;
-      sp.role = "best";
-      sp.key = ind.key;
-      committed.detail = to_detail(sp);
-      std::vector<Event> commit{committed, best};
-      std::vector<std::string> remove_after;
-      // The previous best may still be in flight: the ledger's decided files count, not the disk.
-      const bool old_known = !old.empty() && old != path && state.live.count(old) > 0;
-      const bool old_exists = !old.empty() && old != path && (old_known || fs::exists(old));
-      if (old_exists) {
-        Event prune =
-            make(EventKind::kPruned, old, old_known ? state.live.at(old).step : cur, E, I);
-        PrunePayload pp;
-        pp.reason = "best_replaced";
-        pp.superseded_by = path;
-        prune.detail = to_detail(pp);
-        commit.push_back(prune);
-        remove_after.push_back(old);
-      }
-      save(runner, path, std::move(commit), std::move(remove_after), E, I, false, false,
-           /*moves_last_checkpoint=*/false);
-      if (old_exists) {
-        emit(LogLevel::kInfo, fmt::format("The previous best checkpoint {} is removed", old));
-      }
-      emit(LogLevel::kInfo,
-           fmt::format("The best checkpoint with {:.4f} {} at {} {} is saved to {}.", score,
-                       ind.key, cur, cfg.options.by_epoch ? "epoch" : "iter", name));
+      std::vector<std::pair<LogLevel, std::string>> logs = std::move(step.save->logs_after);
+      save(runner, std::move(*step.save));
+      for (const auto& [level, message] : logs) emit(level, message);
     }
-    // As MMEngine: the regular checkpoint of this step is re-saved so its hub records the new best.
-    if (updated && !state.last_ckpt.empty()) save_regular(runner, cur, E, I);
   }
 
   void publish(const std::string& src) {
@@ -858,32 +719,9 @@ void CheckpointHook::before_train(Runner& runner) {
   m.pending.clear();
   m.record(std::move(start));
 
-  // As MMEngine's before_train: a smaller max_keep_ckpts trims the restored keep list, oldest
-  // first.
-  const int64_t max_keep = m.cfg.options.max_keep_ckpts;
-  if (max_keep > 0 && m.state.keep_tracked &&
-      static_cast<int64_t>(m.state.keep_ckpt_ids.size()) > max_keep) {
-    std::vector<int64_t> keep = m.state.keep_ckpt_ids;
-    std::vector<Event> trims;
-    std::vector<std::string> remove;
-    while (static_cast<int64_t>(keep.size()) > max_keep) {
-      int64_t old = keep.front();
-      keep.erase(keep.begin());
-      auto it = m.state.regular_path_by_step.find(old);
-      Event prune =
-          Impl::make(EventKind::kPruned, it == m.state.regular_path_by_step.end() ? "" : it->second,
-                     old, runner.epoch(), runner.iter());
-      PrunePayload pp;
-      pp.reason = "keep_trim";
-      pp.keep_tracked = true;
-      pp.keep_ckpt_ids = keep;
-      pp.existed = !prune.path.empty() && fs::exists(prune.path);
-      prune.detail = to_detail(pp);
-      if (pp.existed) remove.push_back(prune.path);
-      trims.push_back(prune);
-    }
-    m.record(std::move(trims), std::move(remove));
-  }
+  // As MMEngine's before_train: a smaller max_keep_ckpts trims the restored keep list.
+  TrimPlan trim = m.planner().plan_keep_trim(m.state, runner.epoch(), runner.iter());
+  if (!trim.prunes.empty()) m.record(std::move(trim.prunes), std::move(trim.remove_after));
 }
 
 void CheckpointHook::after_train_iter(Runner& runner, int64_t /*batch_idx*/) {

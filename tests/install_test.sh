@@ -7,6 +7,21 @@ build="$1"; src="$2"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 cmake --install "$build" --prefix "$tmp/prefix" >/dev/null
+# The wall: exactly the public headers (include/ckptledger/*.h) are installed, nothing internal.
+installed="$(cd "$tmp/prefix/include" && find . -type f | sort)"
+public="$(cd "$src/include" && find . -type f -name '*.h' | sort)"
+if [ "$installed" != "$public" ]; then
+  echo "installed headers differ from include/ckptledger/:"
+  diff <(echo "$public") <(echo "$installed") || true
+  exit 1
+fi
+# Each public header compiles alone against the installed tree (no internal header reached).
+torch_inc="$(dirname "$(find /usr/include /usr/lib -path '*ATen/core/Tensor.h' -print -quit)")"
+for h in $public; do
+  echo "#include <${h#./}>" | c++ -std=c++17 -fsyntax-only -x c++ - -I"$tmp/prefix/include" \
+    -I"${torch_inc%/ATen/core}" -I"${torch_inc%/ATen/core}/torch/csrc/api/include" \
+    || { echo "public header $h does not compile on its own"; exit 1; }
+done
 cmake -S "$src/tests/install_consumer" -B "$tmp/consumer" -G Ninja \
   -DCMAKE_PREFIX_PATH="$tmp/prefix" -DCMAKE_EXE_LINKER_FLAGS=-fuse-ld=lld >/dev/null
 cmake --build "$tmp/consumer" >/dev/null

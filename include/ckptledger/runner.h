@@ -8,6 +8,8 @@
 #include <ATen/core/Dict.h>
 #include <ATen/core/ivalue.h>
 
+#include "ckptledger/log.h"
+
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -23,13 +25,6 @@ using Dict = c10::impl::GenericDict;
 using List = c10::impl::GenericList;
 inline Dict make_dict() { return Dict(c10::StringType::get(), c10::AnyType::get()); }
 inline List make_list() { return List(c10::AnyType::get()); }
-
-enum class LogLevel { kInfo, kWarning, kError };
-const char* log_level_name(LogLevel level);  // "INFO" | "WARNING" | "ERROR"
-using LogSink = std::function<void(LogLevel, const std::string&)>;
-
-// A validation's metrics in the order the evaluator produced them; nullopt is Python's None.
-using Metrics = std::vector<std::pair<std::string, std::optional<double>>>;
 
 class Runner {
  public:
