@@ -156,7 +156,7 @@ class Catalog {
   StateResult state_as_of(const std::optional<Point>& as_of);
   // Hash chain + each live file's size and SHA-256.
   VerifyResult verify(const ProgressFn& progress = nullptr);
-  // What reconciliation (hook/reconcile.h) would find and do if a training process started now;
+  // What reconciliation (storage/reconcile.h) would find and do if a training process started now;
   // reads the disk, changes nothing. While a writer holds the ledger, its in-flight saves are
   // reported as `in_flight` instead of torn.
   ReconcilePlan gc_plan();

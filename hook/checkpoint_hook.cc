@@ -169,7 +169,7 @@ struct CheckpointHook::Impl {
     return given == work_dir ? given : join(given, fs::path(work_dir).filename().string());
   }
 
-  // Checks the ledger against the disk before anything else happens (hook/reconcile.h), repairs
+  // Checks the ledger against the disk before anything else happens (storage/reconcile.h), repairs
   // what a crash leaves behind and records every finding as a `recovered` event. The policy
   // (repair or refuse) is cfg.options.recovery.
   void reconcile() {
@@ -183,7 +183,7 @@ struct CheckpointHook::Impl {
       std::lock_guard<std::mutex> lock(mu);
       plan = plan_reconcile(state, scope);
     }
-    // The ledger lost events the work_dir saw (hook/reconcile.h): no policy repairs that.
+    // The ledger lost events the work_dir saw (storage/reconcile.h): no policy repairs that.
     // Resuming would load an older checkpoint than the newest one, and the next saves would
     // overwrite files the ledger does not know. Nothing is appended and no file is touched, so
     // the user can still put the missing -wal (or the right ledger) back.
@@ -811,18 +811,6 @@ const HookState& CheckpointHook::state() const { return impl_->state; }
 bool CheckpointHook::validation_complete(int64_t epoch, int64_t iter) const {
   std::lock_guard<std::mutex> lock(impl_->mu);
   return impl_->state.validated.count({epoch, iter}) > 0;
-}
-
-const char* log_level_name(LogLevel level) {
-  switch (level) {
-    case LogLevel::kInfo:
-      return "INFO";
-    case LogLevel::kWarning:
-      return "WARNING";
-    case LogLevel::kError:
-      return "ERROR";
-  }
-  return "INFO";
 }
 
 }  // namespace ckptledger

@@ -6,7 +6,7 @@
 // its offset reaches 4 GiB, an "FB" padding field that puts the data at a multiple of 64, the
 // data, and a data descriptor (crc, sizes; 64-bit sizes with the zip64 field); then the central
 // directory, the zip64 end record and locator, and the end record (counts capped at 16/32 bits).
-// Writing it ourselves lets the CRC-32 use hook/crc32.h (~4x miniz's) and lets a sink's
+// Writing it ourselves lets the CRC-32 use storage/crc32.h (~4x miniz's) and lets a sink's
 // exception simply propagate. checkpoint_format_test checks the bytes against libtorch's writer,
 // zip64 records and offsets included. Torch-free: part of ckptledger::files.
 #pragma once

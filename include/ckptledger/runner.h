@@ -28,7 +28,7 @@ inline List make_list() { return List(c10::AnyType::get()); }
 
 class Runner {
  public:
-  virtual ~Runner() = default;
+  virtual ~Runner();
   virtual int64_t epoch() const = 0;
   virtual int64_t iter() const = 0;
   virtual int64_t max_epochs() const = 0;
@@ -41,7 +41,7 @@ class Runner {
   virtual Dict checkpoint_state(bool with_optimizer, bool with_schedulers) = 0;
   virtual bool has_param_schedulers() const = 0;
   // Extra meta keys (seed, experiment_name, cfg, ...); epoch/iter are the hook's.
-  virtual Dict meta_extra() const { return make_dict(); }
+  virtual Dict meta_extra() const;  // default: none
   // Restores a checkpoint's content: weights always; optimizer, schedulers and counters (from
   // meta) when `resume`.
   virtual void load_checkpoint(const Dict& ckpt, bool resume) = 0;
