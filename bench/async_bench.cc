@@ -3,6 +3,7 @@
 // shared and noisy: ratios are what to compare across runs.
 //
 //   async_bench [--dir DIR] [--sizes 64,1024] [--rounds N] [--pairs N] [--writer-nice 0..19]
+//               [--json FILE]
 //
 // For each state-dict size (MiB; default 64 and 1024: GPT-2-small-like layers, d_model 768, plus
 // an embedding that fills the rest, ~27 and ~450 float32 tensors of 3 KiB to 9 MiB):
@@ -30,7 +31,8 @@
 // last round, beside the budget (one checkpoint's tensor bytes) plus the checkpoint's
 // non-tensor bytes (pickle metadata and zip records).
 // Files go to a fresh directory DIR/async_bench_<pid> (DIR defaults to the system temp dir),
-// removed at the end.
+// removed at the end. --json FILE: also writes the figures there, machine-readable
+// (bench/figures.h).
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -53,6 +55,7 @@
 #include <torch/torch.h>
 
 #include "bench/bench_util.h"
+#include "bench/figures.h"
 #include "ckptledger/checkpoint_hook.h"
 #include "ledger/sha256.h"
 #include "storage/durable_file.h"
@@ -233,7 +236,8 @@ struct Compute {
   }
 };
 
-int run_size(const fs::path& dir, int64_t size_mib, int rounds, int pairs, int writer_nice) {
+int run_size(const fs::path& dir, int64_t size_mib, int rounds, int pairs, int writer_nice,
+             FigureLog& figures) {
   Logs logs;
   const fs::path root = dir / fmt::format("{}MiB", size_mib);
   fs::create_directories(root / "sync");
@@ -377,6 +381,27 @@ int run_size(const fs::path& dir, int64_t size_mib, int rounds, int pairs, int w
                   fmt::format("{:.3f}", extra / (budget + metadata + blocks)),
                   "<= budget + metadata + blocks", met(extra <= budget + metadata + blocks)});
   print_table(rows);
+  const std::string sz_name = size_mib % 1024 == 0 ? fmt::format("{} GiB", size_mib / 1024)
+                                                   : fmt::format("{} MiB", size_mib);
+  auto fig = [&](const std::string& what) { return fmt::format("async {}: {}", sz_name, what); };
+  figures.add(fig("1. training-thread stall per save ÷ memcpy of the same bytes"), r1, "≤ 1.3",
+              r1 <= 1.3, fmt::format("{:.1f} ms / {:.1f} ms", stall_med * 1e3, memcpy_med * 1e3));
+  figures.add(fig("2. stall reduction: sync save ÷ async stall"), r2,
+              large ? "≥ 20" : "(≥ 20 at 1 GiB)",
+              large ? std::optional<bool>(r2 >= 20) : std::nullopt,
+              fmt::format("{:.1f} ms / {:.1f} ms", sync_med * 1e3, stall_med * 1e3));
+  figures.add(fig("3. persist throughput (call → wait_idle) ÷ write + fdatasync"), r3, "≥ 0.85",
+              r3 >= 0.85, fmt::format("{:.0f} / {:.0f} MB/s", mb / idle_med, mb / raw_med));
+  figures.add(fig("3b. persist throughput ÷ SHA-256 on one thread (its bound)"), sha_med / idle_med,
+              fmt::format("{:.0f} / {:.0f} MB/s", mb / idle_med, mb / sha_med));
+  figures.add(fig(fmt::format("4. loop, async save every K={} iterations ÷ no saves", k)), r4,
+              "≤ 1.05", r4 <= 1.05, fmt::format("{:.2f} s / {:.2f} s", with_s, without_s));
+  figures.add(fig("peak extra RSS ÷ (budget + metadata)"), extra / (budget + metadata), "≤ 1",
+              extra <= budget + metadata,
+              fmt::format("{:.1f} MiB / {:.1f} MiB", mib(extra), mib(budget + metadata)));
+  figures.add(fig("peak extra RSS ÷ (budget + metadata + write blocks)"),
+              extra / (budget + metadata + blocks), "≤ 1", extra <= budget + metadata + blocks,
+              fmt::format("{:.1f} MiB / {:.1f} MiB", mib(extra), mib(budget + metadata + blocks)));
   fmt::print(
       "  first (cold) async save: stall {:.1f} ms, until idle {:.1f} ms; first sync save "
       "{:.1f} ms\n",
@@ -425,9 +450,10 @@ int main(int argc, char** argv) {
   int rounds = 0;  // 0: per size
   int pairs = 0;   // 0: per size
   int writer_nice = HookConfig().writer_nice;
+  std::string json;
   const char* usage =
       "usage: async_bench [--dir DIR] [--sizes MIB,MIB...] [--rounds N] [--pairs N] "
-      "[--writer-nice 0..19]";
+      "[--writer-nice 0..19] [--json FILE]";
   try {
     for (int i = 1; i < argc; i += 2) {
       const std::string a = argv[i];
@@ -445,6 +471,8 @@ int main(int argc, char** argv) {
         if (writer_nice < 0 || writer_nice > 19) {
           throw std::invalid_argument("--writer-nice must be 0..19");
         }
+      } else if (a == "--json") {
+        json = argv[i + 1];
       } else {
         throw std::invalid_argument("unknown option " + a);
       }
@@ -461,12 +489,14 @@ int main(int argc, char** argv) {
       "{}\n\n",
       dir.string(), torch::get_num_threads(), writer_nice);
   int rc = 0;
+  FigureLog figures("async_bench");
   try {
     for (int64_t s : sizes) {
       const int n = rounds > 0 ? rounds : (s <= 256 ? 8 : 3);
       const int p = pairs > 0 ? pairs : (s <= 256 ? 5 : 6);  // fewer than ~5 pairs: +-15% noise
-      rc |= run_size(dir, s, n, p, writer_nice);
+      rc |= run_size(dir, s, n, p, writer_nice, figures);
     }
+    figures.write(json);
   } catch (const std::exception& e) {
     fmt::print(stderr, "async_bench: {}\n", e.what());
     rc = 1;

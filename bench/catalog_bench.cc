@@ -2,7 +2,7 @@
 // printed beside opening the same database and running `SELECT 1`, measured in the same run (this
 // machine is shared and noisy: compare ratios across runs). Goal: best and latest < 50 ms.
 //
-//   catalog_bench [--dir DIR] [--events N] [--runs N] [--reuse] [--cli PATH]
+//   catalog_bench [--dir DIR] [--events N] [--runs N] [--reuse] [--cli PATH] [--json FILE]
 //
 // With --cli (scripts/run bench passes build/bin/ckptledger), the same two queries are also
 // timed as whole processes (`ckptledger best --json`, `ckptledger latest --json`: start-up, open,
@@ -13,7 +13,8 @@
 // save_begun, save_committed, best_updated, best_replaced prune, then the regular re-save), with
 // a process restart (run_started with resume, resumed) every 5,000 epochs. The files still live at
 // the end are written for real (small, with the recorded SHA-256) so `latest` verifies one.
-// --reuse keeps a ledger of the right size from an earlier run in DIR.
+// --reuse keeps a ledger of the right size from an earlier run in DIR. --json FILE: also writes
+// the figures there, machine-readable (bench/figures.h).
 #include <sqlite3.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -31,6 +32,7 @@
 
 #include <fmt/format.h>
 
+#include "bench/figures.h"
 #include "catalog/catalog.h"
 #include "ckptledger/ledger.h"
 #include "ledger/sha256.h"
@@ -276,7 +278,7 @@ int main(int argc, char** argv) {
   int64_t events = 1000000;
   int runs = 21;
   bool reuse = false;
-  std::string cli;
+  std::string cli, json;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--dir" && i + 1 < argc) {
@@ -289,10 +291,12 @@ int main(int argc, char** argv) {
       reuse = true;
     } else if (a == "--cli" && i + 1 < argc) {
       cli = argv[++i];
+    } else if (a == "--json" && i + 1 < argc) {
+      json = argv[++i];
     } else {
-      fmt::print(
-          stderr,
-          "usage: catalog_bench [--dir DIR] [--events N] [--runs N] [--reuse] [--cli PATH]\n");
+      fmt::print(stderr,
+                 "usage: catalog_bench [--dir DIR] [--events N] [--runs N] [--reuse] [--cli PATH] "
+                 "[--json FILE]\n");
       return 2;
     }
   }
@@ -369,6 +373,20 @@ int main(int argc, char** argv) {
                  median(p_latest) < 50 ? "met" : "NOT met");
     }
     fmt::print("best[0]: {}\nlatest:  {}\n", best_path, latest_path);
+    ckptledger::bench::FigureLog figures("catalog_bench");
+    auto figure = [&](const std::string& what, double ms, double base_ms, const char* baseline) {
+      figures.add(fmt::format("catalog: {} ({} events) ÷ {}", what, n, baseline), ms / base_ms,
+                  "< 50 ms", ms < 50, fmt::format("{:.2f} ms / {:.3f} ms", ms, base_ms));
+    };
+    figure("best, in process", median(best), b, "open + SELECT 1");
+    figure("latest (with its SHA-256 check), in process", median(latest), b, "open + SELECT 1");
+    if (!cli.empty()) {
+      const double pb = median(p_base);
+      figure("`ckptledger best --json` process", median(p_best), pb, "`sqlite3` shell SELECT 1");
+      figure("`ckptledger latest --json` process", median(p_latest), pb,
+             "`sqlite3` shell SELECT 1");
+    }
+    figures.write(json);
   } catch (const std::exception& e) {
     fmt::print(stderr, "catalog_bench: {}\n", e.what());
     return 1;

@@ -2,7 +2,9 @@
 // measured in the same run, because this machine is shared and noisy: ratios are what to compare
 // across runs.
 //
-//   ledger_bench [--dir DIR] [--appends N] [--replay-events N]
+//   ledger_bench [--dir DIR] [--appends N] [--replay-events N] [--json FILE]
+//
+// --json FILE: also writes the figures there, machine-readable (bench/figures.h).
 #include <fcntl.h>
 #include <sqlite3.h>
 #include <unistd.h>
@@ -16,6 +18,7 @@
 
 #include <fmt/format.h>
 
+#include "bench/figures.h"
 #include "ckptledger/ledger.h"
 #include "ledger/sqlite.h"
 
@@ -88,6 +91,7 @@ int main(int argc, char** argv) {
   fs::path dir = fs::temp_directory_path() / fmt::format("ckptledger_bench_{}", ::getpid());
   int appends = 500;
   int64_t replay_events = 1'000'000;
+  std::string json;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
     if (a == "--dir")
@@ -96,12 +100,15 @@ int main(int argc, char** argv) {
       appends = std::stoi(argv[i + 1]);
     else if (a == "--replay-events")
       replay_events = std::stoll(argv[i + 1]);
+    else if (a == "--json")
+      json = argv[i + 1];
     else {
       fmt::print(stderr, "unknown option {}\n", a);
       return 2;
     }
   }
   fs::create_directories(dir);
+  ckptledger::bench::FigureLog figures("ledger_bench");
   fmt::print("ledger_bench: dir {} (same filesystem for every figure)\n\n", dir.string());
 
   // 1. Durable single-event append vs fdatasync of a small append.
@@ -123,6 +130,11 @@ int main(int argc, char** argv) {
   fmt::print("  ledger append:                           p50 {:8.1f} us  p99 {:8.1f} us\n", app.p50,
              app.p99);
   fmt::print("  ratio p50 append / p50 fdatasync: {:.2f}  (goal <= 1.5)\n\n", app.p50 / sync.p50);
+  figures.add("ledger: durable single append p50 ÷ fdatasync of a 200-byte append p50",
+              app.p50 / sync.p50, "≤ 1.5", app.p50 / sync.p50 <= 1.5,
+              fmt::format("{:.1f} µs / {:.1f} µs", app.p50, sync.p50));
+  figures.add("ledger: durable single append p99 ÷ fdatasync p99", app.p99 / sync.p99,
+              fmt::format("{:.1f} µs / {:.1f} µs", app.p99, sync.p99));
 
   // 2. Batched appends.
   for (int batch : {10, 100}) {
@@ -140,6 +152,11 @@ int main(int argc, char** argv) {
         "batched append, {:3d} events per transaction: {:9.0f} events/s ({:.0f} durable "
         "txns/s)\n",
         batch, batches * batch / s, batches / s);
+    figures.add(
+        fmt::format("ledger: batched append, {} events per txn: events/s ÷ single appends/s",
+                    batch),
+        batches * batch / s / (1e6 / app.p50),
+        fmt::format("{:.0f} events/s / {:.0f} appends/s", batches * batch / s, 1e6 / app.p50));
   }
   fmt::print("\n");
 
@@ -185,6 +202,13 @@ int main(int argc, char** argv) {
   fmt::print("  replay into a fold:        {:.3f} s ({:.2f} M events/s; goal >= 2.0)\n", replay_s,
              replay_events / replay_s / 1e6);
   fmt::print("  ratio replay / scan: {:.2f}\n", replay_s / scan_s);
+  const double rate = replay_events / replay_s / 1e6;
+  figures.add(
+      fmt::format("ledger: replay of {} events into a fold ÷ bare SELECT of the rows (time)",
+                  replay_events),
+      replay_s / scan_s, "≥ 2 M events/s", rate >= 2.0,
+      fmt::format("{:.2f} M events/s; SELECT {:.2f} M rows/s", rate, replay_events / scan_s / 1e6));
+  figures.write(json);
   reader.reset();
   fs::remove_all(dir);
   return 0;

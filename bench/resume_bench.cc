@@ -3,7 +3,7 @@
 // 256 MiB checkpoint, beside the time to just load that checkpoint file (our reader, as a resume
 // reads it) measured in the same run. Goal: resume / load <= 1.2.
 //
-//   resume_bench [--dir DIR] [--events N] [--mib M] [--rounds R] [--keep 1]
+//   resume_bench [--dir DIR] [--events N] [--mib M] [--rounds R] [--keep 1] [--json FILE]
 //
 // The work_dir is built once: a run of ~N events appended the way the hook appends them (a
 // regular save every step with rotation, max_keep_ckpts 1; a validation every step; a best save
@@ -18,7 +18,8 @@
 // a replay of the ledger alone and a full hash-chain verify (not part of a resume).
 // The runner keeps what it is given (a real runner copies it into its model), so freeing the
 // loaded tensors is outside both timings. Files go to DIR/resume_bench_<pid> (DIR defaults to the
-// system temp dir), removed at the end unless --keep 1.
+// system temp dir), removed at the end unless --keep 1. --json FILE: also writes the figures
+// there, machine-readable (bench/figures.h).
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -37,6 +38,7 @@
 #include <torch/torch.h>
 
 #include "bench/bench_util.h"
+#include "bench/figures.h"
 #include "ckptledger/checkpoint_hook.h"
 #include "ckptledger/hook_config.h"
 #include "ckptledger/hook_state.h"
@@ -231,7 +233,7 @@ double evict(const std::string& path) {
   return resident;
 }
 
-int run(const fs::path& dir, int64_t events, int64_t mib, int rounds) {
+int run(const fs::path& dir, int64_t events, int64_t mib, int rounds, const std::string& json) {
   const std::string work = (dir / "work").string();
   fs::create_directories(work);
   Logs logs;
@@ -382,6 +384,24 @@ int run(const fs::path& dir, int64_t events, int64_t mib, int rounds) {
     fmt::print("\nhook logged {} warning(s), {} error(s); first: {}\n", logs.warnings, logs.errors,
                logs.first);
   }
+
+  FigureLog figures("resume_bench");
+  const std::string what = fmt::format("{} events, {:.0f} MiB checkpoint", ledger_events,
+                                       static_cast<double>(file_bytes) / 1048576.0);
+  auto ms = [](const std::vector<double>& v) { return spread(v).med * 1e3; };
+  const double r = spread(resume).med / base;
+  figures.add(fmt::format("resume: warm resume ({}) ÷ load (read_checkpoint)", what), r, "≤ 1.2",
+              r <= 1.2, fmt::format("{:.1f} ms / {:.1f} ms", ms(resume), base * 1e3));
+  figures.add("resume: part, open + replay + reconcile ÷ load", ms(open_only) / (base * 1e3),
+              fmt::format("{:.1f} ms", ms(open_only)));
+  figures.add("resume: part, SHA-256 + load in one read (read_checkpoint_verified) ÷ load",
+              ms(verified) / (base * 1e3), fmt::format("{:.1f} ms", ms(verified)));
+  figures.add("resume: part, SHA-256 of the file alone ÷ load", ms(sha) / (base * 1e3),
+              fmt::format("{:.1f} ms", ms(sha)));
+  const double rc = spread(cold_resume).med / cold_base;
+  figures.add("resume: cold resume ÷ cold load (page cache evicted)", rc, "≤ 1.2", rc <= 1.2,
+              fmt::format("{:.1f} ms / {:.1f} ms", ms(cold_resume), cold_base * 1e3));
+  figures.write(json);
   return 0;
 }
 
@@ -393,6 +413,7 @@ int main(int argc, char** argv) {
   int64_t mib = 256;
   int rounds = 5;
   bool keep = false;
+  std::string json;
   for (int i = 1; i < argc; i += 2) {
     std::string a = argv[i];
     if (i + 1 >= argc) {
@@ -409,10 +430,12 @@ int main(int argc, char** argv) {
       rounds = std::max(1, std::stoi(argv[i + 1]));
     else if (a == "--keep")
       keep = std::stoi(argv[i + 1]) != 0;
+    else if (a == "--json")
+      json = argv[i + 1];
     else {
       fmt::print(stderr,
                  "unknown option {}\nusage: resume_bench [--dir DIR] [--events N] [--mib M] "
-                 "[--rounds R] [--keep 1]\n",
+                 "[--rounds R] [--keep 1] [--json FILE]\n",
                  a);
       return 2;
     }
@@ -422,7 +445,7 @@ int main(int argc, char** argv) {
   fmt::print("resume_bench: dir {}, torch threads {}\n", dir.string(), torch::get_num_threads());
   int rc = 1;
   try {
-    rc = run(dir, events, mib, rounds);
+    rc = run(dir, events, mib, rounds, json);
   } catch (const std::exception& e) {
     fmt::print(stderr, "resume_bench: {}\n", e.what());
   }
