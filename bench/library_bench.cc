@@ -13,8 +13,10 @@
 // 2. Checkpoint reader: hook/checkpoint_format.h's read_checkpoint(path) vs torch::pickle_load
 //    (libtorch's PyTorchStreamReader + jit Unpickler, the API documented to read torch.save's
 //    files) on the bytes of the same file, read into memory first (pickle_load takes a vector);
-//    and both from memory (read_checkpoint_bytes vs pickle_load on the same vector). Once,
-//    untimed, every tensor is compared.
+//    and both from memory (read_checkpoint_bytes vs pickle_load on the same vector); on our file
+//    (write_checkpoint of the same state dict) and on a file Python's torch.save wrote for
+//    tensors of the same names and shapes (PATH, default /usr/bin/python3). Once per file,
+//    untimed, every tensor the two readers return is compared.
 // 3. CRC-32: storage/crc32.h (PCLMUL on this CPU, and its slice-by-8 fallback) vs zlib's crc32()
 //    and, when built with ISA-L (libisal-dev), ISA-L's crc32_gzip_refl, over 64 MiB (from memory)
 //    and 256 KiB (from cache).
@@ -30,12 +32,14 @@
 #include <zlib.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <optional>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -159,17 +163,36 @@ void zip_section(const std::vector<Record>& records, int rounds, FigureLog& figu
 
 // --- 2. checkpoint reader ---------------------------------------------------------------------
 
-// Every tensor of state_dict equal in both values? Returns the number compared, -1 on mismatch.
-int64_t compare_state_dicts(const c10::IValue& a, const c10::IValue& b) {
-  const auto da = a.toGenericDict().at("state_dict").toGenericDict();
-  const auto db = b.toGenericDict().at("state_dict").toGenericDict();
-  if (da.size() != db.size()) return -1;
+// What is wrong with `v` as a checkpoint {"state_dict": {name: tensor}}; empty when nothing.
+std::string shape_problem(const c10::IValue& v) {
+  if (!v.isGenericDict()) return fmt::format("returns a {}, not a dict", v.tagKind());
+  const auto d = v.toGenericDict();
+  if (!d.contains("state_dict")) return "returns no \"state_dict\"";
+  const c10::IValue sd = d.at("state_dict");
+  if (!sd.isGenericDict()) return fmt::format("returns \"state_dict\" as {}", sd.tagKind());
+  for (const auto& kv : sd.toGenericDict()) {
+    if (!kv.value().isTensor())
+      return fmt::format("returns {} as a {}", kv.key().toStringRef(), kv.value().tagKind());
+  }
+  return "";
+}
+
+// Compares the two readers' results: "N tensors equal", or what differs / what is wrong.
+std::string compare_state_dicts(const c10::IValue& ours, const c10::IValue& theirs) {
+  if (std::string p = shape_problem(ours); !p.empty()) return "ours " + p;
+  if (std::string p = shape_problem(theirs); !p.empty()) return "pickle_load " + p;
+  const auto da = ours.toGenericDict().at("state_dict").toGenericDict();
+  const auto db = theirs.toGenericDict().at("state_dict").toGenericDict();
+  if (da.size() != db.size()) return "different numbers of tensors";
   int64_t n = 0;
   for (const auto& kv : da) {
-    if (!torch::equal(kv.value().toTensor(), db.at(kv.key()).toTensor())) return -1;
+    if (!db.contains(kv.key()) ||
+        !torch::equal(kv.value().toTensor(), db.at(kv.key()).toTensor())) {
+      return fmt::format("{} DIFFERS", kv.key().toStringRef());
+    }
     ++n;
   }
-  return n;
+  return fmt::format("{} tensors equal", n);
 }
 
 std::vector<char> read_file(const std::string& path) {
@@ -180,8 +203,98 @@ std::vector<char> read_file(const std::string& path) {
   return v;
 }
 
+// Runs `script` (Python source) with `python` and `args`; returns its stdout, or throws.
+std::string run_python(const std::string& python, const fs::path& dir, const std::string& name,
+                       const std::string& script, const std::string& args) {
+  const fs::path py = dir / name;
+  std::ofstream(py) << script;
+  const std::string cmd = python + " " + py.string() + " " + args;
+  std::FILE* p = ::popen(cmd.c_str(), "r");
+  if (!p) throw std::runtime_error("cannot run " + cmd);
+  std::string text;
+  char chunk[4096];
+  size_t n = 0;
+  while ((n = std::fread(chunk, 1, sizeof chunk, p)) > 0) text.append(chunk, n);
+  if (::pclose(p) != 0) throw std::runtime_error(cmd + " failed");
+  return text;
+}
+
+// Python torch.save({'state_dict': OrderedDict(...)}) of tensors with the names and shapes of
+// `sd` (float32, random) to `path`.
+void python_torch_save(const std::string& python, const fs::path& dir,
+                       const c10::impl::GenericDict& sd, const std::string& path) {
+  nlohmann::json spec = nlohmann::json::array();
+  for (const auto& kv : sd) {
+    spec.push_back({kv.key().toStringRef(), kv.value().toTensor().sizes().vec()});
+  }
+  const fs::path spec_path = dir / "shapes.json";
+  std::ofstream(spec_path) << spec.dump();
+  run_python(python, dir, "torch_save.py",
+             "import collections, json, sys, torch\n"
+             "shapes = json.load(open(sys.argv[1]))\n"
+             "sd = collections.OrderedDict((n, torch.randn(s)) for n, s in shapes)\n"
+             "torch.save({'state_dict': sd}, sys.argv[2])\n",
+             spec_path.string() + " " + path);
+}
+
+// Both readers on the checkpoint at `path`; `figure_memory` adds the from-memory figure.
+void reader_compare(const std::string& path, const std::string& label, int rounds,
+                    FigureLog& figures, bool figure_memory) {
+  const double bytes = static_cast<double>(fs::file_size(path));
+  // Same values? (untimed)
+  std::string check;
+  auto first_line = [](const std::exception& e) {
+    const std::string what = e.what();
+    return what.substr(0, what.find('\n'));
+  };
+  c10::IValue ours, theirs;
+  try {
+    ours = ckptledger::read_checkpoint(path);
+  } catch (const std::exception& e) {
+    check = "read_checkpoint throws: " + first_line(e);
+  }
+  try {
+    theirs = torch::pickle_load(read_file(path));
+  } catch (const std::exception& e) {
+    check +=
+        (check.empty() ? "" : "; ") + std::string("torch::pickle_load throws: ") + first_line(e);
+  }
+  if (check.empty()) check = compare_state_dicts(ours, theirs);
+  if (check.find("tensors equal") == std::string::npos) {
+    fmt::print("2. checkpoint reader, {}: no comparison, {}\n\n", label, check);
+    figures.add(fmt::format("library: checkpoint reader on {}, ours ÷ pickle_load", label), NAN,
+                "≥ 1", std::nullopt, check);
+    return;
+  }
+  const std::vector<char> mem = read_file(path);
+  Candidates c;
+  c.add("ours: read_checkpoint(path)", [&] { ckptledger::read_checkpoint(path); });
+  c.add("libtorch: read the file into a vector + torch::pickle_load",
+        [&] { torch::pickle_load(read_file(path)); });
+  c.add("ours, from memory: read_checkpoint_bytes",
+        [&] { ckptledger::read_checkpoint_bytes(std::string_view(mem.data(), mem.size())); });
+  c.add("libtorch, from memory: torch::pickle_load", [&] { torch::pickle_load(mem); });
+  c.run(rounds);
+  fmt::print("2. checkpoint reader, {} of {:.1f} MiB (warm page cache); {}\n", label,
+             bytes / 1048576.0, check);
+  c.print(bytes);
+  const double r = c.med(1) / c.med(0), rm = c.med(3) / c.med(2);
+  fmt::print("   ours ÷ libtorch (speed): {:.2f} from the file, {:.2f} from memory\n\n", r, rm);
+  figures.add(fmt::format("library: checkpoint reader on {}, read_checkpoint ÷ read + "
+                          "torch::pickle_load (speed)",
+                          label),
+              r, "≥ 1", r >= 1,
+              fmt::format("{} / {}; {}", mbs(bytes, c.med(0)), mbs(bytes, c.med(1)), check));
+  if (figure_memory) {
+    figures.add(fmt::format("library: checkpoint reader on {}, from memory, "
+                            "read_checkpoint_bytes ÷ pickle_load (speed)",
+                            label),
+                rm, fmt::format("{} / {}", mbs(bytes, c.med(2)), mbs(bytes, c.med(3))));
+  }
+}
+
 void reader_section(const c10::impl::GenericDict& sd, const fs::path& dir, int rounds,
-                    FigureLog& figures) {
+                    const std::string& python, FigureLog& figures) {
   c10::impl::GenericDict ckpt(c10::StringType::get(), c10::AnyType::get());
   ckpt.insert("state_dict", sd);
   const std::string path = (dir / "checkpoint.pth").string();
@@ -193,36 +306,18 @@ void reader_section(const c10::impl::GenericDict& sd, const fs::path& dir, int r
     out.close();
     if (!out) throw std::runtime_error("cannot write " + path);
   }
-  const double bytes = static_cast<double>(fs::file_size(path));
-  // Same values? (untimed)
-  std::string check;
-  try {
-    const int64_t n =
-        compare_state_dicts(ckptledger::read_checkpoint(path), torch::pickle_load(read_file(path)));
-    check = n < 0 ? "VALUES DIFFER" : fmt::format("{} tensors equal", n);
-  } catch (const std::exception& e) {
-    check = fmt::format("pickle_load failed: {}", e.what());
-  }
-  const std::vector<char> mem = read_file(path);
-  Candidates c;
-  c.add("ours: read_checkpoint(path)", [&] { ckptledger::read_checkpoint(path); });
-  c.add("libtorch: read the file into a vector + torch::pickle_load",
-        [&] { torch::pickle_load(read_file(path)); });
-  c.add("ours, from memory: read_checkpoint_bytes",
-        [&] { ckptledger::read_checkpoint_bytes(std::string_view(mem.data(), mem.size())); });
-  c.add("libtorch, from memory: torch::pickle_load", [&] { torch::pickle_load(mem); });
-  c.run(rounds);
-  fmt::print("2. checkpoint reader: our file of {:.1f} MiB (warm page cache); {}\n",
-             bytes / 1048576.0, check);
-  c.print(bytes);
-  const double r = c.med(1) / c.med(0), rm = c.med(3) / c.med(2);
-  fmt::print("   ours ÷ libtorch (speed): {:.2f} from the file, {:.2f} from memory\n\n", r, rm);
-  figures.add("library: checkpoint reader, read_checkpoint ÷ read + torch::pickle_load (speed)", r,
-              "≥ 1", r >= 1,
-              fmt::format("{} / {}; {}", mbs(bytes, c.med(0)), mbs(bytes, c.med(1)), check));
-  figures.add("library: checkpoint reader from memory, read_checkpoint_bytes ÷ pickle_load (speed)",
-              rm, fmt::format("{} / {}", mbs(bytes, c.med(2)), mbs(bytes, c.med(3))));
+  reader_compare(path, "our file (write_checkpoint)", rounds, figures, true);
   fs::remove(path);
+  if (python == "none") return;
+  const std::string py_path = (dir / "python.pth").string();
+  try {
+    python_torch_save(python, dir, sd, py_path);
+  } catch (const std::exception& e) {
+    fmt::print("2. checkpoint reader, Python's torch.save file: skipped ({})\n\n", e.what());
+    return;
+  }
+  reader_compare(py_path, "Python's torch.save file", rounds, figures, false);
+  fs::remove(py_path);
 }
 
 // --- 3. CRC-32 ----------------------------------------------------------------------------------
@@ -346,24 +441,21 @@ std::vector<std::string> python_results(const std::string& python, const fs::pat
   nlohmann::json cases = nlohmann::json::array();
   for (const TmplCase& c : tmpl_cases()) cases.push_back({c.tmpl, c.step});
   std::ofstream(in) << cases.dump();
-  const std::string script =
-      "import json,sys\n"
-      "out=[]\n"
-      "for t,s in json.load(open(sys.argv[1])):\n"
-      "    try: out.append(t.format(s))\n"
-      "    except Exception as e: out.append('error: '+type(e).__name__)\n"
-      "print(json.dumps(out))\n";
-  const fs::path py = dir / "tmpl_cases.py";
-  std::ofstream(py) << script;
-  const std::string cmd = python + " " + py.string() + " " + in.string();
-  std::FILE* p = ::popen(cmd.c_str(), "r");
-  if (!p) return out;
-  std::string text;
-  char chunk[4096];
-  size_t n = 0;
-  while ((n = std::fread(chunk, 1, sizeof chunk, p)) > 0) text.append(chunk, n);
-  if (::pclose(p) != 0) return out;
-  for (const auto& s : nlohmann::json::parse(text)) out.push_back(s.get<std::string>());
+  try {
+    const std::string text = run_python(python, dir, "tmpl_cases.py",
+                                        "import json, sys\n"
+                                        "out = []\n"
+                                        "for t, s in json.load(open(sys.argv[1])):\n"
+                                        "    try:\n"
+                                        "        out.append(t.format(s))\n"
+                                        "    except Exception as e:\n"
+                                        "        out.append('error: ' + type(e).__name__)\n"
+                                        "print(json.dumps(out))\n",
+                                        in.string());
+    for (const auto& s : nlohmann::json::parse(text)) out.push_back(s.get<std::string>());
+  } catch (const std::exception& e) {
+    fmt::print("   (Python not run: {})\n", e.what());
+  }
   return out;
 }
 
@@ -406,7 +498,6 @@ void format_section(const std::string& python, const fs::path& dir, int rounds,
                cut(theirs), c.ours_by_choice ? "  (ours: rejected by choice)" : "");
   }
   const size_t n = tmpl_cases().size();
-  if (py.empty()) fmt::print("   (Python not run: {})\n", python);
   fmt::print("   agree with Python: ours {}/{} ({} rejected by choice), fmt::format {}/{}\n",
              ours_ok, n, by_choice, fmt_ok, n);
 
@@ -487,7 +578,7 @@ int main(int argc, char** argv) {
       records.push_back({fmt::format("data/{}", k++), t.data_ptr(), t.nbytes()});
     }
     zip_section(records, rounds, figures);
-    reader_section(sd, dir, rounds, figures);
+    reader_section(sd, dir, rounds, python, figures);
 
     std::vector<char> buf(64 << 20);
     std::mt19937_64 rng(1);
