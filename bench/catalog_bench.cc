@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -64,6 +65,7 @@ double process_ms(const std::vector<std::string>& args) {
   std::vector<char*> argv;
   for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
+  std::fflush(nullptr);  // else the child's freopen writes our buffered output a second time
   auto t0 = Clock::now();
   pid_t pid = ::fork();
   if (pid < 0) throw std::runtime_error("fork failed");
