@@ -74,6 +74,7 @@ struct Candidates {
   std::vector<std::string> names;
   std::vector<std::function<void()>> fns;
   std::vector<std::vector<double>> seconds;
+  std::function<void()> before;  // untimed, before every call (say, freeing the last result)
   void add(std::string name, std::function<void()> fn) {
     names.push_back(std::move(name));
     fns.push_back(std::move(fn));
@@ -83,6 +84,7 @@ struct Candidates {
     for (auto& f : fns) f();  // untimed warm-up
     for (int r = 0; r < rounds; ++r) {
       for (size_t i = 0; i < fns.size(); ++i) {
+        if (before) before();
         auto t0 = Clock::now();
         fns[i]();
         seconds[i].push_back(seconds_since(t0));
@@ -267,13 +269,18 @@ void reader_compare(const std::string& path, const std::string& label, int round
     return;
   }
   const std::vector<char> mem = read_file(path);
+  // The loaded checkpoint is kept until the next call is about to start, so that freeing its
+  // tensors is not timed (as resume_bench's load; a model keeps what it loads).
+  c10::IValue kept;
   Candidates c;
-  c.add("ours: read_checkpoint(path)", [&] { ckptledger::read_checkpoint(path); });
+  c.before = [&] { kept = c10::IValue(); };
+  c.add("ours: read_checkpoint(path)", [&] { kept = ckptledger::read_checkpoint(path); });
   c.add("libtorch: read the file into a vector + torch::pickle_load",
-        [&] { torch::pickle_load(read_file(path)); });
-  c.add("ours, from memory: read_checkpoint_bytes",
-        [&] { ckptledger::read_checkpoint_bytes(std::string_view(mem.data(), mem.size())); });
-  c.add("libtorch, from memory: torch::pickle_load", [&] { torch::pickle_load(mem); });
+        [&] { kept = torch::pickle_load(read_file(path)); });
+  c.add("ours, from memory: read_checkpoint_bytes", [&] {
+    kept = ckptledger::read_checkpoint_bytes(std::string_view(mem.data(), mem.size()));
+  });
+  c.add("libtorch, from memory: torch::pickle_load", [&] { kept = torch::pickle_load(mem); });
   c.run(rounds);
   fmt::print("2. checkpoint reader, {} of {:.1f} MiB (warm page cache); {}\n", label,
              bytes / 1048576.0, check);
