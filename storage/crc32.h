@@ -2,10 +2,11 @@
 // initial value and final xor 0xFFFFFFFF). Every zip record of a checkpoint carries one, so it is
 // computed over every byte written and verified over every byte read.
 //
-// On x86-64 CPUs with PCLMULQDQ and SSE4.1 (chosen at run time) crc32_update folds 64 bytes at a
-// time with carry-less multiplications (Intel, "Fast CRC Computation for Generic Polynomials Using
-// PCLMULQDQ"), several times faster than the slice-by-8 table version it falls back to elsewhere.
-// Torch-free: part of ckptledger::files.
+// crc32_update is ISA-L's crc32_gzip_refl (libisal: it picks the CPU's fastest folding code at
+// run time, VPCLMULQDQ where there is one): measured 5-8x our own former PCLMUL folding on this
+// machine (bench/library_bench, docs/dependencies.md), so the library does it. The slice-by-8
+// table version is kept as the reference tests compare with. Torch-free: part of
+// ckptledger::storage.
 #pragma once
 
 #include <cstddef>
@@ -20,11 +21,11 @@ uint32_t crc32_update(uint32_t crc, const void* data, size_t n);
 // The CRC-32 of the n bytes at data.
 inline uint32_t crc32(const void* data, size_t n) { return crc32_update(0, data, n); }
 
-// The same function with tables only (slice-by-8, ~2-3 GB/s) on every CPU: the fallback of
-// crc32_update and the reference that tests and benchmarks compare it with.
+// The same function with tables only (slice-by-8, ~2-3 GB/s): the reference that tests and
+// benchmarks compare crc32_update with.
 uint32_t crc32_update_portable(uint32_t crc, const void* data, size_t n);
 
-// Which implementation crc32_update uses on this CPU: "pclmul" or "table" (benchmarks, logs).
+// Which implementation crc32_update uses: "isa-l" (benchmarks, logs).
 const char* crc32_implementation();
 
 }  // namespace ckptledger
