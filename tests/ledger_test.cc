@@ -452,8 +452,7 @@ TEST_F(LedgerTest, DatabaseOfAnotherApplicationIsRefusedUntouched) {
           "CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT);"
           "INSERT INTO customers VALUES (1, 'ada');");
   expect_refused_untouched(path_, ErrorCode::kForeign, "another application");
-  expect_refused_untouched(path_, ErrorCode::kForeign, "another application",
-                           OpenMode::kReadOnly);
+  expect_refused_untouched(path_, ErrorCode::kForeign, "another application", OpenMode::kReadOnly);
 }
 
 TEST_F(LedgerTest, HandEditedChainIsDetectedByVerifyAtTheEditedSeq) {

@@ -1,8 +1,8 @@
 // `ckptledger`: the command-line tool. It does not link libtorch; `simulate` and `demo` are handed
-// over to `ckptledger-train` (tools/train/train_main.cc). Each verb opens ledgers read-only unless it
-// says otherwise;
-// the catalog verbs (runs, history, best, latest, show, verify, state, export, gc) take a ledger
-// file or a work_dir (default: the current directory), print a readable table, or JSON with --json.
+// over to `ckptledger-train` (tools/train/train_main.cc). Each verb opens ledgers read-only unless
+// it says otherwise; the catalog verbs (runs, history, best, latest, show, verify, state, export,
+// gc) take a ledger file or a work_dir (default: the current directory), print a readable table, or
+// JSON with --json.
 //
 // Exit codes: 0 ok; 1 problems found (verify: chain or files; gc: something to reclaim or record;
 // --root: a ledger below DIR could not be read); 2 usage error (malformed arguments); 3 ledger not

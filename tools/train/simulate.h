@@ -3,10 +3,11 @@
 //
 // The parent (simulate()) validates the scenario, prepares the root, then for each run fork+execs
 // `ckptledger simulate-run` (simulate_run()) with the root as its working directory. The child
-// drives SimRunner with the reference loops (ckptledger/loops.h) and appends one JSON record per line to
-// a file as it goes (written with write(2) before anything else happens), so a run that kills
-// itself with SIGKILL keeps what it recorded. The parent assembles runs[] and the final state from
-// those records and the disk, normalises paths ($ROOT, <stem>-<sha8#N>.pth) and writes the trace.
+// drives SimRunner with the reference loops (ckptledger/loops.h) and appends one JSON record per
+// line to a file as it goes (written with write(2) before anything else happens), so a run that
+// kills itself with SIGKILL keeps what it recorded. The parent assembles runs[] and the final state
+// from those records and the disk, normalises paths ($ROOT, <stem>-<sha8#N>.pth) and writes the
+// trace.
 //
 // Errors: a malformed scenario or a non-empty root is Error(kInvalidArgument) before any run.
 // What a run ends in (completed, crashed, error) is a result, not a failure.
