@@ -6,3 +6,6 @@
 #include "ckptledger/ledger.h"
 #include "ckptledger/loops.h"
 #include "ckptledger/runner.h"
+#include "ckptledger/stateful.h"
+#include "ckptledger/torch_runner.h"
+#include "ckptledger/torch_state.h"

@@ -1,0 +1,195 @@
+#include "ckptledger/torch_runner.h"
+
+#include <filesystem>
+#include <iostream>
+#include <utility>
+#include <variant>
+
+#include "ckptledger/error.h"
+#include "ckptledger/torch_state.h"
+#include "torch_state/ivalue_read.h"
+
+namespace ckptledger {
+namespace {
+
+using namespace torch_state;  // NOLINT: the checked readers
+
+constexpr const char* kReservedKeys[] = {
+    "meta", "state_dict", "optimizer", "param_schedulers", "message_hub", "rng_state"};
+
+struct StepLrEntry {
+  torch::optim::StepLR* scheduler;
+  std::vector<double> base_lrs;
+};
+using SchedulerEntry = std::variant<StepLrEntry, Stateful*>;
+
+}  // namespace
+
+Stateful::~Stateful() = default;
+
+struct TorchRunner::Impl {
+  std::string work_dir;
+  torch::nn::Module* model;
+  torch::optim::Optimizer* optimizer;
+  std::vector<SchedulerEntry> schedulers;
+  std::vector<std::pair<std::string, Stateful*>> statefuls;
+  bool strict = true;
+  bool save_rng = true;
+  LogSink log = [](LogLevel level, const std::string& message) {
+    std::cerr << log_level_name(level) << " " << message << "\n";
+  };
+  Dict meta = str_dict();
+
+  std::vector<double> lrs() const {
+    std::vector<double> out;
+    for (auto& g : optimizer->param_groups()) out.push_back(g.options().get_lr());
+    return out;
+  }
+  // PyTorch's schedulers put "initial_lr" in every group: the first StepLR's base_lrs.
+  std::vector<double> initial_lrs() const {
+    for (const SchedulerEntry& s : schedulers) {
+      if (auto* e = std::get_if<StepLrEntry>(&s)) return e->base_lrs;
+    }
+    return {};
+  }
+};
+
+TorchRunner::TorchRunner(const std::string& work_dir, torch::nn::Module& model,
+                         torch::optim::Optimizer& optimizer)
+    : impl_(std::make_unique<Impl>()) {
+  if (work_dir.empty()) throw_error(ErrorCode::kInvalidArgument, "TorchRunner: empty work_dir");
+  std::error_code ec;
+  std::filesystem::path dir = std::filesystem::absolute(work_dir, ec).lexically_normal();
+  if (!ec) std::filesystem::create_directories(dir, ec);
+  if (ec) {
+    throw_error(ErrorCode::kIOError,
+                "TorchRunner: cannot create work_dir " + dir.string() + ": " + ec.message());
+  }
+  impl_->work_dir = dir.string();
+  // "a/b/" normalizes to "a/b/": the hook wants the directory's own name.
+  if (impl_->work_dir.size() > 1 && impl_->work_dir.back() == '/') impl_->work_dir.pop_back();
+  impl_->model = &model;
+  impl_->optimizer = &optimizer;
+  optimizer_kind(optimizer);  // refuses an optimizer whose state it cannot save, now
+}
+
+TorchRunner::~TorchRunner() = default;
+
+TorchRunner& TorchRunner::add_scheduler(torch::optim::StepLR& scheduler) {
+  impl_->schedulers.emplace_back(StepLrEntry{&scheduler, impl_->lrs()});
+  return *this;
+}
+
+TorchRunner& TorchRunner::add_scheduler(Stateful& scheduler) {
+  impl_->schedulers.emplace_back(&scheduler);
+  return *this;
+}
+
+TorchRunner& TorchRunner::add_stateful(const std::string& key, Stateful& object) {
+  for (const char* reserved : kReservedKeys) {
+    if (key == reserved) {
+      throw_error(ErrorCode::kInvalidArgument,
+                  "TorchRunner::add_stateful: \"" + key + "\" is a key of the checkpoint itself");
+    }
+  }
+  for (const auto& [k, o] : impl_->statefuls) {
+    if (k == key || key.empty()) {
+      throw_error(ErrorCode::kInvalidArgument,
+                  "TorchRunner::add_stateful: key \"" + key + "\" is empty or taken");
+    }
+  }
+  impl_->statefuls.emplace_back(key, &object);
+  return *this;
+}
+
+TorchRunner& TorchRunner::set_strict(bool strict) {
+  impl_->strict = strict;
+  return *this;
+}
+
+TorchRunner& TorchRunner::set_save_rng(bool save_rng) {
+  impl_->save_rng = save_rng;
+  return *this;
+}
+
+TorchRunner& TorchRunner::set_log(LogSink log) {
+  impl_->log = std::move(log);
+  return *this;
+}
+
+Dict& TorchRunner::meta() { return impl_->meta; }
+
+std::string TorchRunner::work_dir() const { return impl_->work_dir; }
+
+bool TorchRunner::has_param_schedulers() const { return !impl_->schedulers.empty(); }
+
+Dict TorchRunner::meta_extra() const { return impl_->meta; }
+
+Dict TorchRunner::checkpoint_state(bool with_optimizer, bool with_schedulers) {
+  Impl& m = *impl_;
+  Dict out = str_dict();
+  out.insert("state_dict", model_state_dict(*m.model));
+  if (with_optimizer) out.insert("optimizer", optimizer_state_dict(*m.optimizer, m.initial_lrs()));
+  if (with_schedulers && !m.schedulers.empty()) {
+    GenericList list = any_list();
+    for (SchedulerEntry& s : m.schedulers) {
+      if (auto* e = std::get_if<StepLrEntry>(&s)) {
+        list.push_back(step_lr_state_dict(*e->scheduler, *m.optimizer, e->base_lrs));
+      } else {
+        list.push_back(std::get<Stateful*>(s)->state_dict());
+      }
+    }
+    out.insert("param_schedulers", list);
+  }
+  if (m.save_rng) out.insert("rng_state", rng_state());
+  for (auto& [key, object] : m.statefuls) out.insert(key, object->state_dict());
+  return out;
+}
+
+void TorchRunner::load_checkpoint(const Dict& ckpt, bool resume) {
+  Impl& m = *impl_;
+  const Dict weights = checkpoint_weights(ckpt);
+  std::vector<c10::IValue> schedulers;
+  if (resume) {
+    // Everything a resume needs is there before anything changes.
+    require(ckpt, "optimizer", "checkpoint");
+    if (!m.schedulers.empty()) {
+      schedulers =
+          as_list(require(ckpt, "param_schedulers", "checkpoint"), "checkpoint.param_schedulers");
+      if (schedulers.size() != m.schedulers.size()) {
+        refuse("checkpoint.param_schedulers", std::to_string(schedulers.size()) +
+                                                  " schedulers, the runner has " +
+                                                  std::to_string(m.schedulers.size()));
+      }
+    }
+    for (const auto& [key, object] : m.statefuls) require(ckpt, key, "checkpoint");
+  }
+  ModelLoadReport report = load_model_state_dict(*m.model, weights, m.strict);
+  if (!report.clean())
+    m.log(LogLevel::kWarning,
+          "The model and loaded state dict do not match exactly: " + report.describe());
+  if (!resume) return;
+  restore_counters(ckpt);
+  load_optimizer_state_dict(*m.optimizer, as_dict(ckpt.at("optimizer"), "checkpoint.optimizer"));
+  for (size_t i = 0; i < m.schedulers.size(); ++i) {
+    const std::string key = "checkpoint.param_schedulers." + std::to_string(i);
+    Dict state = as_dict(schedulers[i], key);
+    if (auto* e = std::get_if<StepLrEntry>(&m.schedulers[i])) {
+      e->base_lrs = load_step_lr_state_dict(*e->scheduler, state);
+    } else {
+      std::get<Stateful*>(m.schedulers[i])->load_state_dict(state);
+    }
+  }
+  for (auto& [key, object] : m.statefuls) {
+    object->load_state_dict(as_dict(ckpt.at(key), "checkpoint." + key));
+  }
+  if (std::optional<c10::IValue> rng = find(ckpt, "rng_state")) {
+    load_rng_state(as_dict(*rng, "checkpoint.rng_state"));
+  } else if (m.save_rng) {
+    m.log(LogLevel::kWarning,
+          "the checkpoint holds no rng_state: the random generators continue from their current "
+          "state, so randomness after the resume differs from the interrupted run's");
+  }
+}
+
+}  // namespace ckptledger
