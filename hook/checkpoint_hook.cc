@@ -401,6 +401,13 @@ struct CheckpointHook::Impl {
     if (schedulers && state_parts.contains("param_schedulers")) {
       ckpt.insert("param_schedulers", state_parts.at("param_schedulers"));
     }
+    // The runner's own keys (RNG state, data loader, EMA weights, ...) follow, in its order, as
+    // MMEngine's hooks add theirs in before_save_checkpoint; the hook's keys are never replaced.
+    for (const auto& kv : state_parts) {
+      if (!ckpt.contains(kv.key()) && kv.key() != "optimizer" && kv.key() != "param_schedulers") {
+        ckpt.insert(kv.key(), kv.value());
+      }
+    }
     return ckpt;
   }
 

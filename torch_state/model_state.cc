@@ -52,9 +52,13 @@ std::string ModelLoadReport::describe() const {
 }
 
 ModelLoadReport load_model_state_dict(torch::nn::Module& model, const Dict& state, bool strict) {
+  // The module's own keys, in its state_dict order (the report lists them so).
+  std::vector<std::string> order;
   std::map<std::string, at::Tensor> targets;
-  for (const auto& item : model.named_parameters()) targets.emplace(item.key(), item.value());
-  for (const auto& item : model.named_buffers()) targets.emplace(item.key(), item.value());
+  for (const auto& kv : model_state_dict(model)) {
+    order.push_back(kv.key().toStringRef());
+    targets.emplace(kv.key().toStringRef(), kv.value().toTensor());
+  }
   ModelLoadReport report;
   std::vector<std::pair<at::Tensor, at::Tensor>> copies;  // (target, source)
   std::map<std::string, bool> seen;
@@ -74,7 +78,7 @@ ModelLoadReport load_model_state_dict(torch::nn::Module& model, const Dict& stat
     }
     copies.emplace_back(it->second, src);
   }
-  for (const auto& [key, t] : targets) {
+  for (const std::string& key : order) {
     if (!seen.count(key)) report.missing.push_back(key);
   }
   if (strict && !report.clean()) {

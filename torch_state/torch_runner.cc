@@ -32,7 +32,12 @@ struct TorchRunner::Impl {
   torch::nn::Module* model;
   torch::optim::Optimizer* optimizer;
   std::vector<SchedulerEntry> schedulers;
-  std::vector<std::pair<std::string, Stateful*>> statefuls;
+  struct Part {
+    std::string key;
+    Stateful* object;
+    bool optional;
+  };
+  std::vector<Part> statefuls;
   bool strict = true;
   bool save_rng = true;
   LogSink log = [](LogLevel level, const std::string& message) {
@@ -85,20 +90,20 @@ TorchRunner& TorchRunner::add_scheduler(Stateful& scheduler) {
   return *this;
 }
 
-TorchRunner& TorchRunner::add_stateful(const std::string& key, Stateful& object) {
+TorchRunner& TorchRunner::add_stateful(const std::string& key, Stateful& object, bool optional) {
   for (const char* reserved : kReservedKeys) {
     if (key == reserved) {
       throw_error(ErrorCode::kInvalidArgument,
                   "TorchRunner::add_stateful: \"" + key + "\" is a key of the checkpoint itself");
     }
   }
-  for (const auto& [k, o] : impl_->statefuls) {
-    if (k == key || key.empty()) {
+  for (const Impl::Part& part : impl_->statefuls) {
+    if (part.key == key || key.empty()) {
       throw_error(ErrorCode::kInvalidArgument,
                   "TorchRunner::add_stateful: key \"" + key + "\" is empty or taken");
     }
   }
-  impl_->statefuls.emplace_back(key, &object);
+  impl_->statefuls.push_back({key, &object, optional});
   return *this;
 }
 
@@ -142,7 +147,7 @@ Dict TorchRunner::checkpoint_state(bool with_optimizer, bool with_schedulers) {
     out.insert("param_schedulers", list);
   }
   if (m.save_rng) out.insert("rng_state", rng_state());
-  for (auto& [key, object] : m.statefuls) out.insert(key, object->state_dict());
+  for (const Impl::Part& part : m.statefuls) out.insert(part.key, part.object->state_dict());
   return out;
 }
 
@@ -162,7 +167,9 @@ void TorchRunner::load_checkpoint(const Dict& ckpt, bool resume) {
                                                   std::to_string(m.schedulers.size()));
       }
     }
-    for (const auto& [key, object] : m.statefuls) require(ckpt, key, "checkpoint");
+    for (const Impl::Part& part : m.statefuls) {
+      if (!part.optional) require(ckpt, part.key, "checkpoint");
+    }
   }
   ModelLoadReport report = load_model_state_dict(*m.model, weights, m.strict);
   if (!report.clean())
@@ -180,16 +187,29 @@ void TorchRunner::load_checkpoint(const Dict& ckpt, bool resume) {
       std::get<Stateful*>(m.schedulers[i])->load_state_dict(state);
     }
   }
-  for (auto& [key, object] : m.statefuls) {
-    object->load_state_dict(as_dict(ckpt.at(key), "checkpoint." + key));
+  for (const Impl::Part& part : m.statefuls) {
+    if (std::optional<c10::IValue> v = find(ckpt, part.key)) {
+      part.object->load_state_dict(as_dict(*v, "checkpoint." + part.key));
+    } else {
+      m.log(LogLevel::kWarning,
+            "the checkpoint holds no \"" + part.key + "\": it continues from its current state");
+    }
+  }
+  std::string parts = "weights, " + optimizer_kind(*m.optimizer) + " state";
+  if (!m.schedulers.empty()) parts += ", " + std::to_string(m.schedulers.size()) + " scheduler(s)";
+  for (const Impl::Part& part : m.statefuls) {
+    if (ckpt.contains(part.key)) parts += ", " + part.key;
   }
   if (std::optional<c10::IValue> rng = find(ckpt, "rng_state")) {
     load_rng_state(as_dict(*rng, "checkpoint.rng_state"));
+    parts += ", RNG state";
   } else if (m.save_rng) {
     m.log(LogLevel::kWarning,
           "the checkpoint holds no rng_state: the random generators continue from their current "
           "state, so randomness after the resume differs from the interrupted run's");
   }
+  m.log(LogLevel::kInfo, "TorchRunner: resumed at epoch " + std::to_string(epoch()) + ", iter " +
+                             std::to_string(iter()) + " (" + parts + ")");
 }
 
 }  // namespace ckptledger

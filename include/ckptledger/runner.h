@@ -37,7 +37,9 @@ class Runner {
 
   // The parts of MMEngine's runner.save_checkpoint that are the runner's: "state_dict" (name ->
   // tensor), "optimizer" and "param_schedulers" when asked for and available. Tensors may be the
-  // live ones: the hook snapshots them before the call returns.
+  // live ones: the hook snapshots them before the call returns. Any other key of the returned dict
+  // (RNG state, a data loader's position, ...) is saved after these, as it is; "meta" and
+  // "message_hub" are the hook's and are not taken from here.
   virtual Dict checkpoint_state(bool with_optimizer, bool with_schedulers) = 0;
   virtual bool has_param_schedulers() const = 0;
   // Extra meta keys (seed, experiment_name, cfg, ...); epoch/iter are the hook's.

@@ -18,9 +18,10 @@
 // without DDP's "module." prefix), strictly unless set_strict(false) (then mismatches are logged
 // as a warning and the rest loads, as MMEngine does). On resume also the counters (meta.epoch and
 // meta.iter), the optimizer, every added scheduler and Stateful (each must be in the checkpoint:
-// a missing one is an error naming its key) and the RNG state (a checkpoint without one, such as
-// MMEngine's, leaves the generators as they are, with a warning). All keys are checked to be
-// present before anything is loaded; each part validates itself before it changes anything.
+// a missing one is an error naming its key, unless the Stateful was added as optional) and the RNG
+// state (a checkpoint without one, such as MMEngine's, leaves the generators as they are, with a
+// warning). All keys are checked to be present before anything is loaded; each part validates
+// itself before it changes anything.
 //
 // Lifetime: the model, optimizer, schedulers and statefuls are the caller's and must outlive the
 // runner. Thread safety: the hook calls the runner on the training thread only.
@@ -56,8 +57,10 @@ class TorchRunner : public LoopRunner {
   // param_schedulers at this position.
   TorchRunner& add_scheduler(Stateful& scheduler);
   // `key` must not be one of the checkpoint's own keys (meta, state_dict, optimizer,
-  // param_schedulers, message_hub, rng_state) or taken: Error(kInvalidArgument).
-  TorchRunner& add_stateful(const std::string& key, Stateful& object);
+  // param_schedulers, message_hub, rng_state) or taken: Error(kInvalidArgument). A resume from a
+  // checkpoint without `key` is an error, unless `optional`: then the object is left as it is
+  // and a warning logged (a file written by another program, e.g. MMEngine's).
+  TorchRunner& add_stateful(const std::string& key, Stateful& object, bool optional = false);
   TorchRunner& set_strict(bool strict);      // default true
   TorchRunner& set_save_rng(bool save_rng);  // default true
   TorchRunner& set_log(LogSink log);         // warnings of loads; default: stderr

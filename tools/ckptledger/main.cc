@@ -568,7 +568,7 @@ int run_gc(const Common& c, bool apply) {
 
 // The verbs that train through the real hook live in `ckptledger-train` (it links libtorch, which
 // costs ~0.5 s of start-up): this binary hands them over, so that the catalog verbs start fast.
-constexpr const char* kTrainVerbs[] = {"simulate", "simulate-run", "demo", "demo-train"};
+constexpr const char* kTrainVerbs[] = {"simulate", "simulate-run", "demo", "demo-train", "train"};
 
 bool is_train_verb(const char* arg) {
   for (const char* v : kTrainVerbs) {
@@ -675,6 +675,10 @@ int main(int argc, char** argv) {
   app.add_subcommand("demo",
                      "Train a small real model, SIGKILL it, resume it from the ledger, compare it "
                      "with an uninterrupted run and show the ledger (ckptledger-train)")
+      ->allow_extras();
+  app.add_subcommand("train",
+                     "Train the demo's model with a chosen optimizer and scheduler through the "
+                     "hook, resuming from the work_dir (ckptledger-train)")
       ->allow_extras();
 
   try {

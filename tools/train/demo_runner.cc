@@ -9,19 +9,20 @@
 #include <torch/torch.h>
 
 #include "ckptledger/error.h"
-#include "tools/train/torch_state.h"
+#include "ckptledger/torch_state.h"
+#include "tools/train/spiral.h"
+#include "torch_state/ivalue_read.h"
 
 namespace ckptledger {
 namespace {
 
-constexpr int64_t kClasses = 3;
+constexpr int64_t kClasses = Spiral::kClasses;
 constexpr double kBaseLr = 0.1;
 constexpr double kMomentum = 0.9;
 constexpr double kWeightDecay = 1e-4;
 constexpr double kEtaMin = 1e-3;
-constexpr double kNoise = 0.4;
 
-using namespace torch_state;  // NOLINT: str_dict, get, double_list, ...
+using namespace torch_state;  // NOLINT: str_dict, find, double_list, as_doubles
 
 at::Generator generator(int64_t seed, uint64_t stream) {
   return at::detail::createCPUGenerator(static_cast<uint64_t>(seed) * 1000003u + stream);
@@ -52,29 +53,16 @@ struct DemoRunner::Impl {
   int64_t perm_epoch = -1;
   torch::Tensor perm;
 
-  torch::optim::SGDOptions& group_options() { return sgd_options(*optimizer); }
+  torch::optim::SGDOptions& group_options() {
+    return static_cast<torch::optim::SGDOptions&>(optimizer->param_groups().at(0).options());
+  }
 
   void make_data() {
-    // CS231n's spiral: arm c, point i: r = i / (n - 1), t = 4 c + 4 r + noise.
-    at::Generator gen = generator(seed, 0);
-    const int64_t n = size.points_per_class;
-    std::vector<torch::Tensor> xs, ys;
-    for (int64_t c = 0; c < kClasses; ++c) {
-      torch::Tensor r = torch::linspace(0.0, 1.0, n, torch::kFloat32);
-      torch::Tensor t = torch::linspace(4.0 * double(c), 4.0 * double(c + 1), n, torch::kFloat32) +
-                        torch::randn({n}, gen) * kNoise;
-      xs.push_back(torch::stack({r * torch::sin(t), r * torch::cos(t)}, 1));
-      ys.push_back(torch::full({n}, c, torch::kInt64));
-    }
-    torch::Tensor x = torch::cat(xs), y = torch::cat(ys);
-    torch::Tensor order = torch::randperm(x.size(0), gen);
-    x = x.index_select(0, order);
-    y = y.index_select(0, order);
-    const int64_t n_val = x.size(0) / 5;
-    x_val = x.slice(0, 0, n_val).contiguous();
-    y_val = y.slice(0, 0, n_val).contiguous();
-    x_train = x.slice(0, n_val).contiguous();
-    y_train = y.slice(0, n_val).contiguous();
+    Spiral data = make_spiral(seed, size.points_per_class);
+    x_train = data.x_train;
+    y_train = data.y_train;
+    x_val = data.x_val;
+    y_val = data.y_val;
   }
 
   double lr_at(int64_t epoch) const {
@@ -90,8 +78,8 @@ struct DemoRunner::Impl {
     last_lr = {lr};
   }
 
-  GenericDict optimizer_state() { return sgd_state_dict(*optimizer, base_lrs.at(0)); }
-  void load_optimizer(const GenericDict& sd) { load_sgd_state_dict(*optimizer, sd); }
+  GenericDict optimizer_state() { return optimizer_state_dict(*optimizer, {base_lrs.at(0)}); }
+  void load_optimizer(const GenericDict& sd) { load_optimizer_state_dict(*optimizer, sd); }
 
   GenericDict scheduler_state() const {
     GenericDict d = str_dict();
@@ -105,11 +93,11 @@ struct DemoRunner::Impl {
   }
 
   void load_scheduler(const GenericDict& d) {
-    if (auto v = get(d, "T_max"); v && v->isInt()) t_max = v->toInt();
-    if (auto v = get(d, "eta_min"); v && v->isDouble()) eta_min = v->toDouble();
-    if (auto v = get(d, "base_lrs"); v && !to_doubles(*v).empty()) base_lrs = to_doubles(*v);
-    if (auto v = get(d, "last_epoch"); v && v->isInt()) last_epoch = v->toInt();
-    if (auto v = get(d, "_last_lr"); v && !to_doubles(*v).empty()) last_lr = to_doubles(*v);
+    if (auto v = find(d, "T_max"); v && v->isInt()) t_max = v->toInt();
+    if (auto v = find(d, "eta_min"); v && v->isDouble()) eta_min = v->toDouble();
+    if (auto v = find(d, "base_lrs")) base_lrs = as_doubles(*v, "base_lrs");
+    if (auto v = find(d, "last_epoch"); v && v->isInt()) last_epoch = v->toInt();
+    if (auto v = find(d, "_last_lr")) last_lr = as_doubles(*v, "_last_lr");
   }
 };
 
@@ -212,13 +200,13 @@ c10::impl::GenericDict DemoRunner::meta_extra() const {
 }
 
 void DemoRunner::load_checkpoint(const c10::impl::GenericDict& ckpt, bool resume) {
-  load_weights(*impl_->model, ckpt);
+  load_model_state_dict(*impl_->model, checkpoint_weights(ckpt), /*strict=*/false);
   if (!resume) return;
   restore_counters(ckpt);
-  if (auto opt = get(ckpt, "optimizer"); opt && opt->isGenericDict()) {
+  if (auto opt = find(ckpt, "optimizer"); opt && opt->isGenericDict()) {
     impl_->load_optimizer(opt->toGenericDict());
   }
-  if (auto sched = get(ckpt, "param_schedulers"); sched && sched->isList()) {
+  if (auto sched = find(ckpt, "param_schedulers"); sched && sched->isList()) {
     const auto& list = sched->toListRef();
     if (!list.empty() && list[0].isGenericDict()) impl_->load_scheduler(list[0].toGenericDict());
   }

@@ -8,7 +8,8 @@
 #include <torch/torch.h>
 
 #include "ckptledger/error.h"
-#include "tools/train/torch_state.h"
+#include "ckptledger/torch_state.h"
+#include "torch_state/ivalue_read.h"
 
 namespace ckptledger {
 namespace {
@@ -17,7 +18,7 @@ constexpr int64_t kBatchSize = 8;
 constexpr double kBaseLr = 0.1;
 constexpr double kMomentum = 0.9;
 
-using namespace torch_state;  // NOLINT: str_dict, get, double_list, ...
+using namespace torch_state;  // NOLINT: str_dict, find, double_list, as_doubles
 
 }  // namespace
 
@@ -27,14 +28,16 @@ struct SimRunner::Impl {
   StepLRState scheduler;
   int64_t seed = 0;
 
-  torch::optim::SGDOptions& group_options() { return sgd_options(*optimizer); }
+  torch::optim::SGDOptions& group_options() {
+    return static_cast<torch::optim::SGDOptions&>(optimizer->param_groups().at(0).options());
+  }
 
   GenericDict optimizer_state() {
-    return sgd_state_dict(*optimizer, scheduler.base_lrs.empty()
-                                          ? std::nullopt
-                                          : std::optional<double>(scheduler.base_lrs.at(0)));
+    return optimizer_state_dict(*optimizer, scheduler.base_lrs.empty()
+                                                ? std::vector<double>{}
+                                                : std::vector<double>{scheduler.base_lrs.at(0)});
   }
-  void load_optimizer(const GenericDict& sd) { load_sgd_state_dict(*optimizer, sd); }
+  void load_optimizer(const GenericDict& sd) { load_optimizer_state_dict(*optimizer, sd); }
 
   GenericDict scheduler_state() const {
     GenericDict d = str_dict();
@@ -47,11 +50,11 @@ struct SimRunner::Impl {
   }
 
   void load_scheduler(const GenericDict& d) {
-    if (auto v = get(d, "step_size"); v && v->isInt()) scheduler.step_size = v->toInt();
-    if (auto v = get(d, "gamma"); v && v->isDouble()) scheduler.gamma = v->toDouble();
-    if (auto v = get(d, "base_lrs")) scheduler.base_lrs = to_doubles(*v);
-    if (auto v = get(d, "last_epoch"); v && v->isInt()) scheduler.last_epoch = v->toInt();
-    if (auto v = get(d, "_last_lr")) scheduler.last_lr = to_doubles(*v);
+    if (auto v = find(d, "step_size"); v && v->isInt()) scheduler.step_size = v->toInt();
+    if (auto v = find(d, "gamma"); v && v->isDouble()) scheduler.gamma = v->toDouble();
+    if (auto v = find(d, "base_lrs")) scheduler.base_lrs = as_doubles(*v, "base_lrs");
+    if (auto v = find(d, "last_epoch"); v && v->isInt()) scheduler.last_epoch = v->toInt();
+    if (auto v = find(d, "_last_lr")) scheduler.last_lr = as_doubles(*v, "_last_lr");
   }
 
   void step_scheduler() {
@@ -128,13 +131,13 @@ GenericDict SimRunner::meta_extra() const {
 
 void SimRunner::load_checkpoint(const GenericDict& ckpt, bool resume) {
   // Weights, non-strict, as MMEngine's resume loads them.
-  load_weights(*impl_->model, ckpt);
+  load_model_state_dict(*impl_->model, checkpoint_weights(ckpt), /*strict=*/false);
   if (!resume) return;
   restore_counters(ckpt);
-  if (auto opt = get(ckpt, "optimizer"); opt && opt->isGenericDict()) {
+  if (auto opt = find(ckpt, "optimizer"); opt && opt->isGenericDict()) {
     impl_->load_optimizer(opt->toGenericDict());
   }
-  if (auto sched = get(ckpt, "param_schedulers"); sched && options_.param_scheduler) {
+  if (auto sched = find(ckpt, "param_schedulers"); sched && options_.param_scheduler) {
     if (sched->isList() && !sched->toListRef().empty() && sched->toListRef()[0].isGenericDict()) {
       impl_->load_scheduler(sched->toListRef()[0].toGenericDict());
     }

@@ -3,6 +3,8 @@
 // (tools/ckptledger/main.cc); the hidden verbs are the child processes these start (one per run).
 //   simulate SCENARIO --root DIR [-o TRACE]    docs/behaviour.md (simulate traces)
 //   demo [--work-dir DIR] [--size small|full]  train, SIGKILL, resume, compare, show
+//   train --work-dir DIR [--config HOOK.json] [--iters N] [--optimizer ...] ...
+//                                              tools/train/train_job.h
 // Exit codes as `ckptledger` (tools/cli.h, docs/cli.md).
 #include <cstdio>
 #include <string>
@@ -12,6 +14,7 @@
 #include "tools/cli.h"
 #include "tools/train/demo.h"
 #include "tools/train/simulate.h"
+#include "tools/train/train_job.h"
 
 int main(int argc, char** argv) {
   namespace cli = ckptledger::cli;
@@ -58,6 +61,27 @@ int main(int argc, char** argv) {
   demo_train->add_option("--label", train_opts.label);
   demo_train->add_flag("--resume", train_opts.resume);
 
+  ckptledger::TrainJobOptions job;
+  std::string job_config, job_resume_from, job_load_from;
+  auto* train = app.add_subcommand(
+      "train",
+      "Train the demo's model (MLP on the spiral) through the hook; resumes from the work_dir");
+  train->add_option("--work-dir", job.work_dir, "the run's work_dir (created if missing)")
+      ->required();
+  train->add_option("--config", job_config, "HOOK.json: MMEngine's CheckpointHook options");
+  train->add_option("--iters", job.iters, "iterations (default 200)");
+  train->add_option("--seed", job.seed, "seed of data, weights and shuffling (default 0)");
+  train
+      ->add_option("--optimizer", job.optimizer, "sgd (default) | adam | adamw | rmsprop | adagrad")
+      ->check(CLI::IsMember({"sgd", "adam", "adamw", "rmsprop", "adagrad"}));
+  train->add_flag("--amsgrad", job.amsgrad, "Adam / AdamW with amsgrad");
+  train->add_option("--scheduler", job.scheduler, "none (default) | step (StepLR)")
+      ->check(CLI::IsMember({"none", "step"}));
+  train->add_option("--dropout", job.dropout, "dropout after each hidden layer (default 0)");
+  train->add_option("--resume-from", job_resume_from, "resume from this checkpoint file");
+  train->add_option("--load-from", job_load_from, "load this file's weights, then train");
+  train->add_flag("--progress", job.progress, "print `iter N` after each iteration");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -82,6 +106,12 @@ int main(int argc, char** argv) {
       if (!demo_size.empty()) demo_opts.size = demo_size;
       demo_opts.self_exe = cli::self_exe(argv[0]);
       return ckptledger::demo(demo_opts);
+    }
+    if (*train) {
+      if (!job_config.empty()) job.config = job_config;
+      if (!job_resume_from.empty()) job.resume_from = job_resume_from;
+      if (!job_load_from.empty()) job.load_from = job_load_from;
+      return ckptledger::train_job(job);
     }
     return ckptledger::demo_train(train_opts);
   });
