@@ -661,10 +661,31 @@ class PickleReader {
     }
     if (stack_.size() != 1 || !marks_.empty()) bad("pickle ends with a malformed stack");
     c10::IValue result = as_value(std::move(stack_.back()));
-    std::unordered_set<const void*> seen;
-    refine_key_types(result, &seen, 0);
+    refine_key_types(result, &reachable_, 0);  // also bounds the result's nesting
+    parsed_ = true;
     return result;
   }
+
+  // A pickle may build containers nested far deeper than kMaxNesting (lists appended into lists,
+  // objects into objects, top down through the memo too), and destroying one takes a recursion
+  // per level. So every container built is held in built_ until the reader is done (none is
+  // destroyed while parsing, whatever the pickle drops), and then emptied one by one, unless the
+  // result (of bounded depth) reaches it.
+  ~PickleReader() {
+    for (const c10::IValue& v : built_) {
+      if (parsed_ && reachable_.count(v.internalToPointer()) > 0) continue;
+      if (v.isList()) {
+        v.toList().clear();
+      } else if (v.isGenericDict()) {
+        v.toGenericDict().clear();
+      } else {
+        c10::ivalue::Tuple& tuple = v.toTupleRef();
+        for (size_t i = 0; i < tuple.size(); ++i) tuple.unsafeSetElement(i, c10::IValue());
+      }
+    }
+  }
+  PickleReader(const PickleReader&) = delete;
+  PickleReader& operator=(const PickleReader&) = delete;
 
  private:
   enum class Global {
@@ -696,10 +717,17 @@ class PickleReader {
     int tuple_depth = 0;  // kTuple: nesting depth, bounded to bound as_value()'s recursion
   };
 
-  static Item value_item(c10::IValue v) {
+  Item value_item(c10::IValue v) const {
+    track(v);
     Item it;
     it.value = std::move(v);
     return it;
+  }
+
+  // Holds the container `v` (a list, dict or tuple) until the reader is done; see the destructor.
+  const c10::IValue& track(const c10::IValue& v) const {
+    if (v.isList() || v.isGenericDict() || v.isTuple()) built_.push_back(v);
+    return v;
   }
 
   [[noreturn]] void bad(const std::string& what) const {
@@ -760,14 +788,14 @@ class PickleReader {
         std::vector<c10::IValue> elements;
         elements.reserve(it.tuple.size());
         for (auto& e : it.tuple) elements.push_back(as_value(std::move(e)));
-        return c10::ivalue::Tuple::create(std::move(elements));
+        return track(c10::ivalue::Tuple::create(std::move(elements)));
       }
       case Item::Kind::kObject:
         return std::move(it.value);
       case Item::Kind::kGlobal: {  // a class or function as a value: {"__global__": name}
         c10::impl::GenericDict ref = string_keyed_dict();
         ref.insert("__global__", it.name);
-        return ref;
+        return track(ref);
       }
       case Item::Kind::kStorage:
         break;
@@ -780,8 +808,10 @@ class PickleReader {
   }
 
   // An opaque object: {"__pickled__": name, "args": args}, completed by what follows.
-  static Item make_object(const std::string& name, c10::IValue args) {
+  Item make_object(const std::string& name, c10::IValue args) const {
+    track(args);
     c10::impl::GenericDict dict = string_keyed_dict();
+    track(dict);
     dict.insert("__pickled__", name);
     dict.insert("args", std::move(args));
     Item it;
@@ -790,7 +820,7 @@ class PickleReader {
     return it;
   }
 
-  static Item make_object_of(const std::string& name, std::vector<c10::IValue> args) {
+  Item make_object_of(const std::string& name, std::vector<c10::IValue> args) const {
     return make_object(name, c10::ivalue::Tuple::create(std::move(args)));
   }
 
@@ -799,11 +829,12 @@ class PickleReader {
   }
 
   // The list under `key` ("listitems", "dictitems") of an opaque object, added empty when absent.
-  static c10::impl::GenericList object_list(const Item& obj, const char* key) {
+  c10::impl::GenericList object_list(const Item& obj, const char* key) const {
     c10::impl::GenericDict dict = obj.value.toGenericDict();
     const auto found = dict.find(key);
     if (found != dict.end()) return found->value().toList();
     c10::impl::GenericList list(c10::AnyType::get());
+    track(list);
     dict.insert(key, list);
     return list;
   }
@@ -858,7 +889,7 @@ class PickleReader {
     if (target.kind == Item::Kind::kObject) {
       c10::IValue k = as_value(std::move(key));
       object_list(target, "dictitems")
-          .push_back(c10::ivalue::Tuple::create(std::move(k), as_value(std::move(value))));
+          .push_back(track(c10::ivalue::Tuple::create(std::move(k), as_value(std::move(value)))));
       return;
     }
     if (target.kind != Item::Kind::kValue || !target.value.isGenericDict()) {
@@ -1395,7 +1426,7 @@ class PickleReader {
       }
       case 0x8f:  // EMPTY_SET
         stack_.push_back(
-            make_object_of("builtins.set", {c10::impl::GenericList(c10::AnyType::get())}));
+            make_object_of("builtins.set", {track(c10::impl::GenericList(c10::AnyType::get()))}));
         return;
       case 0x90: {  // ADDITEMS
         std::vector<Item> items = pop_mark();
@@ -1415,6 +1446,7 @@ class PickleReader {
       case 0x91: {  // FROZENSET
         std::vector<Item> items = pop_mark();
         c10::impl::GenericList list(c10::AnyType::get());
+        track(list);
         for (auto& it : items) list.push_back(as_value(std::move(it)));
         stack_.push_back(make_object_of("builtins.frozenset", {std::move(list)}));
         return;
@@ -1474,6 +1506,9 @@ class PickleReader {
   std::vector<size_t> marks_;
   std::unordered_map<uint64_t, Item> memo_;
   std::unordered_map<std::string, std::pair<c10::Storage, c10::ScalarType>> storages_;
+  mutable std::vector<c10::IValue> built_;     // every container built; see the destructor
+  std::unordered_set<const void*> reachable_;  // the containers the result reaches
+  bool parsed_ = false;                        // the result is handed out
 };
 
 // `finish` runs once everything is read, while what the source was told to keep is still alive.

@@ -1008,6 +1008,33 @@ TEST(CheckpointReader, MalformedObjectOpcodesAreCorruption) {
   }
 }
 
+TEST(CheckpointReader, DeeplyNestedContainersAreCorruptionNotACrash) {
+  // 200,000 levels: destroying them by recursion would overflow the stack.
+  const size_t n = 200000;
+  std::string objects;
+  for (size_t i = 0; i < n; ++i) objects += "cm\nC\n";
+  objects += ")R";
+  for (size_t i = 1; i < n; ++i) objects += "\x85R";  // C((C((...),)),)
+  // Top down: each list is appended to its parent (fetched from the memo) before it is filled.
+  const auto index = [](size_t i) {
+    std::string le(4, '\0');
+    for (int b = 0; b < 4; ++b) le[b] = static_cast<char>((i >> (8 * b)) & 0xFF);
+    return le;
+  };
+  std::string top_down = "]r" + index(0);
+  for (size_t i = 1; i < n; ++i) top_down += "j" + index(i - 1) + "]r" + index(i) + "a0";
+  for (const std::string& pickle :
+       {std::string(n, ']') + std::string(n - 1, 'a') + ".", objects + ".", top_down + "."}) {
+    const Error e = pickle_error(pickle);
+    EXPECT_EQ(e.code(), ErrorCode::kCorruption) << e.what();
+  }
+  // Built, then dropped (POP; BUILD's state on a dict) by a pickle that is otherwise fine.
+  const std::string deep = std::string(n, ']') + std::string(n - 1, 'a');
+  EXPECT_TRUE(read_pickle(deep + "0N."s).isNone());
+  EXPECT_TRUE(read_pickle("}"s + deep + "b.").isGenericDict());
+  EXPECT_TRUE(read_pickle(top_down + "0N."s).isNone());
+}
+
 TEST(CheckpointReader, TensorsAndStoragesItCannotBuildAreStillInvalidArgument) {
   for (const auto& [pickle, name] : std::vector<std::pair<std::string, std::string>>{
            {"ctorch._utils\n_rebuild_qtensor\n)R.", "_rebuild_qtensor"},
