@@ -83,6 +83,7 @@ class PlainCopier {
     }
     if (v.isGenericDict()) {
       const c10::impl::GenericDict in = v.toGenericDict();
+      check_not_opaque(in);
       c10::impl::GenericDict out(in.keyType(), c10::AnyType::get());
       out.reserve(in.size());
       for (const auto& entry : in) {
@@ -138,6 +139,22 @@ class PlainCopier {
     if (!t.has_storage() || (t.storage().nbytes() > 0 && t.storage().data() == nullptr)) {
       fail("tensor without data");
     }
+  }
+
+  // What read_checkpoint makes of a pickled object it cannot build ({"__pickled__": ...} or
+  // {"__global__": ...} first) is refused: written as a dict, Python would read back a dict in
+  // place of the object, and raw bytes in it as text it cannot decode.
+  void check_not_opaque(const c10::impl::GenericDict& dict) const {
+    if (dict.empty()) return;
+    const c10::IValue& key = dict.begin()->key();
+    if (!key.isString() ||
+        (key.toStringRef() != "__pickled__" && key.toStringRef() != "__global__")) {
+      return;
+    }
+    const c10::IValue& name = dict.begin()->value();
+    fail("opaque pickled object " + (name.isString() ? name.toStringRef() : std::string("?")) +
+         " (as read_checkpoint reads a Python object it cannot build; drop it or convert it "
+         "to plain values)");
   }
 
   [[noreturn]] void fail(const std::string& what) const {
@@ -618,9 +635,14 @@ class ZipDirectory {
 // Reading: the pickle
 // ---------------------------------------------------------------------------------------------
 
-// The subset of Python's pickle machine that torch.save and the libtorch Pickler produce.
-// libtorch's own torch::jit::Unpickler is not used: in 1.13 it cannot read a one-item dict
-// (SETITEM) nor collections.OrderedDict with items, i.e. any Python state_dict.
+// Python's pickle machine for protocols 2 to 5 (what torch.save and the libtorch Pickler
+// produce), building values only: a global it does not know is never imported, and calling it
+// builds an opaque value (checkpoint_format.h, READING PYTHON OBJECTS). The opcodes it refuses
+// are protocol 0's text forms and INST/OBJ, which no protocol-2+ pickler writes, EXT1/2/4 (they
+// name globals through Python's copyreg registry) and NEXT_BUFFER/READONLY_BUFFER (out-of-band data
+// torch.save never uses). libtorch's own torch::jit::Unpickler is not used: in 1.13 it cannot
+// read a one-item dict (SETITEM) nor collections.OrderedDict with items, i.e. any Python
+// state_dict.
 class PickleReader {
  public:
   // Returns the storage with the given key and dtype, holding numel elements.
@@ -639,10 +661,31 @@ class PickleReader {
     }
     if (stack_.size() != 1 || !marks_.empty()) bad("pickle ends with a malformed stack");
     c10::IValue result = as_value(std::move(stack_.back()));
-    std::unordered_set<const void*> seen;
-    refine_key_types(result, &seen, 0);
+    refine_key_types(result, &reachable_, 0);  // also bounds the result's nesting
+    parsed_ = true;
     return result;
   }
+
+  // A pickle may build containers nested far deeper than kMaxNesting (lists appended into lists,
+  // objects into objects, top down through the memo too), and destroying one takes a recursion
+  // per level. So every container built is held in built_ until the reader is done (none is
+  // destroyed while parsing, whatever the pickle drops), and then emptied one by one, unless the
+  // result (of bounded depth) reaches it.
+  ~PickleReader() {
+    for (const c10::IValue& v : built_) {
+      if (parsed_ && reachable_.count(v.internalToPointer()) > 0) continue;
+      if (v.isList()) {
+        v.toList().clear();
+      } else if (v.isGenericDict()) {
+        v.toGenericDict().clear();
+      } else {
+        c10::ivalue::Tuple& tuple = v.toTupleRef();
+        for (size_t i = 0; i < tuple.size(); ++i) tuple.unsafeSetElement(i, c10::IValue());
+      }
+    }
+  }
+  PickleReader(const PickleReader&) = delete;
+  PickleReader& operator=(const PickleReader&) = delete;
 
  private:
   enum class Global {
@@ -652,14 +695,21 @@ class PickleReader {
     kRestoreTypeTag,
     kBuildList,
     kStorageType,
+    kCodecsEncode,  // _codecs.encode(str, "latin1"): how protocol 2 pickles bytes
+    kBytes,         // builtins.bytes(): protocol 2's empty bytes
+    kNumpyScalar,   // numpy.core.multiarray.scalar(dtype, bytes)
+    kOpaque,        // anything else: called, it builds an opaque value
   };
 
   // A value on the pickle stack: an IValue, or one of the Python objects that only exist while
-  // unpickling (a global, a storage, a tuple holding such things, as persistent ids do).
+  // unpickling (a global, a storage, a tuple holding such things, as persistent ids do). An
+  // opaque object (kObject) is its dict {"__pickled__": ..., "args": ...}, still to be completed
+  // by BUILD, APPEND(S), SETITEM(S) or ADDITEMS; the value is a handle, so memo copies share it.
   struct Item {
-    enum class Kind { kValue, kGlobal, kTuple, kStorage };
+    enum class Kind { kValue, kGlobal, kTuple, kStorage, kObject };
     Kind kind = Kind::kValue;
-    c10::IValue value;
+    c10::IValue value;  // kValue; kObject: the GenericDict
+    std::string name;   // kGlobal: module.name (Python 3 module names)
     Global global = Global::kOrderedDict;
     c10::ScalarType dtype = c10::ScalarType::Undefined;  // kStorage; kGlobal kStorageType
     c10::Storage storage;                                // kStorage
@@ -667,10 +717,17 @@ class PickleReader {
     int tuple_depth = 0;  // kTuple: nesting depth, bounded to bound as_value()'s recursion
   };
 
-  static Item value_item(c10::IValue v) {
+  Item value_item(c10::IValue v) const {
+    track(v);
     Item it;
     it.value = std::move(v);
     return it;
+  }
+
+  // Holds the container `v` (a list, dict or tuple) until the reader is done; see the destructor.
+  const c10::IValue& track(const c10::IValue& v) const {
+    if (v.isList() || v.isGenericDict() || v.isTuple()) built_.push_back(v);
+    return v;
   }
 
   [[noreturn]] void bad(const std::string& what) const {
@@ -731,13 +788,55 @@ class PickleReader {
         std::vector<c10::IValue> elements;
         elements.reserve(it.tuple.size());
         for (auto& e : it.tuple) elements.push_back(as_value(std::move(e)));
-        return c10::ivalue::Tuple::create(std::move(elements));
+        return track(c10::ivalue::Tuple::create(std::move(elements)));
       }
-      case Item::Kind::kGlobal:
+      case Item::Kind::kObject:
+        return std::move(it.value);
+      case Item::Kind::kGlobal: {  // a class or function as a value: {"__global__": name}
+        c10::impl::GenericDict ref = string_keyed_dict();
+        ref.insert("__global__", it.name);
+        return track(ref);
+      }
       case Item::Kind::kStorage:
         break;
     }
-    bad("a class or storage is used as a value");
+    bad("a storage is used as a value");
+  }
+
+  static c10::impl::GenericDict string_keyed_dict() {
+    return c10::impl::GenericDict(c10::StringType::get(), c10::AnyType::get());
+  }
+
+  // An opaque object: {"__pickled__": name, "args": args}, completed by what follows.
+  Item make_object(const std::string& name, c10::IValue args) const {
+    track(args);
+    c10::impl::GenericDict dict = string_keyed_dict();
+    track(dict);
+    dict.insert("__pickled__", name);
+    dict.insert("args", std::move(args));
+    Item it;
+    it.kind = Item::Kind::kObject;
+    it.value = std::move(dict);
+    return it;
+  }
+
+  Item make_object_of(const std::string& name, std::vector<c10::IValue> args) const {
+    return make_object(name, c10::ivalue::Tuple::create(std::move(args)));
+  }
+
+  static std::string object_name(const Item& obj) {
+    return obj.value.toGenericDict().at("__pickled__").toStringRef();
+  }
+
+  // The list under `key` ("listitems", "dictitems") of an opaque object, added empty when absent.
+  c10::impl::GenericList object_list(const Item& obj, const char* key) const {
+    c10::impl::GenericDict dict = obj.value.toGenericDict();
+    const auto found = dict.find(key);
+    if (found != dict.end()) return found->value().toList();
+    c10::impl::GenericList list(c10::AnyType::get());
+    track(list);
+    dict.insert(key, list);
+    return list;
   }
 
   Item make_tuple(std::vector<Item> items) const {
@@ -770,13 +869,29 @@ class PickleReader {
     stack_.push_back(it->second);
   }
 
-  // A handle sharing the list held by `it`.
+  // A handle sharing the list that APPEND(S) to `it` extends: the list itself, or an opaque
+  // object's "listitems".
   c10::impl::GenericList list_at(const Item& it) const {
+    if (it.kind == Item::Kind::kObject) return object_list(it, "listitems");
     if (it.kind != Item::Kind::kValue || !it.value.isList()) bad("APPEND to a non-list");
     return it.value.toList();
   }
 
+  void append_items(std::vector<Item>&& items) {
+    Item& target = top();
+    if (items.empty() && target.kind == Item::Kind::kObject) return;  // no empty "listitems"
+    c10::impl::GenericList list = list_at(target);
+    for (auto& it : items) list.push_back(as_value(std::move(it)));
+  }
+
+  // SETITEM(S) on an opaque object records (key, value) in its "dictitems", any key type.
   void set_item(Item& target, Item&& key, Item&& value) {
+    if (target.kind == Item::Kind::kObject) {
+      c10::IValue k = as_value(std::move(key));
+      object_list(target, "dictitems")
+          .push_back(track(c10::ivalue::Tuple::create(std::move(k), as_value(std::move(value)))));
+      return;
+    }
     if (target.kind != Item::Kind::kValue || !target.value.isGenericDict()) {
       bad("SETITEM on a non-dict");
     }
@@ -787,9 +902,18 @@ class PickleReader {
     target.value.toGenericDict().insert_or_assign(std::move(k), as_value(std::move(value)));
   }
 
-  Item resolve_global(const std::string& module, const std::string& name) const {
+  // Any global resolves: the few known ones to what they build, the rest (kOpaque) to opaque
+  // values. Refused are only the torch globals that build tensors or storages this reader
+  // cannot, since an opaque value in place of a tensor would fail far from the cause.
+  Item resolve_global(const std::string& module_in, const std::string& name) const {
+    // Protocol 2 writes Python 2's module names (pickle's _compat_pickle); name them as Python 3.
+    const std::string module = module_in == "__builtin__" ? "builtins"
+                               : module_in == "copy_reg"  ? "copyreg"
+                                                          : module_in;
     Item it;
     it.kind = Item::Kind::kGlobal;
+    it.name = module + "." + name;
+    const bool torch_module = module == "torch" || module.rfind("torch.", 0) == 0;
     if (module == "torch._utils" && name == "_rebuild_tensor_v2") {
       it.global = Global::kRebuildTensorV2;
     } else if (module == "torch._utils" &&
@@ -805,10 +929,146 @@ class PickleReader {
       it.global = Global::kBuildList;
     } else if (module == "torch" && storage_dtype(name, &it.dtype)) {
       it.global = Global::kStorageType;
+    } else if (torch_module &&
+               (name.rfind("_rebuild", 0) == 0 || name == "_load_from_bytes" ||
+                (name.size() > 7 && name.compare(name.size() - 7, 7, "Storage") == 0))) {
+      unsupported(name_, "data.pkl: unsupported pickled global " + it.name);
+    } else if (module == "_codecs" && name == "encode") {
+      it.global = Global::kCodecsEncode;
+    } else if (module == "builtins" && name == "bytes") {
+      it.global = Global::kBytes;
+    } else if ((module == "numpy.core.multiarray" || module == "numpy._core.multiarray") &&
+               name == "scalar") {
+      it.global = Global::kNumpyScalar;
     } else {
-      unsupported(name_, "data.pkl: unsupported pickled global " + module + "." + name);
+      it.global = Global::kOpaque;
     }
     return it;
+  }
+
+  // _codecs.encode(text, "latin1"), protocol 2's bytes: the bytes, as a string (as BINBYTES).
+  // Other encodings build an opaque value, as any call does.
+  Item encoded_bytes(const Item& callable, std::vector<Item>& a) const {
+    if (a.size() != 2 || a[0].kind != Item::Kind::kValue || !a[0].value.isString() ||
+        a[1].kind != Item::Kind::kValue || !a[1].value.isString() ||
+        (a[1].value.toStringRef() != "latin1" && a[1].value.toStringRef() != "latin-1")) {
+      std::vector<c10::IValue> args;
+      for (auto& e : a) args.push_back(as_value(std::move(e)));
+      return make_object_of(callable.name, std::move(args));
+    }
+    const std::string& text = a[0].value.toStringRef();  // UTF-8; every code point <= 0xFF
+    std::string out;
+    out.reserve(text.size());
+    for (size_t i = 0; i < text.size(); ++i) {
+      const auto c = static_cast<uint8_t>(text[i]);
+      if (c < 0x80) {
+        out.push_back(static_cast<char>(c));
+      } else if ((c == 0xC2 || c == 0xC3) && i + 1 < text.size() &&
+                 (static_cast<uint8_t>(text[i + 1]) & 0xC0) == 0x80) {
+        out.push_back(static_cast<char>(((c & 0x03) << 6) | (text[++i] & 0x3F)));
+      } else {
+        bad("_codecs.encode of text that is not latin-1");
+      }
+    }
+    return value_item(c10::IValue(std::move(out)));
+  }
+
+  // numpy.core.multiarray.scalar(dtype, data): a plain bool, int or double when the dtype is
+  // numpy.dtype(("b1" | "i1" ... "i8" | "u1" ... "u8" | "f2" | "f4" | "f8"), ...) with a byte order
+  // and `data` its bytes (a uint64 above INT64_MAX is not); false otherwise.
+  static bool numpy_scalar(const std::vector<Item>& a, c10::IValue* out) {
+    if (a.size() != 2 || a[0].kind != Item::Kind::kObject || a[1].kind != Item::Kind::kValue ||
+        !a[1].value.isString()) {
+      return false;
+    }
+    const c10::impl::GenericDict dtype = a[0].value.toGenericDict();
+    if (dtype.at("__pickled__").toStringRef() != "numpy.dtype" || !dtype.contains("state")) {
+      return false;
+    }
+    const c10::IValue& args = dtype.at("args");
+    const c10::IValue& state = dtype.at("state");
+    if (!args.isTuple() || args.toTupleRef().elements().empty() || !state.isTuple() ||
+        state.toTupleRef().elements().size() < 2) {
+      return false;
+    }
+    const c10::IValue& code_v = args.toTupleRef().elements()[0];
+    const c10::IValue& order_v = state.toTupleRef().elements()[1];
+    if (!code_v.isString() || !order_v.isString()) return false;
+    const std::string& code = code_v.toStringRef();
+    const std::string& order = order_v.toStringRef();
+    std::string data = a[1].value.toStringRef();
+    if (code.size() != 2 || code[1] < '1' || code[1] > '8' ||
+        data.size() != static_cast<size_t>(code[1] - '0')) {
+      return false;
+    }
+    if (order == ">") {
+      std::reverse(data.begin(), data.end());
+    } else if (order != "<" && order != "|" && order != "=") {
+      return false;
+    }
+    uint64_t bits = 0;  // little-endian
+    for (size_t i = 0; i < data.size(); ++i) {
+      bits |= static_cast<uint64_t>(static_cast<uint8_t>(data[i])) << (8 * i);
+    }
+    const size_t n = data.size();
+    switch (code[0]) {
+      case 'b':
+        if (n != 1) return false;
+        *out = c10::IValue(bits != 0);
+        return true;
+      case 'i':
+        if (n != 1 && n != 2 && n != 4 && n != 8) return false;
+        if (n < 8 && (bits >> (8 * n - 1)) != 0) bits |= ~uint64_t{0} << (8 * n);  // sign
+        *out = c10::IValue(static_cast<int64_t>(bits));
+        return true;
+      case 'u':
+        if ((n != 1 && n != 2 && n != 4 && n != 8) || bits > uint64_t{INT64_MAX}) return false;
+        *out = c10::IValue(static_cast<int64_t>(bits));
+        return true;
+      case 'f':
+        if (n == 2) {
+          *out = c10::IValue(static_cast<double>(
+              static_cast<float>(c10::Half(static_cast<uint16_t>(bits), c10::Half::from_bits()))));
+        } else if (n == 4) {
+          float f = 0;
+          const auto u = static_cast<uint32_t>(bits);
+          std::memcpy(&f, &u, sizeof(f));
+          *out = c10::IValue(static_cast<double>(f));
+        } else if (n == 8) {
+          double d = 0;
+          std::memcpy(&d, &bits, sizeof(d));
+          *out = c10::IValue(d);
+        } else {
+          return false;
+        }
+        return true;
+      default:
+        return false;
+    }
+  }
+
+  // NEWOBJ(_EX): cls.__new__(cls, *args, **kwargs). OrderedDict() is an empty dict, as by REDUCE;
+  // an unknown class is an opaque value ("kwargs" only when there are any); a known function is
+  // no class.
+  Item new_object(Item&& cls, Item&& args, c10::IValue kwargs) const {
+    if (cls.kind != Item::Kind::kGlobal) bad("NEWOBJ of a non-class");
+    if (args.kind != Item::Kind::kTuple) bad("NEWOBJ arguments are not a tuple");
+    const bool no_kwargs = kwargs.isNone() || kwargs.toGenericDict().empty();
+    if (cls.global == Global::kOrderedDict && args.tuple.empty() && no_kwargs) {
+      return value_item(c10::impl::GenericDict(c10::AnyType::get(), c10::AnyType::get()));
+    }
+    switch (cls.global) {
+      case Global::kCodecsEncode:
+      case Global::kBytes:
+      case Global::kNumpyScalar:
+      case Global::kOpaque:
+        break;
+      default:
+        bad("NEWOBJ of " + cls.name);
+    }
+    Item obj = make_object(cls.name, as_value(std::move(args)));
+    if (!no_kwargs) obj.value.toGenericDict().insert("kwargs", std::move(kwargs));
+    return obj;
   }
 
   static bool storage_dtype(const std::string& name, c10::ScalarType* dtype) {
@@ -909,6 +1169,8 @@ class PickleReader {
     return t;
   }
 
+  // REDUCE: callable(*args). The known globals build their values; a call of any other global
+  // builds the opaque value {"__pickled__": "module.name", "args": args}.
   void reduce() {
     Item args = pop();
     Item callable = pop();
@@ -940,9 +1202,28 @@ class PickleReader {
         stack_.push_back(std::move(a[0]));
         return;
       case Global::kStorageType:
+        bad("REDUCE of a storage type");
+      case Global::kCodecsEncode:
+        stack_.push_back(encoded_bytes(callable, a));
+        return;
+      case Global::kBytes:  // bytes(): b""
+        if (a.empty()) {
+          stack_.push_back(value_item(c10::IValue(std::string())));
+          return;
+        }
+        break;
+      case Global::kNumpyScalar: {
+        c10::IValue scalar;
+        if (numpy_scalar(a, &scalar)) {
+          stack_.push_back(value_item(std::move(scalar)));
+          return;
+        }
+        break;
+      }
+      case Global::kOpaque:
         break;
     }
-    bad("REDUCE of a storage type");
+    stack_.push_back(make_object(callable.name, as_value(std::move(args))));
   }
 
   void step(uint8_t op, size_t at) {
@@ -1049,16 +1330,14 @@ class PickleReader {
         return;
       }
       case 'a': {  // APPEND
-        Item v = pop();
-        list_at(top()).push_back(as_value(std::move(v)));
+        std::vector<Item> items;
+        items.push_back(pop());
+        append_items(std::move(items));
         return;
       }
-      case 'e': {  // APPENDS
-        std::vector<Item> items = pop_mark();
-        auto list = list_at(top());
-        for (auto& it : items) list.push_back(as_value(std::move(it)));
+      case 'e':  // APPENDS
+        append_items(pop_mark());
         return;
-      }
       case '}':  // EMPTY_DICT
         stack_.push_back(
             value_item(c10::impl::GenericDict(c10::AnyType::get(), c10::AnyType::get())));
@@ -1119,12 +1398,64 @@ class PickleReader {
       case 'R':  // REDUCE
         reduce();
         return;
-      case 'b': {  // BUILD: only the state of an OrderedDict (a state_dict's _metadata), dropped
-        pop();
+      case 'b': {  // BUILD: an opaque object's "state"; a dict's (a state_dict's _metadata) dropped
+        Item state = pop();
         Item& obj = top();
+        if (obj.kind == Item::Kind::kObject) {
+          obj.value.toGenericDict().insert_or_assign("state", as_value(std::move(state)));
+          return;
+        }
         if (obj.kind != Item::Kind::kValue || !obj.value.isGenericDict()) {
           unsupported(name_, "data.pkl: BUILD of an object other than a dict");
         }
+        return;
+      }
+      case 0x81: {  // NEWOBJ
+        Item args = pop();
+        Item cls = pop();
+        stack_.push_back(new_object(std::move(cls), std::move(args), c10::IValue()));
+        return;
+      }
+      case 0x92: {  // NEWOBJ_EX
+        c10::IValue kwargs = as_value(pop());
+        Item args = pop();
+        Item cls = pop();
+        if (!kwargs.isGenericDict()) bad("NEWOBJ_EX keyword arguments are not a dict");
+        stack_.push_back(new_object(std::move(cls), std::move(args), std::move(kwargs)));
+        return;
+      }
+      case 0x8f:  // EMPTY_SET
+        stack_.push_back(
+            make_object_of("builtins.set", {track(c10::impl::GenericList(c10::AnyType::get()))}));
+        return;
+      case 0x90: {  // ADDITEMS
+        std::vector<Item> items = pop_mark();
+        Item& set = top();
+        if (set.kind != Item::Kind::kObject || object_name(set) != "builtins.set") {
+          bad("ADDITEMS to a non-set");
+        }
+        const c10::IValue& args = set.value.toGenericDict().at("args");
+        if (!args.isTuple() || args.toTupleRef().elements().size() != 1 ||
+            !args.toTupleRef().elements()[0].isList()) {
+          bad("ADDITEMS to a malformed set");
+        }
+        c10::impl::GenericList list = args.toTupleRef().elements()[0].toList();
+        for (auto& it : items) list.push_back(as_value(std::move(it)));
+        return;
+      }
+      case 0x91: {  // FROZENSET
+        std::vector<Item> items = pop_mark();
+        c10::impl::GenericList list(c10::AnyType::get());
+        track(list);
+        for (auto& it : items) list.push_back(as_value(std::move(it)));
+        stack_.push_back(make_object_of("builtins.frozenset", {std::move(list)}));
+        return;
+      }
+      case 0x96: {  // BYTEARRAY8: bytearray(bytes), as protocols 3 and 4 pickle it
+        const uint64_t n = le64(read_bytes(8));
+        if (n > in_.size()) bad("pickle truncated");
+        stack_.push_back(make_object_of("builtins.bytearray",
+                                        {c10::IValue(read_string(static_cast<size_t>(n)))}));
         return;
       }
       case 'Q':  // BINPERSID
@@ -1175,6 +1506,9 @@ class PickleReader {
   std::vector<size_t> marks_;
   std::unordered_map<uint64_t, Item> memo_;
   std::unordered_map<std::string, std::pair<c10::Storage, c10::ScalarType>> storages_;
+  mutable std::vector<c10::IValue> built_;     // every container built; see the destructor
+  std::unordered_set<const void*> reachable_;  // the containers the result reaches
+  bool parsed_ = false;                        // the result is handed out
 };
 
 // `finish` runs once everything is read, while what the source was told to keep is still alive.

@@ -27,6 +27,7 @@ namespace ckptledger {
 namespace {
 
 using c10::IValue;
+using namespace std::string_literals;
 using c10::impl::GenericDict;
 using c10::impl::GenericList;
 using nlohmann::json;
@@ -208,6 +209,39 @@ std::string dtype_name(at::ScalarType t) {
   }
 }
 
+// Whether `s` is strict UTF-8, as Python's bytes.decode("utf-8") requires.
+bool is_utf8(const std::string& s) {
+  for (size_t i = 0; i < s.size();) {
+    const auto c = static_cast<uint8_t>(s[i]);
+    const size_t n = c < 0x80           ? 1
+                     : (c >> 5) == 0x6  ? 2
+                     : (c >> 4) == 0xE  ? 3
+                     : (c >> 3) == 0x1E ? 4
+                                        : 0;
+    if (n == 0 || i + n > s.size()) return false;
+    uint32_t cp = n == 1 ? c : c & (0x7F >> n);
+    for (size_t k = 1; k < n; ++k) {
+      const auto d = static_cast<uint8_t>(s[i + k]);
+      if ((d & 0xC0) != 0x80) return false;
+      cp = (cp << 6) | (d & 0x3F);
+    }
+    static constexpr uint32_t kMin[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < kMin[n] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
+    i += n;
+  }
+  return true;
+}
+
+std::string hex_of(const std::string& s) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out;
+  for (unsigned char c : s) {
+    out.push_back(kDigits[c >> 4]);
+    out.push_back(kDigits[c & 0xF]);
+  }
+  return out;
+}
+
 std::string label(const IValue& key) {
   if (key.isString()) return key.toStringRef();
   if (key.isInt()) return "#" + std::to_string(key.toInt());
@@ -260,7 +294,9 @@ json summarize(const IValue& root) {
     } else if (v.isDouble()) {
       nodes[path] = {{"kind", "float"}, {"value", v.toDouble()}};
     } else if (v.isString()) {
-      nodes[path] = {{"kind", "str"}, {"value", v.toStringRef()}};
+      const std::string& s = v.toStringRef();
+      nodes[path] = is_utf8(s) ? json{{"kind", "str"}, {"value", s}}
+                               : json{{"kind", "str"}, {"hex", hex_of(s)}};
     } else {
       nodes[path] = {{"kind", std::string("unexpected ") + v.tagKind()}};
     }
@@ -781,16 +817,265 @@ TEST(CheckpointFormat, TensorReachingPastItsStorageIsCorruption) {
             ErrorCode::kCorruption);
 }
 
-TEST(CheckpointFormat, PickledClassIsInvalidArgumentNamingIt) {
-  const std::string pickle =
-      "\x80\x02"
-      "cmmengine.logging.history_buffer\nHistoryBuffer\n)R.";
-  const Error e = CatchError([&] {
-    read_checkpoint_bytes(archive_with({{"data.pkl", pickle}}), "hub.pth");
-  });
+// ---- Python objects: opaque values -------------------------------------------------------------
+
+// A hand-made protocol-2 pickle in an archive, read.
+IValue read_pickle(const std::string& pickle) {
+  return read_checkpoint_bytes(archive_with({{"data.pkl", "\x80\x02" + pickle}}), "hand.pth");
+}
+
+Error pickle_error(const std::string& pickle) {
+  return CatchError([&] { read_pickle(pickle); });
+}
+
+GenericDict object_at(const IValue& v) {
+  EXPECT_TRUE(v.isGenericDict()) << v.tagKind();
+  return v.toGenericDict();
+}
+
+// The elements of a tuple value.
+std::vector<IValue> elements(const IValue& v) {
+  EXPECT_TRUE(v.isTuple()) << v.tagKind();
+  return v.isTuple() ? v.toTupleRef().elements().vec() : std::vector<IValue>{};
+}
+
+// The doubles in a string of little-endian float64 bytes.
+std::vector<double> doubles_in(const std::string& bytes) {
+  std::vector<double> out(bytes.size() / sizeof(double));
+  std::memcpy(out.data(), bytes.data(), out.size() * sizeof(double));
+  return out;
+}
+
+TEST(CheckpointReader, MmengineHistoryBufferInHubReadsAsOpaqueValue) {
+  TempDir dir;
+  const std::string path = dir.file("mmengine_epoch_3.pth");
+  const json py = run_python("--save-hub '" + path + "' 2");  // torch.save's default protocol
+
+  const IValue ckpt = read_checkpoint(path);
+  ExpectSameNodes(py.at("nodes"), summarize(ckpt));
+
+  // Weights, optimizer and meta read bit for bit as from a file of those alone.
+  const GenericDict got = ckpt.toGenericDict();
+  const GenericDict plain = read_checkpoint(path + ".plain").toGenericDict();
+  for (const char* key : {"meta", "state_dict", "optimizer"}) {
+    ExpectSameValue(plain.at(key), got.at(key), std::string("/") + key);
+  }
+  EXPECT_EQ(got.at("meta").toGenericDict().at("epoch").toInt(), 3);
+
+  // The HistoryBuffer: its class, no arguments, its __dict__ as the state.
+  const GenericDict hub = got.at("message_hub").toGenericDict();
+  const GenericDict loss = object_at(hub.at("log_scalars").toGenericDict().at("train/loss"));
+  std::vector<std::string> keys;
+  for (const auto& e : loss) keys.push_back(e.key().toStringRef());
+  EXPECT_EQ(keys, (std::vector<std::string>{"__pickled__", "args", "state"}));
+  EXPECT_EQ(loss.at("__pickled__").toStringRef(), "mmengine.logging.history_buffer.HistoryBuffer");
+  EXPECT_TRUE(elements(loss.at("args")).empty());
+  const GenericDict state = object_at(loss.at("state"));
+  EXPECT_EQ(state.at("max_length").toInt(), 10);
+
+  // Its numpy array: _reconstruct(ndarray, (0,), b"b") built with (1, shape, dtype, fortran,
+  // the bytes).
+  const GenericDict history = object_at(state.at("_log_history"));
+  EXPECT_EQ(history.at("__pickled__").toStringRef(), "numpy.core.multiarray._reconstruct");
+  const std::vector<IValue> args = elements(history.at("args"));
+  ASSERT_EQ(args.size(), 3u);
+  EXPECT_EQ(object_at(args[0]).at("__global__").toStringRef(), "numpy.ndarray");
+  EXPECT_EQ(args[2].toStringRef(), "b");
+  const std::vector<IValue> array = elements(history.at("state"));
+  ASSERT_EQ(array.size(), 5u);
+  EXPECT_EQ(elements(array[1]).at(0).toInt(), 2);  // shape (2,)
+  const GenericDict dtype = object_at(array[2]);
+  EXPECT_EQ(dtype.at("__pickled__").toStringRef(), "numpy.dtype");
+  EXPECT_EQ(elements(dtype.at("args")).at(0).toStringRef(), "f8");
+  EXPECT_FALSE(array[3].toBool());
+  EXPECT_EQ(doubles_in(array[4].toStringRef()), (std::vector<double>{0.5, 0.25}));
+
+  // numpy scalars of standard dtypes are plain values; others opaque.
+  const GenericDict info = hub.at("runtime_info").toGenericDict();
+  EXPECT_EQ(info.at("best_score").toDouble(), 0.5);
+  EXPECT_EQ(info.at("best_epoch").toInt(), 3);
+  EXPECT_EQ(info.at("iter").toInt(), 300);
+  const GenericDict extras = got.at("extras").toGenericDict();
+  EXPECT_EQ(extras.at("f32").toDouble(), static_cast<double>(0.1f));
+  EXPECT_EQ(extras.at("f16").toDouble(), 1.5);
+  EXPECT_TRUE(extras.at("flag").toBool());
+  EXPECT_EQ(extras.at("u8").toInt(), 200);
+  EXPECT_EQ(extras.at("i8").toInt(), -5);
+  EXPECT_EQ(object_at(extras.at("u64_big")).at("__pickled__").toStringRef(),
+            "numpy.core.multiarray.scalar");
+  EXPECT_EQ(object_at(extras.at("complex")).at("__pickled__").toStringRef(),
+            "numpy.core.multiarray.scalar");
+  // Bytes are strings of their bytes; sets are their class called with a list.
+  EXPECT_EQ(extras.at("bytes").toStringRef(), std::string("\x00\xffraw", 5));
+  EXPECT_EQ(extras.at("empty_bytes").toStringRef(), "");
+  EXPECT_EQ(object_at(extras.at("set")).at("__pickled__").toStringRef(), "builtins.set");
+  // The list subclass holds its items in "listitems", once, shared by both references.
+  const GenericDict tags = object_at(extras.at("tags"));
+  EXPECT_EQ(tags.at("listitems").toListRef().size(), 2u);
+  EXPECT_TRUE(extras.at("tags_again").isSameIdentity(extras.at("tags")));
+}
+
+TEST(CheckpointReader, EveryPickleProtocolReadsPythonObjectsAsDocumented) {
+  TempDir dir;
+  for (int protocol : {3, 4, 5}) {  // 2 is above
+    SCOPED_TRACE("pickle protocol " + std::to_string(protocol));
+    const std::string path = dir.file("hub_p" + std::to_string(protocol) + ".pth");
+    const json py = run_python("--save-hub '" + path + "' " + std::to_string(protocol));
+    const IValue ckpt = read_checkpoint(path);
+    ExpectSameNodes(py.at("nodes"), summarize(ckpt));
+    const GenericDict plain = read_checkpoint(path + ".plain").toGenericDict();
+    for (const char* key : {"meta", "state_dict", "optimizer"}) {
+      ExpectSameValue(plain.at(key), ckpt.toGenericDict().at(key), std::string("/") + key);
+    }
+  }
+}
+
+TEST(CheckpointReader, BareModelStateDictReadsAsDict) {
+  TempDir dir;
+  const std::string path = dir.file("weights.pth");
+  const json py = run_python("--save-state-dict '" + path + "' ''");
+  const IValue sd = read_checkpoint(path);
+  ASSERT_TRUE(sd.isGenericDict());
+  const json nodes = summarize(sd);
+  ExpectSameNodes(py.at("nodes"), nodes);
+  EXPECT_EQ(nodes.at("").at("keys"),
+            json({"0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var",
+                  "1.num_batches_tracked"}));
+  EXPECT_EQ(sd.toGenericDict().keyType()->kind(), c10::TypeKind::StringType);
+}
+
+TEST(CheckpointReader, DdpModulePrefixedStateDictReadsWithItsKeys) {
+  TempDir dir;
+  const std::string path = dir.file("ddp_weights.pth");
+  const json py = run_python("--save-state-dict '" + path + "' module.");
+  const json nodes = summarize(read_checkpoint(path));
+  ExpectSameNodes(py.at("nodes"), nodes);
+  EXPECT_EQ(nodes.at("").at("keys").front(), "module.0.weight");
+}
+
+TEST(CheckpointReader, UnknownGlobalsReadAsOpaqueValues) {
+  // A call of an unknown global, with no arguments: the class and empty "args".
+  const GenericDict called =
+      object_at(read_pickle("cmmengine.logging.history_buffer\nHistoryBuffer\n)R."s));
+  ASSERT_EQ(called.size(), 2u);
+  EXPECT_EQ(called.at("__pickled__").toStringRef(),
+            "mmengine.logging.history_buffer.HistoryBuffer");
+  EXPECT_TRUE(elements(called.at("args")).empty());
+
+  // A class as a value, named as Python 3 names it.
+  EXPECT_EQ(object_at(read_pickle("c__builtin__\nlist\n."s)).at("__global__").toStringRef(),
+            "builtins.list");
+
+  // NEWOBJ_EX with keywords; BUILD's state; SETITEMS on the object as (key, value) pairs.
+  const GenericDict built = object_at(
+      read_pickle("cm\nC\nK\x01\x85}X\x01\x00\x00\x00kK\x02s\x92"s  // C.__new__(C, 1, k=2)
+                  "}X\x01\x00\x00\x00sK\x03sb"                      // BUILD {"s": 3}
+                  "(K\x04K\x05u."));                                // SETITEMS 4: 5
+  std::vector<std::string> keys;
+  for (const auto& e : built) keys.push_back(e.key().toStringRef());
+  EXPECT_EQ(keys,
+            (std::vector<std::string>{"__pickled__", "args", "kwargs", "state", "dictitems"}));
+  EXPECT_EQ(elements(built.at("args")).at(0).toInt(), 1);
+  EXPECT_EQ(built.at("kwargs").toGenericDict().at("k").toInt(), 2);
+  EXPECT_EQ(built.at("state").toGenericDict().at("s").toInt(), 3);
+  const std::vector<IValue> pair = elements(built.at("dictitems").toListRef().at(0));
+  EXPECT_EQ(pair.at(0).toInt(), 4);
+  EXPECT_EQ(pair.at(1).toInt(), 5);
+
+  // EMPTY_SET + ADDITEMS and FROZENSET.
+  const GenericDict set = object_at(read_pickle("\x8f(K\x01K\x02\x90."s));
+  EXPECT_EQ(set.at("__pickled__").toStringRef(), "builtins.set");
+  EXPECT_EQ(elements(set.at("args")).at(0).toListRef().size(), 2u);
+  EXPECT_EQ(object_at(read_pickle("(K\x01\x91."s)).at("__pickled__").toStringRef(),
+            "builtins.frozenset");
+}
+
+TEST(CheckpointReader, MalformedObjectOpcodesAreCorruption) {
+  for (const std::string& pickle : {
+           "](K\x01\x90."s,                               // ADDITEMS to a list
+           "K\x01)\x81."s,                                // NEWOBJ of an int
+           "cm\nC\nK\x01\x81."s,                          // NEWOBJ arguments not a tuple
+           "cm\nC\n)K\x01\x92."s,                         // NEWOBJ_EX keywords not a dict
+           "ctorch._utils\n_rebuild_tensor_v2\n)\x81."s,  // NEWOBJ of a function
+           "c_codecs\nencode\nX\x02\x00\x00\x00\xc4\x80X\x06\x00\x00\x00latin1\x86R."s,
+           "K\x01\x91."s,      // FROZENSET without MARK
+           "cm\nC\n)R\x90."s,  // ADDITEMS without MARK
+       }) {
+    SCOPED_TRACE("pickle " + hex_of(pickle));
+    const Error e = pickle_error(pickle);
+    EXPECT_EQ(e.code(), ErrorCode::kCorruption) << e.what();
+    EXPECT_NE(std::string(e.what()).find("hand.pth"), std::string::npos) << e.what();
+  }
+}
+
+TEST(CheckpointReader, DeeplyNestedContainersAreCorruptionNotACrash) {
+  // 200,000 levels: destroying them by recursion would overflow the stack.
+  const size_t n = 200000;
+  std::string objects;
+  for (size_t i = 0; i < n; ++i) objects += "cm\nC\n";
+  objects += ")R";
+  for (size_t i = 1; i < n; ++i) objects += "\x85R";  // C((C((...),)),)
+  // Top down: each list is appended to its parent (fetched from the memo) before it is filled.
+  const auto index = [](size_t i) {
+    std::string le(4, '\0');
+    for (int b = 0; b < 4; ++b) le[b] = static_cast<char>((i >> (8 * b)) & 0xFF);
+    return le;
+  };
+  std::string top_down = "]r" + index(0);
+  for (size_t i = 1; i < n; ++i) top_down += "j" + index(i - 1) + "]r" + index(i) + "a0";
+  for (const std::string& pickle :
+       {std::string(n, ']') + std::string(n - 1, 'a') + ".", objects + ".", top_down + "."}) {
+    const Error e = pickle_error(pickle);
+    EXPECT_EQ(e.code(), ErrorCode::kCorruption) << e.what();
+  }
+  // Built, then dropped (POP; BUILD's state on a dict) by a pickle that is otherwise fine.
+  const std::string deep = std::string(n, ']') + std::string(n - 1, 'a');
+  EXPECT_TRUE(read_pickle(deep + "0N."s).isNone());
+  EXPECT_TRUE(read_pickle("}"s + deep + "b.").isGenericDict());
+  EXPECT_TRUE(read_pickle(top_down + "0N."s).isNone());
+}
+
+TEST(CheckpointReader, TensorsAndStoragesItCannotBuildAreStillInvalidArgument) {
+  for (const auto& [pickle, name] : std::vector<std::pair<std::string, std::string>>{
+           {"ctorch._utils\n_rebuild_qtensor\n)R.", "_rebuild_qtensor"},
+           {"ctorch\nComplexFloatStorage\n.", "ComplexFloatStorage"},
+           {"\x82\x01.", "0x82"},  // EXT1: needs Python's extension registry
+       }) {
+    const Error e = pickle_error(pickle);
+    EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument) << e.what();
+    EXPECT_NE(std::string(e.what()).find(name), std::string::npos) << e.what();
+  }
+}
+
+TEST(CheckpointWriter, OpaqueValueIsInvalidArgumentNamingItsPath) {
+  GenericDict ckpt = str_dict();
+  GenericDict hub = str_dict();
+  GenericDict scalars = str_dict();
+  scalars.insert("train/loss",
+                 read_pickle("cmmengine.logging.history_buffer\nHistoryBuffer\n)R."s));
+  hub.insert("log_scalars", scalars);
+  ckpt.insert("message_hub", hub);
+  const Error e = CatchError([&] { to_bytes(ckpt); });
   EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+  EXPECT_NE(std::string(e.what()).find("/message_hub/log_scalars/train/loss"), std::string::npos)
+      << e.what();
   EXPECT_NE(std::string(e.what()).find("HistoryBuffer"), std::string::npos) << e.what();
-  EXPECT_NE(std::string(e.what()).find("hub.pth"), std::string::npos) << e.what();
+
+  GenericList classes(c10::AnyType::get());
+  classes.push_back(read_pickle("cnumpy\nndarray\n."s));
+  EXPECT_EQ(CatchError([&] { to_bytes(classes); }).code(), ErrorCode::kInvalidArgument);
+
+  // What decodes to plain values writes as usual.
+  const IValue scalar = read_pickle(
+      "cnumpy.core.multiarray\nscalar\ncnumpy\ndtype\nX\x02\x00\x00\x00"
+      "f8\x89\x88\x87R"
+      "(K\x03X\x01\x00\x00\x00<NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"
+      "C\x08\x00\x00\x00\x00\x00\x00\xe0?\x86R."s);
+  ASSERT_TRUE(scalar.isDouble());
+  EXPECT_EQ(scalar.toDouble(), 0.5);
+  GenericDict info = str_dict();
+  info.insert("best_score", scalar);
+  EXPECT_EQ(read_checkpoint_bytes(to_bytes(info)).toGenericDict().at("best_score").toDouble(), 0.5);
 }
 
 // ---- read_checkpoint_verified: load and SHA-256 in one read (verified resume) -----------------
