@@ -5,7 +5,7 @@
 
 Fails (exit 1, one line per problem) unless:
   - README.md has a ```cpp fenced block whose lines are exactly the lines between
-    `// [readme-loop]` and `// [/readme-loop]` in tests/install_consumer/main.cc (the program
+    `// [readme-loop]` and `// [/readme-loop]` in examples/mlp_adamw/main.cc (the program
     tests/install_test.sh builds and runs against the installed package), compared after removing
     the region's common indentation (the README may show it unindented) and trailing blanks;
   - README.md has at most 250 lines;
@@ -136,7 +136,7 @@ def main(argv):
     root = os.path.abspath(argv[1])
     readme = os.path.join(root, "README.md")
     docs_dir = os.path.join(root, "docs")
-    main_cc = os.path.join(root, "tests", "install_consumer", "main.cc")
+    main_cc = os.path.join(root, "examples", "mlp_adamw", "main.cc")
     problems = []
 
     if not os.path.isfile(readme):
@@ -162,7 +162,7 @@ def main(argv):
         elif want not in cpp and want_dedented not in cpp:
             problems.append(
                 "README.md: no ```cpp block holds exactly the lines between the readme-loop markers "
-                f"of tests/install_consumer/main.cc ({len(want)} lines, starting "
+                f"of examples/mlp_adamw/main.cc ({len(want)} lines, starting "
                 f"{want_dedented[0]!r}); copy them (unindented) into the README's block")
         if len(want) > 15:
             problems.append(f"{main_cc}: the readme-loop region has {len(want)} lines (at most 15)")

@@ -197,6 +197,53 @@ class FromPython(unittest.TestCase):
             d_own = (own["0.weight"] - sd["0.weight"]).abs().max().item()
             self.assertLess(d_loaded, d_own, name)
 
+    def test_mmengine_checkpoint_with_history_buffers_in_its_hub_resumes_and_loads(self):
+        # MMEngine's message hub pickles HistoryBuffer objects and numpy values; a fake
+        # mmengine.logging.history_buffer module makes Python pickle them by reference, as
+        # MMEngine does.
+        import types
+        import numpy
+        mod = types.ModuleType("mmengine.logging.history_buffer")
+
+        class HistoryBuffer:
+            def __init__(self):
+                self._log_history = numpy.array([0.5, 0.25])
+                self._count_history = numpy.array([1, 1])
+                self.max_length = 1000000
+        HistoryBuffer.__module__ = mod.__name__
+        HistoryBuffer.__qualname__ = "HistoryBuffer"
+        mod.HistoryBuffer = HistoryBuffer
+        for name in ("mmengine", "mmengine.logging"):
+            sys.modules.setdefault(name, types.ModuleType(name))
+        sys.modules[mod.__name__] = mod
+        torch.manual_seed(2)
+        model = python_model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+        for _ in range(4):
+            opt.zero_grad()
+            model(torch.randn(16, 2)).sum().backward()
+            opt.step()
+        hub = {"log_scalars": {"train/loss": HistoryBuffer()},
+               "runtime_info": {"iter": 4, "best_score": numpy.float64(0.5)},
+               "resumed_keys": {"iter": True}}
+        src = os.path.join(self.tmp, "mmengine.pth")
+        torch.save({"meta": {"epoch": 0, "iter": 4, "seed": numpy.int64(2)},
+                    "state_dict": model.state_dict(), "optimizer": opt.state_dict(),
+                    "message_hub": hub}, src)
+        for flag in ("--resume-from", "--load-from"):
+            work = os.path.join(self.tmp, "work" + flag)
+            p = subprocess.run([BIN, "train", "--work-dir", work, "--iters", "20", flag, src],
+                               capture_output=True, text=True)
+            self.assertEqual(p.returncode, 0, flag + ": " + p.stderr)
+            out = torch.load(os.path.join(work, "iter_20.pth"))
+            step = out["optimizer"]["state"]
+            self.assertEqual(out["meta"]["iter"], 20, flag)
+            if flag == "--resume-from":
+                self.assertIn("resumed at epoch 0, iter 4", p.stderr)
+            else:
+                self.assertNotIn("resumed at", p.stderr)
+            self.assertTrue(step, flag)
+
     def test_a_state_dict_for_another_model_is_refused_naming_the_keys(self):
         src = os.path.join(self.tmp, "other.pth")
         torch.save({"state_dict": torch.nn.Linear(2, 5).state_dict()}, src)
