@@ -112,23 +112,12 @@ class KilledAndResumed(unittest.TestCase):
         self.assertEqual(runs.returncode, 0, runs.stderr)
         self.assertGreaterEqual(runs.stdout.count('"crashed"'), 1, runs.stdout)
 
-    def test_sgd(self):
-        self.check_config(CONFIGS[0])
 
-    def test_adam(self):
-        self.check_config(CONFIGS[1])
 
-    def test_adam_amsgrad(self):
-        self.check_config(CONFIGS[2])
-
-    def test_adamw_amsgrad(self):
-        self.check_config(CONFIGS[3])
-
-    def test_rmsprop(self):
-        self.check_config(CONFIGS[4])
-
-    def test_adagrad(self):
-        self.check_config(CONFIGS[5])
+# One test per optimizer configuration: test_optimizer_sgd, test_optimizer_adam_amsgrad, ...
+for _args in CONFIGS:
+    _name = "test_" + "_".join(a.strip("-") for a in _args)
+    setattr(KilledAndResumed, _name, lambda self, a=_args: self.check_config(a))
 
 
 def python_model():

@@ -84,6 +84,18 @@ std::vector<double> as_doubles(const c10::IValue& v, const std::string& key) {
   return out;
 }
 
+double get_double(const GenericDict& d, const std::string& key, const std::string& where) {
+  return as_double(require(d, key, where), where + "." + key);
+}
+
+int64_t get_int(const GenericDict& d, const std::string& key, const std::string& where) {
+  return as_int(require(d, key, where), where + "." + key);
+}
+
+bool get_bool(const GenericDict& d, const std::string& key, const std::string& where) {
+  return as_bool(require(d, key, where), where + "." + key);
+}
+
 std::string shape_string(at::IntArrayRef sizes) {
   std::string s = "[";
   for (size_t i = 0; i < sizes.size(); ++i) s += (i ? ", " : "") + std::to_string(sizes[i]);

@@ -39,6 +39,11 @@ std::vector<c10::IValue> as_list(const c10::IValue& v, const std::string& key); 
 at::Tensor as_tensor(const c10::IValue& v, const std::string& key);
 std::vector<double> as_doubles(const c10::IValue& v, const std::string& key);
 
+// require() and the conversion, naming `where.key`.
+double get_double(const GenericDict& d, const std::string& key, const std::string& where);
+int64_t get_int(const GenericDict& d, const std::string& key, const std::string& where);
+bool get_bool(const GenericDict& d, const std::string& key, const std::string& where);
+
 // "[2, 3]"
 std::string shape_string(at::IntArrayRef sizes);
 

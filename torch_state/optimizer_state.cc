@@ -108,14 +108,49 @@ void OptimizerLayout::check_flags(const GenericDict& g, const std::string& where
   }
 }
 
-// The layouts of one libtorch options class.
+// One group option: its PyTorch key, how it is written from libtorch's options and read back.
+template <class Opt>
+struct Option {
+  const char* key;
+  c10::IValue (*write)(const Opt& o);
+  void (*read)(Opt& o, const GenericDict& g, const std::string& where);
+};
+// The common case: an option libtorch names as PyTorch does, read as `getter` converts it.
+// clang-format off
+#define CKPT_OPTION(Opt, name, getter)                                              \
+  Option<Opt> {                                                                     \
+    #name,                                                                          \
+    [](const Opt& o) { return c10::IValue(o.name()); },                             \
+    [](Opt& o, const GenericDict& g, const std::string& w) { o.name(getter(g, #name, w)); } \
+  }
+// clang-format on
+
+// The layouts of one libtorch options class: the group options are its table, in PyTorch's order,
+// followed by the PyTorch-only flags.
 template <class Opt>
 class TypedLayout : public OptimizerLayout {
  public:
-  using OptimizerLayout::OptimizerLayout;
+  TypedLayout(const char* name, std::vector<PythonFlag> flags, std::vector<Option<Opt>> options)
+      : OptimizerLayout(name, std::move(flags)), options_(std::move(options)) {}
   bool matches(const OptimizerOptions& o) const override {
     return dynamic_cast<const Opt*>(&o) != nullptr;
   }
+  void write_group(const OptimizerOptions& base, GenericDict& g) const override {
+    for (const Option<Opt>& option : options_) {
+      g.insert(option.key, option.write(static_cast<const Opt&>(base)));
+    }
+    this->write_flags(g);
+  }
+  std::unique_ptr<OptimizerOptions> read_group(const GenericDict& g, const OptimizerOptions& cur,
+                                               const std::string& w) const override {
+    this->check_flags(g, w);
+    auto o = std::make_unique<Opt>(static_cast<const Opt&>(cur));
+    for (const Option<Opt>& option : options_) option.read(*o, g, w);
+    return o;
+  }
+
+ private:
+  std::vector<Option<Opt>> options_;
 };
 
 // ---- SGD
@@ -127,27 +162,11 @@ class SgdLayout final : public TypedLayout<torch::optim::SGDOptions> {
 
  public:
   SgdLayout()
-      : TypedLayout("SGD", {{"maximize", false}, {"foreach", true}, {"differentiable", false}}) {}
-  void write_group(const OptimizerOptions& base, GenericDict& g) const override {
-    const auto& o = static_cast<const Opt&>(base);
-    g.insert("lr", o.lr());
-    g.insert("momentum", o.momentum());
-    g.insert("dampening", o.dampening());
-    g.insert("weight_decay", o.weight_decay());
-    g.insert("nesterov", o.nesterov());
-    write_flags(g);
-  }
-  std::unique_ptr<OptimizerOptions> read_group(const GenericDict& g, const OptimizerOptions& cur,
-                                               const std::string& w) const override {
-    check_flags(g, w);
-    auto o = std::make_unique<Opt>(static_cast<const Opt&>(cur));
-    o->lr(as_double(require(g, "lr", w), w + ".lr"));
-    o->momentum(as_double(require(g, "momentum", w), w + ".momentum"));
-    o->dampening(as_double(require(g, "dampening", w), w + ".dampening"));
-    o->weight_decay(as_double(require(g, "weight_decay", w), w + ".weight_decay"));
-    o->nesterov(as_bool(require(g, "nesterov", w), w + ".nesterov"));
-    return o;
-  }
+      : TypedLayout(
+            "SGD", {{"maximize", false}, {"foreach", true}, {"differentiable", false}},
+            {CKPT_OPTION(Opt, lr, get_double), CKPT_OPTION(Opt, momentum, get_double),
+             CKPT_OPTION(Opt, dampening, get_double), CKPT_OPTION(Opt, weight_decay, get_double),
+             CKPT_OPTION(Opt, nesterov, get_bool)}) {}
   void write_state(const OptimizerParamState& base, GenericDict& e) const override {
     e.insert("momentum_buffer", static_cast<const State&>(base).momentum_buffer());
   }
@@ -170,29 +189,22 @@ class SgdLayout final : public TypedLayout<torch::optim::SGDOptions> {
 template <class Opt, class State>
 class AdamFamilyLayout final : public TypedLayout<Opt> {
  public:
-  using TypedLayout<Opt>::TypedLayout;
-  void write_group(const OptimizerOptions& base, GenericDict& g) const override {
-    const auto& o = static_cast<const Opt&>(base);
-    g.insert("lr", o.lr());
-    g.insert("betas", c10::ivalue::Tuple::create(std::get<0>(o.betas()), std::get<1>(o.betas())));
-    g.insert("eps", o.eps());
-    g.insert("weight_decay", o.weight_decay());
-    g.insert("amsgrad", o.amsgrad());
-    this->write_flags(g);
-  }
-  std::unique_ptr<OptimizerOptions> read_group(const GenericDict& g, const OptimizerOptions& cur,
-                                               const std::string& w) const override {
-    this->check_flags(g, w);
-    auto o = std::make_unique<Opt>(static_cast<const Opt&>(cur));
-    o->lr(as_double(require(g, "lr", w), w + ".lr"));
-    std::vector<double> betas = as_doubles(require(g, "betas", w), w + ".betas");
-    if (betas.size() != 2) refuse(w + ".betas", "expected 2 values");
-    o->betas(std::make_tuple(betas[0], betas[1]));
-    o->eps(as_double(require(g, "eps", w), w + ".eps"));
-    o->weight_decay(as_double(require(g, "weight_decay", w), w + ".weight_decay"));
-    o->amsgrad(as_bool(require(g, "amsgrad", w), w + ".amsgrad"));
-    return o;
-  }
+  AdamFamilyLayout(const char* name, std::vector<PythonFlag> flags)
+      : TypedLayout<Opt>(
+            name, std::move(flags),
+            {CKPT_OPTION(Opt, lr, get_double),
+             Option<Opt>{"betas",
+                         [](const Opt& o) {
+                           return c10::IValue(c10::ivalue::Tuple::create(std::get<0>(o.betas()),
+                                                                         std::get<1>(o.betas())));
+                         },
+                         [](Opt& o, const GenericDict& g, const std::string& w) {
+                           std::vector<double> b = as_doubles(require(g, "betas", w), w + ".betas");
+                           if (b.size() != 2) refuse(w + ".betas", "expected 2 values");
+                           o.betas(std::make_tuple(b[0], b[1]));
+                         }},
+             CKPT_OPTION(Opt, eps, get_double), CKPT_OPTION(Opt, weight_decay, get_double),
+             CKPT_OPTION(Opt, amsgrad, get_bool)}) {}
   void write_state(const OptimizerParamState& base, GenericDict& e) const override {
     const auto& s = static_cast<const State&>(base);
     e.insert("step", step_tensor(s.step()));
@@ -209,7 +221,7 @@ class AdamFamilyLayout final : public TypedLayout<Opt> {
                                                   const OptimizerOptions& base,
                                                   const std::string& w) const override {
     auto s = std::make_unique<State>();
-    s->step(as_int(require(e, "step", w), w + ".step"));
+    s->step(get_int(e, "step", w));
     s->exp_avg(state_tensor(e, "exp_avg", p, w));
     s->exp_avg_sq(state_tensor(e, "exp_avg_sq", p, w));
     if (static_cast<const Opt&>(base).amsgrad()) {
@@ -228,30 +240,11 @@ class RmspropLayout final : public TypedLayout<torch::optim::RMSpropOptions> {
 
  public:
   RmspropLayout()
-      : TypedLayout("RMSprop",
-                    {{"foreach", true}, {"maximize", false}, {"differentiable", false}}) {}
-  void write_group(const OptimizerOptions& base, GenericDict& g) const override {
-    const auto& o = static_cast<const Opt&>(base);
-    g.insert("lr", o.lr());
-    g.insert("momentum", o.momentum());
-    g.insert("alpha", o.alpha());
-    g.insert("eps", o.eps());
-    g.insert("centered", o.centered());
-    g.insert("weight_decay", o.weight_decay());
-    write_flags(g);
-  }
-  std::unique_ptr<OptimizerOptions> read_group(const GenericDict& g, const OptimizerOptions& cur,
-                                               const std::string& w) const override {
-    check_flags(g, w);
-    auto o = std::make_unique<Opt>(static_cast<const Opt&>(cur));
-    o->lr(as_double(require(g, "lr", w), w + ".lr"));
-    o->momentum(as_double(require(g, "momentum", w), w + ".momentum"));
-    o->alpha(as_double(require(g, "alpha", w), w + ".alpha"));
-    o->eps(as_double(require(g, "eps", w), w + ".eps"));
-    o->centered(as_bool(require(g, "centered", w), w + ".centered"));
-    o->weight_decay(as_double(require(g, "weight_decay", w), w + ".weight_decay"));
-    return o;
-  }
+      : TypedLayout(
+            "RMSprop", {{"foreach", true}, {"maximize", false}, {"differentiable", false}},
+            {CKPT_OPTION(Opt, lr, get_double), CKPT_OPTION(Opt, momentum, get_double),
+             CKPT_OPTION(Opt, alpha, get_double), CKPT_OPTION(Opt, eps, get_double),
+             CKPT_OPTION(Opt, centered, get_bool), CKPT_OPTION(Opt, weight_decay, get_double)}) {}
   void write_state(const OptimizerParamState& base, GenericDict& e) const override {
     const auto& s = static_cast<const State&>(base);
     e.insert("step", s.step());
@@ -271,7 +264,7 @@ class RmspropLayout final : public TypedLayout<torch::optim::RMSpropOptions> {
                                                   const std::string& w) const override {
     const auto& o = static_cast<const Opt&>(base);
     auto s = std::make_unique<State>();
-    s->step(as_int(require(e, "step", w), w + ".step"));
+    s->step(get_int(e, "step", w));
     s->square_avg(state_tensor(e, "square_avg", p, w));
     if (o.momentum() > 0) s->momentum_buffer(state_tensor(e, "momentum_buffer", p, w));
     if (o.centered()) s->grad_avg(state_tensor(e, "grad_avg", p, w));
@@ -287,29 +280,12 @@ class AdagradLayout final : public TypedLayout<torch::optim::AdagradOptions> {
   using State = torch::optim::AdagradParamState;
 
  public:
-  AdagradLayout() : TypedLayout("Adagrad", {{"foreach", true}, {"maximize", false}}) {}
+  AdagradLayout()
+      : TypedLayout("Adagrad", {{"foreach", true}, {"maximize", false}},
+                    {CKPT_OPTION(Opt, lr, get_double), CKPT_OPTION(Opt, lr_decay, get_double),
+                     CKPT_OPTION(Opt, eps, get_double), CKPT_OPTION(Opt, weight_decay, get_double),
+                     CKPT_OPTION(Opt, initial_accumulator_value, get_double)}) {}
   bool state_for_every_param() const override { return true; }
-  void write_group(const OptimizerOptions& base, GenericDict& g) const override {
-    const auto& o = static_cast<const Opt&>(base);
-    g.insert("lr", o.lr());
-    g.insert("lr_decay", o.lr_decay());
-    g.insert("eps", o.eps());
-    g.insert("weight_decay", o.weight_decay());
-    g.insert("initial_accumulator_value", o.initial_accumulator_value());
-    write_flags(g);
-  }
-  std::unique_ptr<OptimizerOptions> read_group(const GenericDict& g, const OptimizerOptions& cur,
-                                               const std::string& w) const override {
-    check_flags(g, w);
-    auto o = std::make_unique<Opt>(static_cast<const Opt&>(cur));
-    o->lr(as_double(require(g, "lr", w), w + ".lr"));
-    o->lr_decay(as_double(require(g, "lr_decay", w), w + ".lr_decay"));
-    o->eps(as_double(require(g, "eps", w), w + ".eps"));
-    o->weight_decay(as_double(require(g, "weight_decay", w), w + ".weight_decay"));
-    o->initial_accumulator_value(
-        as_double(require(g, "initial_accumulator_value", w), w + ".initial_accumulator_value"));
-    return o;
-  }
   void write_state(const OptimizerParamState& base, GenericDict& e) const override {
     const auto& s = static_cast<const State&>(base);
     e.insert("step", step_tensor(s.step()));
@@ -322,7 +298,7 @@ class AdagradLayout final : public TypedLayout<torch::optim::AdagradOptions> {
                                                   const OptimizerOptions&,
                                                   const std::string& w) const override {
     auto s = std::make_unique<State>();
-    s->step(as_int(require(e, "step", w), w + ".step"));
+    s->step(get_int(e, "step", w));
     s->sum(state_tensor(e, "sum", p, w));
     return s;
   }
@@ -352,42 +328,37 @@ class LbfgsLayout final : public TypedLayout<torch::optim::LBFGSOptions> {
   }
 
  public:
-  LbfgsLayout() : TypedLayout("LBFGS", {}) {}
+  LbfgsLayout()
+      : TypedLayout("LBFGS", {},
+                    {CKPT_OPTION(Opt, lr, get_double), CKPT_OPTION(Opt, max_iter, get_int),
+                     // PyTorch's default max_eval, as libtorch computes it when unset.
+                     Option<Opt>{"max_eval",
+                                 [](const Opt& o) {
+                                   return c10::IValue(o.max_eval().value_or(o.max_iter() * 5 / 4));
+                                 },
+                                 [](Opt& o, const GenericDict& g, const std::string& w) {
+                                   o.max_eval(get_int(g, "max_eval", w));
+                                 }},
+                     CKPT_OPTION(Opt, tolerance_grad, get_double),
+                     CKPT_OPTION(Opt, tolerance_change, get_double),
+                     CKPT_OPTION(Opt, history_size, get_int),
+                     Option<Opt>{"line_search_fn",
+                                 [](const Opt& o) {
+                                   return o.line_search_fn() ? c10::IValue(*o.line_search_fn())
+                                                             : c10::IValue();
+                                 },
+                                 [](Opt& o, const GenericDict& g, const std::string& w) {
+                                   c10::IValue ls = require(g, "line_search_fn", w);
+                                   if (ls.isNone()) {
+                                     o.line_search_fn(c10::nullopt);
+                                   } else if (ls.isString() && ls.toStringRef() == "strong_wolfe") {
+                                     o.line_search_fn(ls.toStringRef());
+                                   } else {
+                                     refuse(w + ".line_search_fn",
+                                            "expected None or \"strong_wolfe\"");
+                                   }
+                                 }}}) {}
   bool one_state() const override { return true; }
-  void write_group(const OptimizerOptions& base, GenericDict& g) const override {
-    const auto& o = static_cast<const Opt&>(base);
-    g.insert("lr", o.lr());
-    g.insert("max_iter", o.max_iter());
-    // PyTorch's default max_eval, as libtorch computes it when unset.
-    g.insert("max_eval", o.max_eval().value_or(o.max_iter() * 5 / 4));
-    g.insert("tolerance_grad", o.tolerance_grad());
-    g.insert("tolerance_change", o.tolerance_change());
-    g.insert("history_size", o.history_size());
-    if (o.line_search_fn()) {
-      g.insert("line_search_fn", *o.line_search_fn());
-    } else {
-      g.insert("line_search_fn", c10::IValue());
-    }
-  }
-  std::unique_ptr<OptimizerOptions> read_group(const GenericDict& g, const OptimizerOptions& cur,
-                                               const std::string& w) const override {
-    auto o = std::make_unique<Opt>(static_cast<const Opt&>(cur));
-    o->lr(as_double(require(g, "lr", w), w + ".lr"));
-    o->max_iter(as_int(require(g, "max_iter", w), w + ".max_iter"));
-    o->max_eval(as_int(require(g, "max_eval", w), w + ".max_eval"));
-    o->tolerance_grad(as_double(require(g, "tolerance_grad", w), w + ".tolerance_grad"));
-    o->tolerance_change(as_double(require(g, "tolerance_change", w), w + ".tolerance_change"));
-    o->history_size(as_int(require(g, "history_size", w), w + ".history_size"));
-    c10::IValue ls = require(g, "line_search_fn", w);
-    if (ls.isNone()) {
-      o->line_search_fn(c10::nullopt);
-    } else if (ls.isString() && ls.toStringRef() == "strong_wolfe") {
-      o->line_search_fn(ls.toStringRef());
-    } else {
-      refuse(w + ".line_search_fn", "expected None or \"strong_wolfe\"");
-    }
-    return o;
-  }
   void write_state(const OptimizerParamState& base, GenericDict& e) const override {
     const auto& s = static_cast<const State&>(base);
     e.insert("func_evals", s.func_evals());
@@ -418,8 +389,8 @@ class LbfgsLayout final : public TypedLayout<torch::optim::LBFGSOptions> {
                                                   const OptimizerOptions&,
                                                   const std::string& w) const override {
     auto s = std::make_unique<State>();
-    s->func_evals(as_int(require(e, "func_evals", w), w + ".func_evals"));
-    s->n_iter(as_int(require(e, "n_iter", w), w + ".n_iter"));
+    s->func_evals(get_int(e, "func_evals", w));
+    s->n_iter(get_int(e, "n_iter", w));
     if (std::optional<c10::IValue> al = find(e, "al")) {
       std::vector<at::Tensor> out;
       std::vector<c10::IValue> items = as_list(*al, w + ".al");
@@ -433,7 +404,7 @@ class LbfgsLayout final : public TypedLayout<torch::optim::LBFGSOptions> {
     // After its first step PyTorch's LBFGS always holds the rest; before it, nothing else.
     if (s->n_iter() == 0) return s;
     s->d(state_tensor(e, "d", p, w, /*any_shape=*/true));
-    s->t(as_double(require(e, "t", w), w + ".t"));
+    s->t(get_double(e, "t", w));
     s->old_dirs(read_tensors(e, "old_dirs", p, w));
     s->old_stps(read_tensors(e, "old_stps", p, w));
     s->ro(read_tensors(e, "ro", p, w));
@@ -441,7 +412,7 @@ class LbfgsLayout final : public TypedLayout<torch::optim::LBFGSOptions> {
     s->H_diag(h.isTensor() ? h.toTensor().to(p.device(), p.scalar_type(), false, true)
                            : at::scalar_tensor(as_double(h, w + ".H_diag"), p.options()));
     s->prev_flat_grad(state_tensor(e, "prev_flat_grad", p, w, /*any_shape=*/true));
-    s->prev_loss(as_double(require(e, "prev_loss", w), w + ".prev_loss"));
+    s->prev_loss(get_double(e, "prev_loss", w));
     return s;
   }
 };
