@@ -247,6 +247,7 @@ ResultSet Catalog::history(const HistoryFilter& f) {
   }
   std::string sql =
       fmt::format("SELECT {} FROM history WHERE {} ORDER BY seq", kHistoryColumns, where);
+  if (f.head > 0) sql += fmt::format(" LIMIT {}", f.head);
   if (f.limit > 0) {
     sql = fmt::format(
         "SELECT * FROM (SELECT {} FROM history WHERE {} ORDER BY seq DESC LIMIT {}) "

@@ -77,6 +77,8 @@ struct HistoryFilter {
   std::optional<Point> since;      // seq >= N, ts >= T, or past epoch/iter N
   std::optional<std::string> path;
   int64_t limit = 0;  // 0: no limit; otherwise the newest `limit` matching events
+  int64_t head = 0;   // 0: no cap; otherwise only the oldest `head` matching events (a follower's
+                      // batch); not combined with `limit`
 };
 
 // `latest`: the newest committed regular checkpoint still live in the ledger whose file exists

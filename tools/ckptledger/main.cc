@@ -27,8 +27,10 @@
 #include <CLI/CLI.hpp>
 
 #include "catalog/catalog.h"
+#include "catalog/report.h"
 #include "ckptledger/ledger.h"
 #include "ledger/sha256.h"
+#include "tools/ckptledger/verbs.h"
 #include "tools/cli.h"
 
 namespace {
@@ -43,7 +45,7 @@ using ckptledger::cli::kExitNothing;
 using ckptledger::cli::kExitOk;
 using ckptledger::cli::kExitProblems;
 
-void print_json(const ojson& j) { std::fputs((j.dump(2) + "\n").c_str(), stdout); }
+void print_json(const ojson& j) { std::fputs(ckptledger::report::render(j).c_str(), stdout); }
 void print_text(const std::string& s) { std::fputs(s.c_str(), stdout); }
 
 // `path` relative to `dir` when it is below it (tables only; JSON keeps absolute paths).
@@ -54,12 +56,6 @@ std::string rel(const ojson& path, const std::string& dir) {
   return p;
 }
 
-// JSON text columns (config, detail) as objects in --json output.
-ojson parsed(const ojson& v) {
-  if (!v.is_string()) return v;
-  ojson j = ojson::parse(v.get<std::string>(), nullptr, false);
-  return j.is_discarded() ? v : j;
-}
 
 // ---- verbs ------------------------------------------------------------------------------------
 
@@ -70,13 +66,11 @@ struct Common {
 
 int run_runs(const Common& c) {
   auto cat = Catalog::open(c.ledger);
-  ckptledger::ResultSet rs = cat->runs();
   if (c.json) {
-    ojson a = rs.to_json();
-    for (auto& r : a) r["config"] = parsed(r["config"]);
-    print_json(a);
+    print_json(ckptledger::report::runs(*cat));
     return kExitOk;
   }
+  ckptledger::ResultSet rs = cat->runs();
   TextTable t({"run_id", "started_at", "ended_at", "ended", "pid", "host", "resumed_from"});
   for (size_t i = 0; i < rs.rows.size(); ++i) {
     t.add({cell_text(rs.at(i, "run_id")), cell_text(rs.at(i, "started_at")),
@@ -90,9 +84,7 @@ int run_runs(const Common& c) {
 
 void print_history(const ckptledger::ResultSet& rs, const std::string& dir, bool json) {
   if (json) {
-    ojson a = rs.to_json();
-    for (auto& r : a) r["detail"] = parsed(r["detail"]);
-    print_json(a);
+    print_json(ckptledger::report::history_rows(rs));
     return;
   }
   TextTable t({"seq", "time", "kind", "step", "epoch", "iter", "path", "summary"});
@@ -140,50 +132,39 @@ std::string root_rel(const std::string& dir, const std::string& root) {
 int run_best(const Common& c, const std::string& metric, const std::string& root) {
   std::optional<std::string> m;
   if (!metric.empty()) m = metric;
-  ojson all = ojson::array();
-  TextTable t(root.empty() ? std::vector<std::string>{"metric", "rule", "score", "step", "epoch",
-                                                      "iter", "since", "status", "path"}
-                           : std::vector<std::string>{"work_dir", "metric", "rule", "score", "step",
-                                                      "since", "status", "path"});
-  bool failed = false;
-  for (const std::string& target : targets(c, root)) {
-    std::unique_ptr<Catalog> cat;
-    ckptledger::ResultSet rs;
-    try {
-      cat = Catalog::open(target);
-      rs = cat->best(m);
-    } catch (const ckptledger::Error& e) {
-      if (root.empty()) throw;
-      fmt::print(stderr, "ckptledger: error: {}\n", e.what());
-      failed = true;
-      continue;
-    }
-    for (size_t i = 0; i < rs.rows.size(); ++i) {
-      ojson o = ojson::object();
-      if (!root.empty()) {
-        o["work_dir"] = cat->work_dir();
-        o["ledger"] = cat->ledger_path();
-      }
-      const ojson row = rs.row_object(i);
-      for (auto& [k, v] : row.items()) o[k] = v;
-      all.push_back(o);
-      if (root.empty()) {
-        t.add({cell_text(o["metric"]), cell_text(o["rule"]), cell_text(o["score"]),
-               cell_text(o["step"]), cell_text(o["epoch"]), cell_text(o["iter"]),
-               cell_text(o["since"]), cell_text(o["status"]), rel(o["path"], cat->work_dir())});
-      } else {
-        t.add({root_rel(cat->work_dir(), root), cell_text(o["metric"]), cell_text(o["rule"]),
-               cell_text(o["score"]), cell_text(o["step"]), cell_text(o["since"]),
-               cell_text(o["status"]), rel(o["path"], cat->work_dir())});
-      }
-    }
+  ojson all;
+  std::string work_dir;  // single ledger: the table's paths are relative to it
+  std::vector<std::string> errors;
+  if (root.empty()) {
+    auto cat = Catalog::open(c.ledger);
+    all = ckptledger::report::best_rows(*cat, m, /*root=*/false);
+    work_dir = cat->work_dir();
+  } else {
+    all = ckptledger::report::best_many(targets(c, root), m, &errors);
+    for (const std::string& e : errors) fmt::print(stderr, "ckptledger: error: {}\n", e);
   }
   if (c.json) {
     print_json(all);
   } else {
+    TextTable t(root.empty() ? std::vector<std::string>{"metric", "rule", "score", "step", "epoch",
+                                                        "iter", "since", "status", "path"}
+                             : std::vector<std::string>{"work_dir", "metric", "rule", "score",
+                                                        "step", "since", "status", "path"});
+    for (const ojson& o : all) {
+      if (root.empty()) {
+        t.add({cell_text(o["metric"]), cell_text(o["rule"]), cell_text(o["score"]),
+               cell_text(o["step"]), cell_text(o["epoch"]), cell_text(o["iter"]),
+               cell_text(o["since"]), cell_text(o["status"]), rel(o["path"], work_dir)});
+      } else {
+        const std::string dir = cell_text(o["work_dir"]);
+        t.add({root_rel(dir, root), cell_text(o["metric"]), cell_text(o["rule"]),
+               cell_text(o["score"]), cell_text(o["step"]), cell_text(o["since"]),
+               cell_text(o["status"]), rel(o["path"], dir)});
+      }
+    }
     print_text(t.render());
   }
-  if (failed) return kExitProblems;
+  if (!errors.empty()) return kExitProblems;
   if (m && all.empty()) {
     fmt::print(stderr, "ckptledger: no best checkpoint for metric '{}'\n", *m);
     return kExitNothing;
@@ -193,100 +174,56 @@ int run_best(const Common& c, const std::string& metric, const std::string& root
 
 int run_latest(const Common& c, const std::string& root) {
   ojson all = ojson::array();
-  bool failed = false;
-  std::string text;
-  for (const std::string& target : targets(c, root)) {
-    std::unique_ptr<Catalog> cat;
-    ckptledger::LatestResult r;
-    try {
-      cat = Catalog::open(target);
-      r = cat->latest();
-    } catch (const ckptledger::Error& e) {
-      if (root.empty()) throw;
-      fmt::print(stderr, "ckptledger: error: {}\n", e.what());
-      failed = true;
-      continue;
-    }
-    for (const auto& rej : r.rejected) {
-      fmt::print(stderr, "ckptledger: skipped {}: {}\n", rej.path, rej.reason);
-    }
-    ojson o = r.checkpoint;
-    if (!o.is_null()) {
-      ojson rejected = ojson::array();
-      for (const auto& rej : r.rejected)
-        rejected.push_back({{"path", rej.path}, {"reason", rej.reason}});
-      o["rejected"] = rejected;
-      if (!root.empty()) {
-        ojson w = {{"work_dir", cat->work_dir()}, {"ledger", cat->ledger_path()}};
-        for (auto& [k, v] : o.items()) w[k] = v;
-        o = w;
-      }
-      all.push_back(o);
-      if (!root.empty()) text += root_rel(cat->work_dir(), root) + "\n";
-      for (const char* k :
-           {"path", "step", "epoch", "iter", "bytes", "sha256", "committed_at", "seq", "run_id"}) {
-        text += fmt::format("{}{:<13}{}\n", root.empty() ? "" : "  ", k, cell_text(o[k]));
-      }
-    } else if (root.empty()) {
+  std::vector<std::string> errors, skipped;
+  if (root.empty()) {
+    auto cat = Catalog::open(c.ledger);
+    ckptledger::LatestResult r = cat->latest();
+    for (const auto& rej : r.rejected) skipped.push_back(rej.path + ": " + rej.reason);
+    ojson o = ckptledger::report::latest(*cat, r, /*root=*/false);
+    if (!o.is_null()) all.push_back(o);
+    for (const std::string& s : skipped) fmt::print(stderr, "ckptledger: skipped {}\n", s);
+    if (o.is_null()) {
       fmt::print(stderr, "ckptledger: {}: no committed regular checkpoint verifies\n",
                  cat->ledger_path());
     }
+  } else {
+    all = ckptledger::report::latest_many(targets(c, root), &errors, &skipped);
+    for (const std::string& e : errors) fmt::print(stderr, "ckptledger: error: {}\n", e);
+    for (const std::string& s : skipped) fmt::print(stderr, "ckptledger: skipped {}\n", s);
   }
   if (c.json) {
     print_json(root.empty() ? (all.empty() ? ojson(nullptr) : all[0]) : all);
   } else {
+    std::string text;
+    for (const ojson& o : all) {
+      if (!root.empty()) text += root_rel(cell_text(o["work_dir"]), root) + "\n";
+      for (const char* k :
+           {"path", "step", "epoch", "iter", "bytes", "sha256", "committed_at", "seq", "run_id"}) {
+        text += fmt::format("{}{:<13}{}\n", root.empty() ? "" : "  ", k, cell_text(o[k]));
+      }
+    }
     print_text(text);
   }
-  if (failed) return kExitProblems;
+  if (!errors.empty()) return kExitProblems;
   return all.empty() ? kExitNothing : kExitOk;
 }
 
 int run_show(const Common& c, const std::string& path) {
   auto cat = Catalog::open(c.ledger);
-  std::string resolved;
-  ckptledger::ResultSet rows = cat->checkpoint_rows(path, &resolved);
-  ckptledger::ResultSet events = cat->events_about(resolved);
-  if (rows.rows.empty() && events.rows.empty()) {
+  const ojson doc = ckptledger::report::show(*cat, path);
+  if (doc.is_null()) {
     fmt::print(stderr, "ckptledger: {}: the ledger knows no file {}\n", cat->ledger_path(), path);
     return kExitNothing;
   }
-  // The disk, against the newest record.
-  ojson disk = {{"exists", false}};
-  ckptledger::FileCheck fc;
-  fc.path = resolved;
-  if (!rows.rows.empty()) {
-    const size_t last = rows.rows.size() - 1;
-    const ojson& b = rows.at(last, "bytes");
-    fc.expected_bytes = b.is_number() ? b.get<int64_t>() : -1;
-    fc.expected_sha256 = cell_text(rows.at(last, "sha256"));
-  }
-  std::error_code ec;
-  if (fs::exists(resolved, ec)) {
-    disk["exists"] = true;
-    disk["bytes"] = static_cast<int64_t>(fs::file_size(resolved, ec));
-    if (!rows.rows.empty() && !fc.expected_sha256.empty()) {
-      uint64_t size = 0;
-      try {
-        std::string sha = disk["bytes"] == fc.expected_bytes
-                              ? ckptledger::Sha256::file_hex(resolved, &size)
-                              : std::string();
-        disk["sha256"] = sha.empty() ? ojson(nullptr) : ojson(sha);
-        disk["matches_ledger"] = sha == fc.expected_sha256;
-      } catch (const ckptledger::Error& e) {
-        disk["error"] = e.what();
-      }
-    }
-  }
   if (c.json) {
-    ojson o = {{"path", resolved}, {"ledger", cat->ledger_path()}};
-    o["checkpoints"] = rows.to_json();
-    o["on_disk"] = disk;
-    ojson ev = events.to_json();
-    for (auto& r : ev) r["detail"] = parsed(r["detail"]);
-    o["events"] = ev;
-    print_json(o);
+    print_json(doc);
     return kExitOk;
   }
+  const std::string resolved = doc["path"].get<std::string>();
+  const ojson& disk = doc["on_disk"];
+  std::string ignored;
+  ckptledger::ResultSet rows = cat->checkpoint_rows(resolved, &ignored);
+  ckptledger::ResultSet events = cat->events_about(resolved);
   std::string out = fmt::format("{}\n", resolved);
   for (size_t i = 0; i < rows.rows.size(); ++i) {
     out += fmt::format("  write #{} (seq {}): {} {}, step {} epoch {} iter {}\n", i + 1,
@@ -353,28 +290,7 @@ int run_verify(const Common& c) {
     r = cat->verify(progress);
   }
   if (c.json) {
-    ojson files = ojson::array();
-    int64_t problems = 0;
-    for (const auto& f : r.files) {
-      if (f.problem.empty()) continue;
-      ++problems;
-      files.push_back(
-          {{"path", f.path},
-           {"kind", f.kind},
-           {"problem", f.problem},
-           {"expected_bytes", f.expected_bytes},
-           {"actual_bytes", f.actual_bytes < 0 ? ojson(nullptr) : ojson(f.actual_bytes)},
-           {"expected_sha256", f.expected_sha256},
-           {"actual_sha256", f.actual_sha256.empty() ? ojson(nullptr) : ojson(f.actual_sha256)}});
-    }
-    print_json({{"ledger", cat->ledger_path()},
-                {"ok", r.ok()},
-                {"events_checked", r.chain.events_checked},
-                {"chain_ok", r.chain.ok()},
-                {"chain_problem", r.chain.ok() ? ojson(nullptr) : ojson(r.chain.problem)},
-                {"first_bad_seq", r.chain.ok() ? ojson(nullptr) : ojson(r.chain.first_bad_seq)},
-                {"live_files_checked", r.files.size()},
-                {"file_problems", files}});
+    print_json(ckptledger::report::verify(*cat, r));
     return r.ok() ? kExitOk : kExitProblems;
   }
   if (r.chain.ok()) {
@@ -408,29 +324,7 @@ int run_state(const Common& c, const std::string& as_of) {
   ckptledger::StateResult r = cat->state_as_of(p);
   const ckptledger::HookState& s = r.state;
   if (c.json) {
-    ojson best = ojson::object();
-    for (const auto& [k, b] : s.best) best[k] = {{"score", b.score}, {"path", b.path}};
-    ojson live = ojson::array();
-    for (const auto& [path, f] : s.live) {
-      live.push_back({{"path", path},
-                      {"role", f.role},
-                      {"step", f.step},
-                      {"epoch", f.epoch},
-                      {"iter", f.iter},
-                      {"bytes", f.bytes},
-                      {"sha256", f.digest},
-                      {"seq", f.seq}});
-    }
-    print_json({{"ledger", cat->ledger_path()},
-                {"seq", r.seq},
-                {"time", r.time.empty() ? ojson(nullptr) : ojson(r.time)},
-                {"hub", r.hub},
-                {"best", best},
-                {"auto_key", s.auto_key},
-                {"keep_ckpt_ids", s.keep_ckpt_ids},
-                {"last_ckpt", s.last_ckpt.empty() ? ojson(nullptr) : ojson(s.last_ckpt)},
-                {"runs", s.runs},
-                {"live", live}});
+    print_json(ckptledger::report::state(*cat, r));
     return kExitOk;
   }
   std::string out =
@@ -668,6 +562,32 @@ int main(int argc, char** argv) {
                "do it, as a training start would: takes the writer's lock (exit 7 while a "
                "training process holds it), records each finding as a `recovered` event");
 
+  ckptledger::cli::WatchOptions w;
+  auto* watch = app.add_subcommand(
+      "watch", "Print each committed event once, in order, as it commits (like tail -f)");
+  watch->add_option("ledger", w.ledger, "ledger file or work_dir (default: .); may not exist yet");
+  watch->add_option("--since", w.since, "the last seq already seen: start after it (default 0)");
+  watch->add_option("--kind", w.kinds, "only these kinds (repeat or comma-separate)")
+      ->delimiter(',')
+      ->allow_extra_args(false);
+  watch->add_flag("--json", w.json, "one JSON object per line (a history row), flushed");
+  watch->add_flag("--until-finished", w.until_finished,
+                  "exit once the newest run has finished and no process writes");
+
+  ckptledger::cli::ServeOptions sv;
+  auto* serve = app.add_subcommand(
+      "serve", "Serve the ledger read-only over HTTP: JSON, events, metrics, files, dashboard");
+  serve->add_option("ledger", sv.target, "work_dir or ledger file (default: .)");
+  serve->add_option("--root", sv.root, "serve every work_dir below DIR (*/ckptledger.sqlite)");
+  serve->add_option("--bind", sv.bind, "address to listen on (default 127.0.0.1)");
+  serve->add_option("--port", sv.port, "TCP port (default 8470; 0: any free port)");
+  serve->add_option("--token-file", sv.token_file,
+                    "require `Authorization: Bearer <first line of FILE>`");
+  serve->add_option("--max-connections", sv.max_connections, "at most N connections (default 512)");
+  serve->add_option("--threads", sv.threads, "I/O threads (default 2)");
+  serve->add_option("--dashboard-dir", sv.dashboard_dir,
+                    "serve the dashboard's files from DIR instead of the built-in copy");
+
   // Listed for --help; hand_over() takes them before parsing.
   app.add_subcommand("simulate",
                      "Run a scenario through the real hook and write its trace (ckptledger-train)")
@@ -697,6 +617,8 @@ int main(int argc, char** argv) {
     if (*state) return run_state(c, as_of);
     if (*exportv) return run_export(c, exp_format, exp_view, exp_output);
     if (*gc) return run_gc(c, gc_apply);
+    if (*watch) return ckptledger::cli::run_watch(w);
+    if (*serve) return ckptledger::cli::run_serve(sv);
     // No verb: the help, on stderr, as a usage error (a script that forgot the verb must fail).
     std::fputs(app.help().c_str(), stderr);
     return ckptledger::cli::kExitUsage;

@@ -1,6 +1,8 @@
 #include "tools/train/train_job.h"
 
+#include <chrono>
 #include <cstdio>
+#include <thread>
 #include <fstream>
 #include <iostream>
 #include <memory>
@@ -123,6 +125,9 @@ nlohmann::json hook_config(const TrainJobOptions& o) {
 
 int train_job(const TrainJobOptions& o) {
   if (o.iters < 1) throw_error(ErrorCode::kInvalidArgument, "train: --iters must be >= 1");
+  if (o.iter_delay_ms < 0 || o.iter_delay_ms > 60000) {
+    throw_error(ErrorCode::kInvalidArgument, "train: --iter-delay-ms must be in [0, 60000]");
+  }
   if (!(o.dropout >= 0.0 && o.dropout < 1.0)) {
     throw_error(ErrorCode::kInvalidArgument, "train: --dropout must be in [0, 1)");
   }
@@ -173,6 +178,7 @@ int train_job(const TrainJobOptions& o) {
       return loss;
     });
     if (scheduler) scheduler->step();
+    if (o.iter_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(o.iter_delay_ms));
     if (o.progress) {
       std::printf("iter %lld\n", static_cast<long long>(runner.iter() + 1));
       std::fflush(stdout);

@@ -81,6 +81,8 @@ int main(int argc, char** argv) {
   train->add_option("--resume-from", job_resume_from, "resume from this checkpoint file");
   train->add_option("--load-from", job_load_from, "load this file's weights, then train");
   train->add_flag("--progress", job.progress, "print `iter N` after each iteration");
+  train->add_option("--iter-delay-ms", job.iter_delay_ms,
+                    "sleep this long after each iteration (a slower job, for following it live)");
 
   try {
     app.parse(argc, argv);
