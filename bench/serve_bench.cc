@@ -123,7 +123,7 @@ class Load {
 
  private:
   struct Poller : std::enable_shared_from_this<Poller> {
-    Poller(Load& l, std::chrono::milliseconds first) : load(l), stream(l.ioc_), timer(l.ioc_), first(first) {}
+    Poller(Load& l, std::chrono::milliseconds delay) : load(l), stream(l.ioc_), timer(l.ioc_), first(delay) {}
     void start() {
       timer.expires_after(first);
       timer.async_wait([self = shared_from_this()](beast::error_code) { self->connect(); });

@@ -15,12 +15,15 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include <fmt/format.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include "catalog/catalog.h"
+#include "catalog/follow.h"
+#include "catalog/report.h"
 #include "ckptledger/hook_state.h"
 #include "ckptledger/ledger.h"
 #include "ledger/sha256.h"
@@ -723,6 +726,90 @@ TEST_F(CatalogTest, GcShowsALedgerBehindItsWorkDirAndApplyRefusesIt) {
   r = cli("gc --apply " + work_);
   EXPECT_EQ(r.rc, 0) << r.err;
   EXPECT_THAT(r.out, HasSubstr("unknown_file"));
+}
+
+// ---- LedgerFollower (watch, the server's event stream) ----------------------------------------
+
+std::vector<int64_t> seqs_of(const ojson& rows) {
+  std::vector<int64_t> out;
+  for (const auto& r : rows) out.push_back(r["seq"].get<int64_t>());
+  return out;
+}
+
+TEST_F(CatalogTest, FollowerWaitsForALedgerThatDoesNotExistYet) {
+  LedgerFollower f(work_);
+  EXPECT_FALSE(f.ready());
+  EXPECT_EQ(f.last_seq(), 0);
+  EXPECT_TRUE(f.events_after(0, {}).empty());
+  std::thread writer([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    run_started(false);
+  });
+  const auto t0 = std::chrono::steady_clock::now();
+  bool woke = false;
+  while (!woke && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(10)) {
+    woke = f.wait(std::chrono::milliseconds(5000)) && f.last_seq() > 0;
+  }
+  writer.join();
+  EXPECT_TRUE(woke);
+  EXPECT_EQ(seqs_of(f.events_after(0, {})), std::vector<int64_t>{1});
+}
+
+TEST_F(CatalogTest, FollowerReturnsEachEventPastTheCursorOnceInOrder) {
+  run_started(false);
+  save_regular(1, {1}, {});
+  LedgerFollower f(ledger_path_);
+  ASSERT_TRUE(f.ready());
+  const int64_t last = f.last_seq();
+  ASSERT_EQ(last, 3);
+  EXPECT_EQ(seqs_of(f.events_after(0, {})), (std::vector<int64_t>{1, 2, 3}));
+  EXPECT_EQ(seqs_of(f.events_after(1, {})), (std::vector<int64_t>{2, 3}));
+  EXPECT_EQ(seqs_of(f.events_after(3, {})), std::vector<int64_t>{});
+  EXPECT_EQ(seqs_of(f.events_after(0, {}, /*batch=*/2)), (std::vector<int64_t>{1, 2}));
+  EXPECT_EQ(seqs_of(f.events_after(0, {"save_committed"})), std::vector<int64_t>{3});
+  // The rows are `history --json`'s.
+  HistoryFilter all;
+  auto cat = Catalog::open(work_);
+  EXPECT_EQ(f.events_after(0, {}), report::history(*cat, all));
+  EXPECT_THROW(f.events_after(0, {"nope"}), UsageError);
+}
+
+TEST_F(CatalogTest, FollowerWakesOnACommitFromAnotherProcessAndNotWithoutOne) {
+  run_started(false);
+  LedgerFollower f(work_);
+  ASSERT_TRUE(f.ready());
+  f.changed();  // the first look counts as a change
+  EXPECT_FALSE(f.wait(std::chrono::milliseconds(200)));  // nothing committed
+  crash();  // close this process's writer: the next append comes from a child process
+  const pid_t child = ::fork();
+  if (child == 0) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(150));
+    auto l = Ledger::open(ledger_path_);
+    Event e;
+    e.kind = EventKind::kRunFinished;
+    l->append(e);
+    ::_exit(0);
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  const bool woke = f.wait(std::chrono::milliseconds(5000));
+  const auto waited = std::chrono::steady_clock::now() - t0;
+  int status = 0;
+  ::waitpid(child, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  EXPECT_TRUE(woke);
+  // Woken by the commit (inotify), not by the 5 s timeout.
+  EXPECT_LT(waited, std::chrono::milliseconds(4000));
+  EXPECT_EQ(f.last_seq(), 2);
+}
+
+TEST(CatalogFollower, RefusesADirectoryThatDoesNotExist) {
+  try {
+    LedgerFollower f("/nonexistent/ckptledger-follower/work");
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kNotFound);
+    EXPECT_THAT(e.what(), HasSubstr("/nonexistent/ckptledger-follower/work"));
+  }
 }
 
 TEST(CatalogTime, Iso8601RoundTripsAndRejectsGarbage) {

@@ -52,6 +52,7 @@ using ojson = nlohmann::ordered_json;
 
 constexpr size_t kHeaderLimit = 8 * 1024;
 constexpr auto kRequestTimeout = std::chrono::seconds(10);
+constexpr auto kIdleTimeout = std::chrono::seconds(30);
 constexpr auto kKeepAliveComment = std::chrono::seconds(15);
 constexpr size_t kFileChunk = 256 * 1024;
 
@@ -499,8 +500,12 @@ std::optional<Asset> asset(const std::string& name, const std::string& dashboard
   for (const EmbeddedFile& f : dashboard_files()) {
     if (name != f.name) continue;
     if (!dashboard_dir.empty()) {
-      std::string body = read_file((fs::path(dashboard_dir) / f.name).string());
-      if (!body.empty()) return Asset{type, std::move(body)};
+      // Given a directory, serve only what is in it: a missing file must not hide behind the
+      // built-in copy.
+      const std::string path = (fs::path(dashboard_dir) / f.name).string();
+      std::string body = read_file(path);
+      if (body.empty()) throw HttpError(404, fmt::format("--dashboard-dir: no {}", path));
+      return Asset{type, std::move(body)};
     }
     return Asset{type, std::string(f.content)};
   }
@@ -551,13 +556,27 @@ std::optional<std::pair<int64_t, int64_t>> parse_range(const std::string& h, int
   } else {
     auto f = num(a);
     if (!f) return std::nullopt;
+    if (*f >= size) throw HttpError(416, fmt::format("Range: starts past the end ({} bytes)", size));
     auto l = b.empty() ? std::optional<int64_t>(size - 1) : num(b);
     if (!l || *l < *f) return std::nullopt;
-    if (*f >= size) throw HttpError(416, fmt::format("Range: starts past the end ({} bytes)", size));
     first = *f;
     last = std::min(*l, size - 1);
   }
   return std::make_pair(first, last);
+}
+
+// `If-None-Match: "a", W/"b", *` holds `etag` (weak comparison, as RFC 9110 asks for it).
+bool etag_matches(const std::string& header, const std::string& etag) {
+  std::istringstream in(header);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    const size_t b = item.find_first_not_of(" \t");
+    if (b == std::string::npos) continue;
+    item = item.substr(b, item.find_last_not_of(" \t") - b + 1);
+    if (item.compare(0, 2, "W/") == 0) item = item.substr(2);
+    if (item == "*" || item == etag) return true;
+  }
+  return false;
 }
 
 // ---- The server ----------------------------------------------------------------------------------
@@ -685,10 +704,22 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
  private:
+  // The first request must arrive whole within kRequestTimeout of the connection; later ones on
+  // a kept-alive connection may wait kIdleTimeout for their first byte, then kRequestTimeout.
   void read() {
     parser_.emplace();
     parser_->header_limit(kHeaderLimit);
     parser_->body_limit(0);
+    if (served_ == 0 || buffer_.size() > 0) return read_request();
+    stream_.expires_after(kIdleTimeout);
+    stream_.async_read_some(buffer_.prepare(kHeaderLimit),
+                            [self = shared_from_this()](beast::error_code ec, size_t n) {
+                              if (ec) return self->close();
+                              self->buffer_.commit(n);
+                              self->read_request();
+                            });
+  }
+  void read_request() {
     stream_.expires_after(kRequestTimeout);
     http::async_read(stream_, buffer_, *parser_,
                      [self = shared_from_this()](beast::error_code ec, size_t) {
@@ -718,13 +749,23 @@ class Session : public std::enable_shared_from_this<Session> {
                   false);
     }
     req_ = parser_->release();
+    ++served_;
     keep_alive_ = req_.keep_alive();
     head_ = req_.method() == http::verb::head;
     stream_.expires_never();
+    // Whatever goes wrong answers this request and never leaves the handler (a crash would end
+    // every other connection too).
     try {
       dispatch_request();
     } catch (const HttpError& e) {
       send({e.status, "application/json", error_body(e.status, e.what()), {}}, head_);
+    } catch (const UsageError& e) {
+      send({400, "application/json", error_body(400, e.what()), {}}, head_);
+    } catch (const Error& e) {
+      const unsigned status = status_for(e);
+      send({status, "application/json", error_body(status, e.what()), {}}, head_);
+    } catch (const std::exception& e) {
+      send({500, "application/json", error_body(500, e.what()), {}}, head_);
     }
   }
 
@@ -933,7 +974,7 @@ class Session : public std::enable_shared_from_this<Session> {
       }
       const std::string etag = "\"" + f->sha256 + "\"";
       Reply r{200, "application/octet-stream", "", {{"ETag", etag}, {"Accept-Ranges", "bytes"}}};
-      if (!inm.empty() && (inm == etag || inm == "*")) {
+      if (etag_matches(inm, etag)) {
         r.status = 304;
         return r;
       }
@@ -990,10 +1031,6 @@ class Session : public std::enable_shared_from_this<Session> {
     }
     cursor_ = cursor;
     ledger_ = w.ledger;
-    std::error_code ec;
-    if (!fs::exists(w.ledger, ec)) {
-      // Followed once it appears; the stream starts now.
-    }
     std::string head =
         "HTTP/1.1 200 OK\r\nServer: ckptledger\r\nContent-Type: text/event-stream\r\n"
         "Cache-Control: no-cache\r\nConnection: close\r\nX-Accel-Buffering: no\r\n\r\n";
@@ -1001,9 +1038,10 @@ class Session : public std::enable_shared_from_this<Session> {
       keep_alive_ = false;
       return write_raw(std::move(head), true);
     }
+    std::shared_ptr<Hub> hub = srv_.hub(w.ledger);  // may throw: answered as an error
     streaming_ = true;
     std::weak_ptr<Session> weak = shared_from_this();
-    srv_.hub(w.ledger)->subscribe([weak] {
+    hub->subscribe([weak] {
       auto s = weak.lock();
       if (!s) return false;
       asio::post(s->stream_.get_executor(), [s] { s->pull(); });
@@ -1107,6 +1145,7 @@ class Session : public std::enable_shared_from_this<Session> {
   http::request<http::empty_body> req_;
   bool keep_alive_ = false;
   bool head_ = false;
+  int64_t served_ = 0;  // requests read on this connection
   // Event stream state (strand only).
   bool streaming_ = false, writing_ = false, pulling_ = false, pull_again_ = false;
   bool first_pull_ = true;

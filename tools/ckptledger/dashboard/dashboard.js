@@ -36,7 +36,7 @@
   const $ = (id) => document.getElementById(id);
 
   let workDir = '';
-  let runColors = {};            // run_id -> color, in the order runs appear
+  const runColors = {};          // run_id -> color, in the order runs appear
   let bulk = false;              // applying the initial history: draw once at the end
   let pendingTimeline = [];      // rows collected while bulk
   const dirtyCharts = new Set();
@@ -72,7 +72,14 @@
     e.hidden = !msg;
   }
 
-  function shortTime(t) { return t ? String(t).replace('T', ' ').replace(/\.\d+/, '') : ''; }
+  // 2026-12-06T21:01:43.226228Z -> 12-06 21:01:43 (UTC; the full time is the cell's title).
+  function shortTime(t) { return t ? String(t).slice(5, 19).replace('T', ' ') : ''; }
+
+  // Run ids are <start us>-<pid>-<random hex>: the random part tells runs apart.
+  function shortRun(id) {
+    const s = String(id);
+    return s.indexOf('-') >= 0 ? s.slice(s.lastIndexOf('-') + 1) : s.slice(0, 8);
+  }
 
   function relPath(p) {
     if (!p) return '';
@@ -142,7 +149,7 @@
   function curveFor(chart, runId) {
     if (!chart.ckptRuns[runId]) {
       const color = colorOf(runId);
-      const ds = {ckptRole: 'curve', label: 'run ' + String(runId).slice(0, 8), data: [], order: 1,
+      const ds = {ckptRole: 'curve', label: 'run ' + shortRun(runId), data: [], order: 1,
         borderColor: color, backgroundColor: color, pointRadius: 2, borderWidth: 1.5, tension: 0};
       chart.ckptRuns[runId] = ds;
       chart.data.datasets.push(ds);
@@ -278,9 +285,9 @@
       const tr = body.insertRow();
       tr.dataset.runId = r.run_id;
       tr.dataset.ended = r.ended;
-      cell(tr, String(r.run_id).slice(0, 8), 'run', r.run_id);
-      cell(tr, shortTime(r.started_at));
-      cell(tr, shortTime(r.ended_at));
+      cell(tr, shortRun(r.run_id), 'run', r.run_id);
+      cell(tr, shortTime(r.started_at), 'time', r.started_at);
+      cell(tr, shortTime(r.ended_at), 'time', r.ended_at);
       cell(tr, r.ended, r.ended);
       cell(tr, relPath(r.resumed_from), 'path', r.resumed_from);
     });
