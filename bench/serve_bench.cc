@@ -28,10 +28,10 @@
 #include <thread>
 #include <vector>
 
+#include <fmt/format.h>
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
-#include <fmt/format.h>
 
 #include "bench/figures.h"
 
@@ -106,7 +106,8 @@ class Load {
   void start() {
     for (int i = 0; i < o_.clients; ++i) {
       // Spread the first polls over one period, as independent clients would be.
-      std::make_shared<Poller>(*this, std::chrono::milliseconds(o_.poll_ms * i / std::max(1, o_.clients)))
+      std::make_shared<Poller>(*this,
+                               std::chrono::milliseconds(o_.poll_ms * i / std::max(1, o_.clients)))
           ->start();
     }
     for (int i = 0; i < o_.sse; ++i) std::make_shared<Follower>(*this)->start();
@@ -123,7 +124,8 @@ class Load {
 
  private:
   struct Poller : std::enable_shared_from_this<Poller> {
-    Poller(Load& l, std::chrono::milliseconds delay) : load(l), stream(l.ioc_), timer(l.ioc_), first(delay) {}
+    Poller(Load& l, std::chrono::milliseconds delay)
+        : load(l), stream(l.ioc_), timer(l.ioc_), first(delay) {}
     void start() {
       timer.expires_after(first);
       timer.async_wait([self = shared_from_this()](beast::error_code) { self->connect(); });
@@ -148,16 +150,13 @@ class Load {
       http::async_write(stream, req, [self = shared_from_this()](beast::error_code ec, size_t) {
         if (ec) return self->retry();
         self->res = {};
-        http::async_read(self->stream, self->buf, self->res,
-                         [self](beast::error_code ec2, size_t) {
-                           if (ec2) return self->retry();
-                           self->load.latencies_ms.push_back(
-                               std::chrono::duration<double, std::milli>(Clock::now() - self->sent)
-                                   .count());
-                           self->timer.expires_at(self->sent +
-                                                  std::chrono::milliseconds(self->load.o_.poll_ms));
-                           self->timer.async_wait([self](beast::error_code) { self->poll(); });
-                         });
+        http::async_read(self->stream, self->buf, self->res, [self](beast::error_code ec2, size_t) {
+          if (ec2) return self->retry();
+          self->load.latencies_ms.push_back(
+              std::chrono::duration<double, std::milli>(Clock::now() - self->sent).count());
+          self->timer.expires_at(self->sent + std::chrono::milliseconds(self->load.o_.poll_ms));
+          self->timer.async_wait([self](beast::error_code) { self->poll(); });
+        });
       });
     }
     Load& load;
@@ -184,12 +183,12 @@ class Load {
       });
     }
     void read() {
-      socket.async_read_some(asio::buffer(chunk), [self = shared_from_this()](beast::error_code ec,
-                                                                              size_t n) {
-        if (ec) return;
-        self->load.sse_bytes += static_cast<int64_t>(n);
-        self->read();
-      });
+      socket.async_read_some(asio::buffer(chunk),
+                             [self = shared_from_this()](beast::error_code ec, size_t n) {
+                               if (ec) return;
+                               self->load.sse_bytes += static_cast<int64_t>(n);
+                               self->read();
+                             });
     }
     Load& load;
     tcp::socket socket;
@@ -222,13 +221,20 @@ int main(int argc, char** argv) {
       if (i + 1 >= argc) throw std::invalid_argument(a + ": needs a value");
       return argv[++i];
     };
-    if (a == "--bin") o.bin = next();
-    else if (a == "--iters") o.iters = std::stoi(next());
-    else if (a == "--pairs") o.pairs = std::stoi(next());
-    else if (a == "--clients") o.clients = std::stoi(next());
-    else if (a == "--sse") o.sse = std::stoi(next());
-    else if (a == "--poll-ms") o.poll_ms = std::stoi(next());
-    else if (a == "--json") o.json = next();
+    if (a == "--bin")
+      o.bin = next();
+    else if (a == "--iters")
+      o.iters = std::stoi(next());
+    else if (a == "--pairs")
+      o.pairs = std::stoi(next());
+    else if (a == "--clients")
+      o.clients = std::stoi(next());
+    else if (a == "--sse")
+      o.sse = std::stoi(next());
+    else if (a == "--poll-ms")
+      o.poll_ms = std::stoi(next());
+    else if (a == "--json")
+      o.json = next();
     else {
       std::fprintf(stderr, "serve_bench: unknown option %s\n", a.c_str());
       return 2;
@@ -239,9 +245,10 @@ int main(int argc, char** argv) {
   fs::create_directories(tmp);
   std::vector<double> alone, served, latencies;
   int64_t errors = 0, sse_bytes = 0;
-  fmt::print("serve_bench: {} iterations per run, {} pairs, {} clients polling /best every {} ms, "
-             "{} SSE followers\n",
-             o.iters, o.pairs, o.clients, o.poll_ms, o.sse);
+  fmt::print(
+      "serve_bench: {} iterations per run, {} pairs, {} clients polling /best every {} ms, "
+      "{} SSE followers\n",
+      o.iters, o.pairs, o.clients, o.poll_ms, o.sse);
   for (int p = 0; p < o.pairs; ++p) {
     for (int k = 0; k < 2; ++k) {
       const bool loaded = (k == 0) == (p % 2 == 1);
@@ -278,15 +285,17 @@ int main(int argc, char** argv) {
   const double p50 = percentile(latencies, 0.5), p99 = percentile(latencies, 0.99);
   fmt::print("training time served / alone: {:.3f} (goal <= 1.02)   medians {:.3f} s / {:.3f} s\n",
              ratio, median(served), median(alone));
-  fmt::print("/best latency: p50 {:.2f} ms, p99 {:.2f} ms (goal p99 < 20 ms) over {} requests, {} "
-             "connection errors\n",
-             p50, p99, latencies.size(), errors);
+  fmt::print(
+      "/best latency: p50 {:.2f} ms, p99 {:.2f} ms (goal p99 < 20 ms) over {} requests, {} "
+      "connection errors\n",
+      p50, p99, latencies.size(), errors);
   ckptledger::bench::FigureLog log("serve_bench");
   log.add(fmt::format("training loop with serve + {} pollers / {} SSE ÷ alone", o.clients, o.sse),
           ratio, "<= 1.02", ratio <= 1.02,
           fmt::format("{:.3f} s vs {:.3f} s", median(served), median(alone)));
-  log.add("/best p99 latency while training (ms; ratio = ms ÷ 20 ms goal)", p99 / 20.0, "< 1 (20 ms)",
-          p99 < 20.0, fmt::format("p50 {:.2f} ms, p99 {:.2f} ms, {} requests", p50, p99, latencies.size()));
+  log.add("/best p99 latency while training (ms; ratio = ms ÷ 20 ms goal)", p99 / 20.0,
+          "< 1 (20 ms)", p99 < 20.0,
+          fmt::format("p50 {:.2f} ms, p99 {:.2f} ms, {} requests", p50, p99, latencies.size()));
   log.write(o.json);
   return 0;
 }

@@ -77,7 +77,8 @@ bool LedgerFollower::ready() {
 }
 
 Catalog& LedgerFollower::catalog() {
-  if (!catalog_) throw_error(ErrorCode::kNotFound, fmt::format("ledger {}: not yet created", ledger_path_));
+  if (!catalog_)
+    throw_error(ErrorCode::kNotFound, fmt::format("ledger {}: not yet created", ledger_path_));
   return *catalog_;
 }
 
@@ -138,10 +139,13 @@ bool LedgerFollower::wait(std::chrono::milliseconds timeout) {
         deadline - std::chrono::steady_clock::now());
     if (left.count() <= 0) return changed();
     if (inotify_fd_ >= 0) {
-      struct pollfd p {inotify_fd_, POLLIN, 0};
+      struct pollfd p {
+        inotify_fd_, POLLIN, 0
+      };
       int r = ::poll(&p, 1, static_cast<int>(left.count()));
       if (r < 0 && errno != EINTR) {
-        throw_error(ErrorCode::kIOError, fmt::format("watching {}: {}", dir_, std::strerror(errno)));
+        throw_error(ErrorCode::kIOError,
+                    fmt::format("watching {}: {}", dir_, std::strerror(errno)));
       }
       if (r < 0) return changed();  // a signal: let the caller look at its flags
       if (!drain()) continue;

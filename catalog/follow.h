@@ -5,9 +5,9 @@
 //  - Read-only: events are read through a Catalog (never the writer's lock, never a byte written).
 //  - A cursor is the last seq a consumer has seen; `events_after(cursor)` returns the history rows
 //    with seq > cursor in seq order. Seqs are dense and events are never updated or deleted, so a
-//    consumer that advances its cursor to each row it handled misses nothing and sees nothing twice,
-//    across its own restarts and across the writer's crashes and restarts (the file stays; a new
-//    writer appends to it).
+//    consumer that advances its cursor to each row it handled misses nothing and sees nothing
+//    twice, across its own restarts and across the writer's crashes and restarts (the file stays; a
+//    new writer appends to it).
 //  - Waiting is not polling: an inotify watch on the ledger's directory (the ledger file and its
 //    -wal) wakes `wait()`; a wake re-reads only when `PRAGMA data_version` (or the first open) says
 //    the database changed. `wait()` also returns after its timeout, so a filesystem without inotify

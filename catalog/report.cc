@@ -58,7 +58,8 @@ ojson latest(Catalog& cat, const LatestResult& r, bool root) {
   ojson o = r.checkpoint;
   if (o.is_null()) return o;
   ojson rejected = ojson::array();
-  for (const auto& rej : r.rejected) rejected.push_back({{"path", rej.path}, {"reason", rej.reason}});
+  for (const auto& rej : r.rejected)
+    rejected.push_back({{"path", rej.path}, {"reason", rej.reason}});
   o["rejected"] = rejected;
   return root ? led_by_ledger(cat, o) : o;
 }
@@ -85,8 +86,8 @@ ojson show(Catalog& cat, const std::string& path) {
     if (!rows.rows.empty() && !expected_sha256.empty()) {
       uint64_t size = 0;
       try {
-        std::string sha = disk["bytes"] == expected_bytes ? Sha256::file_hex(resolved, &size)
-                                                          : std::string();
+        std::string sha =
+            disk["bytes"] == expected_bytes ? Sha256::file_hex(resolved, &size) : std::string();
         disk["sha256"] = null_if_empty(sha);
         disk["matches_ledger"] = sha == expected_sha256;
       } catch (const Error& e) {

@@ -778,7 +778,7 @@ TEST_F(CatalogTest, FollowerWakesOnACommitFromAnotherProcessAndNotWithoutOne) {
   run_started(false);
   LedgerFollower f(work_);
   ASSERT_TRUE(f.ready());
-  f.changed();  // the first look counts as a change
+  f.changed();                                           // the first look counts as a change
   EXPECT_FALSE(f.wait(std::chrono::milliseconds(200)));  // nothing committed
   crash();  // close this process's writer: the next append comes from a child process
   const pid_t child = ::fork();

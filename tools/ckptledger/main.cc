@@ -56,7 +56,6 @@ std::string rel(const ojson& path, const std::string& dir) {
   return p;
 }
 
-
 // ---- verbs ------------------------------------------------------------------------------------
 
 struct Common {

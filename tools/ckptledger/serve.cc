@@ -29,10 +29,10 @@
 #include <thread>
 #include <vector>
 
+#include <fmt/format.h>
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
-#include <fmt/format.h>
 
 #include "catalog/follow.h"
 #include "catalog/report.h"
@@ -56,7 +56,8 @@ constexpr auto kIdleTimeout = std::chrono::seconds(30);
 constexpr auto kKeepAliveComment = std::chrono::seconds(15);
 constexpr size_t kFileChunk = 256 * 1024;
 
-// ---- HTTP errors ---------------------------------------------------------------------------------
+// ---- HTTP errors
+// ---------------------------------------------------------------------------------
 
 struct HttpError : std::runtime_error {
   HttpError(unsigned s, const std::string& m) : std::runtime_error(m), status(s) {}
@@ -80,7 +81,8 @@ std::string error_body(unsigned status, const std::string& message) {
   return ojson{{"error", message}, {"status", status}}.dump() + "\n";
 }
 
-// ---- URLs ------------------------------------------------------------------------------------------
+// ---- URLs
+// ------------------------------------------------------------------------------------------
 
 int hex_value(char c) {
   if (c >= '0' && c <= '9') return c - '0';
@@ -110,7 +112,7 @@ std::string url_decode(std::string_view s, bool query) {
 }
 
 struct Target {
-  std::string path;                                          // decoded
+  std::string path;                                         // decoded
   std::vector<std::pair<std::string, std::string>> params;  // decoded, in order
   std::optional<std::string> param(const std::string& k) const {
     for (const auto& [n, v] : params) {
@@ -153,8 +155,9 @@ Target parse_target(std::string_view t) {
     rest = amp == std::string_view::npos ? std::string_view() : rest.substr(amp + 1);
     if (kv.empty()) continue;
     const size_t eq = kv.find('=');
-    out.params.emplace_back(url_decode(kv.substr(0, eq), true),
-                            eq == std::string_view::npos ? "" : url_decode(kv.substr(eq + 1), true));
+    out.params.emplace_back(
+        url_decode(kv.substr(0, eq), true),
+        eq == std::string_view::npos ? "" : url_decode(kv.substr(eq + 1), true));
   }
   return out;
 }
@@ -169,7 +172,8 @@ int64_t int_param(const std::string& name, const std::string& v, int64_t min) {
   return n;
 }
 
-// ---- What is served ----------------------------------------------------------------------------------
+// ---- What is served
+// ----------------------------------------------------------------------------------
 
 struct WorkDir {
   std::string id;  // "." for a single work_dir; else the path relative to the root
@@ -226,8 +230,8 @@ class Site {
           if (path.compare(0, prefix.size(), prefix) != 0) continue;
           if (path.size() > prefix.size() && path[prefix.size()] != '/') continue;
           if (!best || w.id.size() > best->first.id.size()) {
-            best = std::make_pair(w, path.size() == prefix.size() ? std::string("/")
-                                                                  : path.substr(prefix.size()));
+            best = std::make_pair(
+                w, path.size() == prefix.size() ? std::string("/") : path.substr(prefix.size()));
           }
         }
       }
@@ -272,7 +276,8 @@ Catalog& catalog_for(const std::string& ledger) {
   return *it->second;
 }
 
-// ---- Responses ------------------------------------------------------------------------------------------
+// ---- Responses
+// ------------------------------------------------------------------------------------------
 
 struct Reply {
   using Headers = std::vector<std::pair<std::string, std::string>>;
@@ -338,15 +343,14 @@ std::string metrics_text(const std::vector<WorkDir>& dirs) {
       {"ckptledger_best_score", "gauge", "The current best score per metric.", ""},
       {"ckptledger_live_checkpoints", "gauge", "Live checkpoint files by kind.", ""},
       {"ckptledger_live_checkpoint_bytes", "gauge", "Total size of the live checkpoint files.", ""},
-      {"ckptledger_seconds_since_last_save", "gauge",
-       "Seconds since the newest committed save.", ""},
+      {"ckptledger_seconds_since_last_save", "gauge", "Seconds since the newest committed save.",
+       ""},
       {"ckptledger_failed_writes_total", "counter", "Checkpoint writes that failed.", ""},
       {"ckptledger_runs", "gauge", "Runs (processes that trained) by outcome.", ""},
       {"ckptledger_events_total", "counter", "Committed ledger events (the newest seq).", ""},
   };
-  const double now = std::chrono::duration<double>(
-                         std::chrono::system_clock::now().time_since_epoch())
-                         .count();
+  const double now =
+      std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
   for (const WorkDir& w : dirs) {
     const std::string wd = fmt::format("work_dir=\"{}\"", prom_escape(w.work_dir));
     Catalog* cat = nullptr;
@@ -357,10 +361,10 @@ std::string metrics_text(const std::vector<WorkDir>& dirs) {
     }
     ResultSet best = cat->best(std::nullopt);
     for (size_t i = 0; i < best.rows.size(); ++i) {
-      f[0].samples += fmt::format("ckptledger_best_score{{{},metric=\"{}\",rule=\"{}\"}} {}\n", wd,
-                                  prom_escape(cell_text(best.at(i, "metric"))),
-                                  prom_escape(cell_text(best.at(i, "rule"))),
-                                  prom_number(best.at(i, "score")));
+      f[0].samples +=
+          fmt::format("ckptledger_best_score{{{},metric=\"{}\",rule=\"{}\"}} {}\n", wd,
+                      prom_escape(cell_text(best.at(i, "metric"))),
+                      prom_escape(cell_text(best.at(i, "rule"))), prom_number(best.at(i, "score")));
     }
     ResultSet live = cat->query(
         "SELECT kind, count(*), ifnull(sum(bytes), 0) FROM checkpoints WHERE status = 'live' "
@@ -372,8 +376,8 @@ std::string metrics_text(const std::vector<WorkDir>& dirs) {
       bytes += row[2].get<int64_t>();
     }
     for (const auto& [kind, n] : counts) {
-      f[1].samples +=
-          fmt::format("ckptledger_live_checkpoints{{{},kind=\"{}\"}} {}\n", wd, prom_escape(kind), n);
+      f[1].samples += fmt::format("ckptledger_live_checkpoints{{{},kind=\"{}\"}} {}\n", wd,
+                                  prom_escape(kind), n);
     }
     f[2].samples += fmt::format("ckptledger_live_checkpoint_bytes{{{}}} {}\n", wd, bytes);
     ResultSet agg = cat->query(
@@ -384,16 +388,17 @@ std::string metrics_text(const std::vector<WorkDir>& dirs) {
       const double age = now - static_cast<double>(agg.rows[0][0].get<int64_t>()) / 1e6;
       f[3].samples += fmt::format("ckptledger_seconds_since_last_save{{{}}} {:.3f}\n", wd, age);
     }
-    f[4].samples += fmt::format("ckptledger_failed_writes_total{{{}}} {}\n", wd,
-                                agg.rows[0][1].get<int64_t>());
+    f[4].samples +=
+        fmt::format("ckptledger_failed_writes_total{{{}}} {}\n", wd, agg.rows[0][1].get<int64_t>());
     std::map<std::string, int64_t> outcomes = {{"crashed", 0}, {"finished", 0}, {"running", 0}};
     ResultSet runs = cat->runs();
     for (size_t i = 0; i < runs.rows.size(); ++i) ++outcomes[cell_text(runs.at(i, "ended"))];
     for (const auto& [o, n] : outcomes) {
-      f[5].samples += fmt::format("ckptledger_runs{{{},outcome=\"{}\"}} {}\n", wd, prom_escape(o), n);
+      f[5].samples +=
+          fmt::format("ckptledger_runs{{{},outcome=\"{}\"}} {}\n", wd, prom_escape(o), n);
     }
-    f[6].samples += fmt::format("ckptledger_events_total{{{}}} {}\n", wd,
-                                agg.rows[0][2].get<int64_t>());
+    f[6].samples +=
+        fmt::format("ckptledger_events_total{{{}}} {}\n", wd, agg.rows[0][2].get<int64_t>());
   }
   std::string out;
   for (const Family& fam : f) {
@@ -452,7 +457,8 @@ Reply work_dir_endpoint(const WorkDir& w, const std::string& ep, const Target& t
                            : (fs::path(w.work_dir) / *p).string();
     Catalog& cat = catalog_for(w.ledger);
     ojson o = report::show(cat, path);
-    if (o.is_null()) throw nothing(fmt::format("{}: the ledger knows no file {}", cat.ledger_path(), *p));
+    if (o.is_null())
+      throw nothing(fmt::format("{}: the ledger knows no file {}", cat.ledger_path(), *p));
     return json_reply(o);
   }
   if (ep == "/verify") {
@@ -483,17 +489,16 @@ struct Asset {
 };
 
 std::optional<Asset> asset(const std::string& name, const std::string& dashboard_dir) {
-  const std::string type = name.size() > 3 && name.substr(name.size() - 3) == ".js"
-                               ? "text/javascript; charset=utf-8"
-                           : name.size() > 4 && name.substr(name.size() - 4) == ".css"
-                               ? "text/css; charset=utf-8"
-                               : "text/html; charset=utf-8";
+  const std::string type =
+      name.size() > 3 && name.substr(name.size() - 3) == ".js"    ? "text/javascript; charset=utf-8"
+      : name.size() > 4 && name.substr(name.size() - 4) == ".css" ? "text/css; charset=utf-8"
+                                                                  : "text/html; charset=utf-8";
   if (name == "chart.js") {
     // Debian's libjs-chart.js, read where the package puts it (no copy in this repository).
     std::string body = read_file(kChartJsPath);
     if (body.empty()) {
-      throw HttpError(500, fmt::format("Chart.js not found at {} (install libjs-chart.js)",
-                                       kChartJsPath));
+      throw HttpError(
+          500, fmt::format("Chart.js not found at {} (install libjs-chart.js)", kChartJsPath));
     }
     return Asset{type, std::move(body)};
   }
@@ -512,7 +517,8 @@ std::optional<Asset> asset(const std::string& name, const std::string& dashboard
   return std::nullopt;
 }
 
-// ---- Live files ------------------------------------------------------------------------------------
+// ---- Live files
+// ------------------------------------------------------------------------------------
 
 struct LiveFile {
   std::string path;
@@ -556,7 +562,8 @@ std::optional<std::pair<int64_t, int64_t>> parse_range(const std::string& h, int
   } else {
     auto f = num(a);
     if (!f) return std::nullopt;
-    if (*f >= size) throw HttpError(416, fmt::format("Range: starts past the end ({} bytes)", size));
+    if (*f >= size)
+      throw HttpError(416, fmt::format("Range: starts past the end ({} bytes)", size));
     auto l = b.empty() ? std::optional<int64_t>(size - 1) : num(b);
     if (!l || *l < *f) return std::nullopt;
     first = *f;
@@ -579,7 +586,8 @@ bool etag_matches(const std::string& header, const std::string& etag) {
   return false;
 }
 
-// ---- The server ----------------------------------------------------------------------------------
+// ---- The server
+// ----------------------------------------------------------------------------------
 
 struct Server;
 
@@ -721,10 +729,9 @@ class Session : public std::enable_shared_from_this<Session> {
   }
   void read_request() {
     stream_.expires_after(kRequestTimeout);
-    http::async_read(stream_, buffer_, *parser_,
-                     [self = shared_from_this()](beast::error_code ec, size_t) {
-                       self->on_read(ec);
-                     });
+    http::async_read(
+        stream_, buffer_, *parser_,
+        [self = shared_from_this()](beast::error_code ec, size_t) { self->on_read(ec); });
   }
 
   void on_read(beast::error_code ec) {
@@ -734,7 +741,8 @@ class Session : public std::enable_shared_from_this<Session> {
     }
     if (ec == http::error::header_limit) {
       keep_alive_ = false;
-      return send({431, "application/json",
+      return send({431,
+                   "application/json",
                    error_body(431, fmt::format("request headers over {} bytes", kHeaderLimit)),
                    {}},
                   false);
@@ -745,8 +753,9 @@ class Session : public std::enable_shared_from_this<Session> {
     }
     if (ec) {
       keep_alive_ = false;
-      return send({400, "application/json", error_body(400, "malformed request: " + ec.message()), {}},
-                  false);
+      return send(
+          {400, "application/json", error_body(400, "malformed request: " + ec.message()), {}},
+          false);
     }
     req_ = parser_->release();
     ++served_;
@@ -779,7 +788,8 @@ class Session : public std::enable_shared_from_this<Session> {
     if (t.path.compare(0, 8, "/static/") == 0) {
       auto a = asset(t.path.substr(8), srv_.options.dashboard_dir);
       if (!a) throw HttpError(404, fmt::format("no such file: {}", t.path));
-      return send({200, a->content_type, std::move(a->body), {{"Cache-Control", "no-cache"}}}, head_);
+      return send({200, a->content_type, std::move(a->body), {{"Cache-Control", "no-cache"}}},
+                  head_);
     }
     // The dashboard page itself holds nothing: its data comes from the endpoints, which the token
     // guards.
@@ -794,16 +804,20 @@ class Session : public std::enable_shared_from_this<Session> {
     }
     if ((ep == "/" || ep == "/index.html") && !(srv_.site.rooted() && !routed)) {
       auto a = asset("index.html", srv_.options.dashboard_dir);
-      return send({200, a->content_type, std::move(a->body), {{"Cache-Control", "no-cache"}}}, head_);
+      return send({200, a->content_type, std::move(a->body), {{"Cache-Control", "no-cache"}}},
+                  head_);
     }
     if (!token_ok(srv_, req_, t)) {
-      return send({401, "application/json",
+      return send({401,
+                   "application/json",
                    error_body(401, "a bearer token is required (Authorization: Bearer <token>)"),
                    {{"WWW-Authenticate", "Bearer"}}},
                   head_);
     }
     if (srv_.site.rooted() && !routed && (ep == "/" || ep == "/index.html")) {
-      return send({200, "text/html; charset=utf-8", root_index(srv_.site.all(), t.param("token")),
+      return send({200,
+                   "text/html; charset=utf-8",
+                   root_index(srv_.site.all(), t.param("token")),
                    {{"Cache-Control", "no-cache"}}},
                   head_);
     }
@@ -829,11 +843,16 @@ class Session : public std::enable_shared_from_this<Session> {
     auto esc = [](const std::string& v) {
       std::string o;
       for (char c : v) {
-        if (c == '<') o += "&lt;";
-        else if (c == '>') o += "&gt;";
-        else if (c == '&') o += "&amp;";
-        else if (c == '"') o += "&quot;";
-        else o += c;
+        if (c == '<')
+          o += "&lt;";
+        else if (c == '>')
+          o += "&gt;";
+        else if (c == '&')
+          o += "&amp;";
+        else if (c == '"')
+          o += "&quot;";
+        else
+          o += c;
       }
       return o;
     };
@@ -854,7 +873,7 @@ class Session : public std::enable_shared_from_this<Session> {
         href += "/?token=";
         for (char c : *token) {
           href += std::isalnum(static_cast<unsigned char>(c)) ? std::string(1, c)
-                                                               : fmt::format("%{:02X}", c & 0xff);
+                                                              : fmt::format("%{:02X}", c & 0xff);
         }
       } else {
         href += "/";
@@ -867,7 +886,8 @@ class Session : public std::enable_shared_from_this<Session> {
 
   static ojson work_dirs_json(const std::vector<WorkDir>& dirs) {
     ojson a = ojson::array();
-    for (const WorkDir& w : dirs) a.push_back({{"id", w.id}, {"work_dir", w.work_dir}, {"ledger", w.ledger}});
+    for (const WorkDir& w : dirs)
+      a.push_back({{"id", w.id}, {"work_dir", w.work_dir}, {"ledger", w.ledger}});
     return a;
   }
 
@@ -889,7 +909,8 @@ class Session : public std::enable_shared_from_this<Session> {
       t.only({});
       return {200, "text/plain; version=0.0.4; charset=utf-8", metrics_text(srv.site.all()), {}};
     }
-    throw HttpError(404, fmt::format("no such endpoint: {} (a work_dir's are below /w/<id>/)", t.path));
+    throw HttpError(404,
+                    fmt::format("no such endpoint: {} (a work_dir's are below /w/<id>/)", t.path));
   }
 
   // Runs `fn` on the query pool, then sends its reply from this connection's strand.
@@ -909,9 +930,8 @@ class Session : public std::enable_shared_from_this<Session> {
       } catch (const std::exception& e) {
         r = {500, "application/json", error_body(500, e.what()), {}};
       }
-      asio::post(self->stream_.get_executor(), [self, r = std::move(r)]() mutable {
-        self->send(std::move(r), self->head_);
-      });
+      asio::post(self->stream_.get_executor(),
+                 [self, r = std::move(r)]() mutable { self->send(std::move(r), self->head_); });
     });
   }
 
@@ -928,14 +948,13 @@ class Session : public std::enable_shared_from_this<Session> {
       const int64_t n = r.last - r.first + 1;
       res->content_length(n);
       auto sr = std::make_shared<http::response_serializer<http::string_body>>(*res);
-      http::async_write_header(
-          stream_, *sr,
-          [self = shared_from_this(), res, sr, fd = r.fd, first = r.first, n, head, keep](
-              beast::error_code ec, size_t) {
-            if (ec) return self->close();
-            if (head) return keep ? self->read() : self->close();
-            self->send_file_bytes(fd, first, first + n, keep);
-          });
+      http::async_write_header(stream_, *sr,
+                               [self = shared_from_this(), res, sr, fd = r.fd, first = r.first, n,
+                                head, keep](beast::error_code ec, size_t) {
+                                 if (ec) return self->close();
+                                 if (head) return keep ? self->read() : self->close();
+                                 self->send_file_bytes(fd, first, first + n, keep);
+                               });
       return;
     }
     const size_t n = r.status == 304 ? 0 : r.body.size();
@@ -970,7 +989,8 @@ class Session : public std::enable_shared_from_this<Session> {
       }
       struct stat st {};
       if (::fstat(*fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size != f->bytes) {
-        throw HttpError(409, fmt::format("{}: not the {} bytes the ledger recorded", f->path, f->bytes));
+        throw HttpError(409,
+                        fmt::format("{}: not the {} bytes the ledger recorded", f->path, f->bytes));
       }
       const std::string etag = "\"" + f->sha256 + "\"";
       Reply r{200, "application/octet-stream", "", {{"ETag", etag}, {"Accept-Ranges", "bytes"}}};
@@ -1007,12 +1027,12 @@ class Session : public std::enable_shared_from_this<Session> {
         static_cast<size_t>(std::min<int64_t>(kFileChunk, end - pos)));
     const ssize_t n = ::pread(*fd, buf->data(), buf->size(), pos);
     if (n <= 0) return close();  // the file changed under us: the client sees a short body
-    asio::async_write(stream_, asio::buffer(buf->data(), static_cast<size_t>(n)),
-                      [self = shared_from_this(), buf, fd, pos, end, keep, n](beast::error_code ec,
-                                                                             size_t) {
-                        if (ec) return self->close();
-                        self->send_file_bytes(fd, pos + n, end, keep);
-                      });
+    asio::async_write(
+        stream_, asio::buffer(buf->data(), static_cast<size_t>(n)),
+        [self = shared_from_this(), buf, fd, pos, end, keep, n](beast::error_code ec, size_t) {
+          if (ec) return self->close();
+          self->send_file_bytes(fd, pos + n, end, keep);
+        });
   }
 
   // ---- /events ----
@@ -1027,7 +1047,8 @@ class Session : public std::enable_shared_from_this<Session> {
     }
     kinds_ = t.all("kind");
     for (const std::string& k : kinds_) {
-      if (!event_kind_from_name(k)) throw HttpError(400, fmt::format("kind: '{}' is not an event kind", k));
+      if (!event_kind_from_name(k))
+        throw HttpError(400, fmt::format("kind: '{}' is not an event kind", k));
     }
     cursor_ = cursor;
     ledger_ = w.ledger;
@@ -1100,24 +1121,25 @@ class Session : public std::enable_shared_from_this<Session> {
         ojson rows = it->second->events_after(cursor, kinds, 500);
         for (const ojson& row : rows) {
           last = row["seq"].get<int64_t>();
-          text += fmt::format("id: {}\nevent: {}\ndata: {}\n\n", last, row["kind"].get<std::string>(),
-                              row.dump());
+          text += fmt::format("id: {}\nevent: {}\ndata: {}\n\n", last,
+                              row["kind"].get<std::string>(), row.dump());
         }
         more = rows.size() == 500;
         if (!more) last = std::max(last, committed);
       } catch (const std::exception& e) {
         text = fmt::format("event: error\ndata: {}\n\n", ojson{{"error", e.what()}}.dump());
       }
-      asio::post(self->stream_.get_executor(), [self, text = std::move(text), last, more]() mutable {
-        self->pulling_ = false;
-        self->cursor_ = last;
-        if (more) self->pull_again_ = true;
-        if (text.empty()) {
-          if (self->pull_again_) self->pull();
-          return;
-        }
-        self->write_raw(std::move(text), false);
-      });
+      asio::post(self->stream_.get_executor(),
+                 [self, text = std::move(text), last, more]() mutable {
+                   self->pulling_ = false;
+                   self->cursor_ = last;
+                   if (more) self->pull_again_ = true;
+                   if (text.empty()) {
+                     if (self->pull_again_) self->pull();
+                     return;
+                   }
+                   self->write_raw(std::move(text), false);
+                 });
     });
   }
 
@@ -1165,16 +1187,17 @@ class Listener : public std::enable_shared_from_this<Listener> {
     if (!ec) acceptor_.bind(ep, ec);
     if (!ec) acceptor_.listen(asio::socket_base::max_listen_connections, ec);
     if (ec) {
-      throw Error(ErrorCode::kIOError, fmt::format("serve: cannot listen on {}:{}: {}",
-                                                   ep.address().to_string(), ep.port(),
-                                                   ec.message()));
+      throw Error(ErrorCode::kIOError,
+                  fmt::format("serve: cannot listen on {}:{}: {}", ep.address().to_string(),
+                              ep.port(), ec.message()));
     }
   }
   uint16_t port() const { return acceptor_.local_endpoint().port(); }
   void accept() {
     acceptor_.async_accept(asio::make_strand(srv_.ioc),
                            [self = shared_from_this()](beast::error_code ec, tcp::socket socket) {
-                             if (!ec) std::make_shared<Session>(std::move(socket), self->srv_)->start();
+                             if (!ec)
+                               std::make_shared<Session>(std::move(socket), self->srv_)->start();
                              if (ec == asio::error::operation_aborted) return;
                              self->accept();
                            });
@@ -1193,7 +1216,8 @@ std::string read_token(const std::string& file) {
   std::string token;
   std::getline(in, token);
   while (!token.empty() && (token.back() == '\r' || token.back() == ' ')) token.pop_back();
-  if (token.empty()) throw UsageError(fmt::format("--token-file {}: the first line is empty", file));
+  if (token.empty())
+    throw UsageError(fmt::format("--token-file {}: the first line is empty", file));
   return token;
 }
 
@@ -1211,7 +1235,8 @@ int run_serve(const ServeOptions& o) {
   }
   Server srv(o);
   if (!o.token_file.empty()) srv.token = read_token(o.token_file);
-  auto listener = std::make_shared<Listener>(srv, tcp::endpoint(address, static_cast<uint16_t>(o.port)));
+  auto listener =
+      std::make_shared<Listener>(srv, tcp::endpoint(address, static_cast<uint16_t>(o.port)));
   listener->accept();
   ::signal(SIGPIPE, SIG_IGN);
   asio::signal_set signals(srv.ioc, SIGINT, SIGTERM);

@@ -8,8 +8,8 @@
 #include <fmt/format.h>
 
 #include "catalog/follow.h"
-#include "tools/cli.h"
 #include "tools/ckptledger/verbs.h"
+#include "tools/cli.h"
 
 namespace ckptledger::cli {
 namespace {
@@ -61,7 +61,8 @@ bool finished(LedgerFollower& f) {
 int run_watch(const WatchOptions& o) {
   if (o.since < 0) throw UsageError("--since: must be a seq >= 0");
   for (const std::string& k : o.kinds) {
-    if (!event_kind_from_name(k)) throw UsageError(fmt::format("--kind: '{}' is not an event kind", k));
+    if (!event_kind_from_name(k))
+      throw UsageError(fmt::format("--kind: '{}' is not an event kind", k));
   }
   install_stop_handlers();
   LedgerFollower follower(o.ledger);

@@ -981,8 +981,9 @@ int demo(const DemoOptions& o) {
   say(fmt::format("\n{} in {:.1f} s. Summary: {}/{}; again: ckptledger demo --work-dir {}\n",
                   ok ? "Demo OK" : "Demo finished WITH DIFFERENCES", wall, dir, kSummaryFile, dir));
   // The run, live in a browser or from other tools (docs/serve.md).
-  say(fmt::format("Its dashboard and HTTP API: ckptledger serve {}   (then open http://127.0.0.1:8470/)\n",
-                  dir));
+  say(fmt::format(
+      "Its dashboard and HTTP API: ckptledger serve {}   (then open http://127.0.0.1:8470/)\n",
+      dir));
   return ok ? 0 : 1;
 }
 

@@ -2,11 +2,11 @@
 
 #include <chrono>
 #include <cstdio>
-#include <thread>
 #include <fstream>
 #include <iostream>
 #include <memory>
 #include <sstream>
+#include <thread>
 
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
@@ -178,7 +178,8 @@ int train_job(const TrainJobOptions& o) {
       return loss;
     });
     if (scheduler) scheduler->step();
-    if (o.iter_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(o.iter_delay_ms));
+    if (o.iter_delay_ms > 0)
+      std::this_thread::sleep_for(std::chrono::milliseconds(o.iter_delay_ms));
     if (o.progress) {
       std::printf("iter %lld\n", static_cast<long long>(runner.iter() + 1));
       std::fflush(stdout);

@@ -34,7 +34,8 @@ struct TrainJobOptions {
   std::optional<std::string> resume_from;
   std::optional<std::string> load_from;
   bool progress = false;  // "iter N" on stdout after each iteration (flushed)
-  int64_t iter_delay_ms = 0;  // sleep after each iteration: a slower job for tests that follow one live
+  int64_t iter_delay_ms =
+      0;  // sleep after each iteration: a slower job for tests that follow one live
 };
 
 // Returns the exit status (0); throws ckptledger::Error.
