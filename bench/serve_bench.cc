@@ -9,10 +9,11 @@
 // the median loaded time ÷ the median baseline time, and the p50 / p99 of `/best` over every
 // request of the loaded runs.
 //
-//   serve_bench --bin build/bin [--iters 1500] [--pairs 3] [--clients 200] [--sse 50]
-//               [--poll-ms 1000] [--json FILE]
+//   serve_bench --bin build/bin [--iters 40000] [--interval 200] [--pairs 5] [--clients 200]
+//               [--sse 50] [--poll-ms 1000] [--json FILE]
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -46,8 +47,9 @@ using Clock = std::chrono::steady_clock;
 
 struct Options {
   std::string bin = "build/bin";
-  int iters = 1500;
-  int pairs = 3;
+  int iters = 40000;
+  int interval = 200;  // validate and save every N iterations
+  int pairs = 5;
   int clients = 200;
   int sse = 50;
   int poll_ms = 1000;
@@ -90,8 +92,18 @@ int wait_for(pid_t pid) {
 
 double train(const Options& o, const std::string& work_dir) {
   const auto t0 = Clock::now();
+  const std::string config = work_dir + ".json";
+  {
+    std::FILE* f = std::fopen(config.c_str(), "w");
+    if (!f) throw std::runtime_error("cannot write " + config);
+    std::fprintf(f,
+                 "{\"interval\": %d, \"by_epoch\": false, \"max_keep_ckpts\": 3, "
+                 "\"save_best\": \"acc\"}\n",
+                 o.interval);
+    std::fclose(f);
+  }
   pid_t pid = spawn({o.bin + "/ckptledger-train", "train", "--work-dir", work_dir, "--iters",
-                     std::to_string(o.iters), "--seed", "0"});
+                     std::to_string(o.iters), "--seed", "0", "--config", config});
   if (int rc = wait_for(pid); rc != 0) {
     throw std::runtime_error(fmt::format("training in {} exited {}", work_dir, rc));
   }
@@ -121,6 +133,7 @@ class Load {
   std::vector<double> latencies_ms;  // io thread only until stop()
   int64_t errors = 0;
   std::atomic<int64_t> sse_bytes{0};
+  std::atomic<bool> recording{false};  // latencies count only while the training runs
 
  private:
   struct Poller : std::enable_shared_from_this<Poller> {
@@ -152,8 +165,10 @@ class Load {
         self->res = {};
         http::async_read(self->stream, self->buf, self->res, [self](beast::error_code ec2, size_t) {
           if (ec2) return self->retry();
-          self->load.latencies_ms.push_back(
-              std::chrono::duration<double, std::milli>(Clock::now() - self->sent).count());
+          if (self->load.recording) {
+            self->load.latencies_ms.push_back(
+                std::chrono::duration<double, std::milli>(Clock::now() - self->sent).count());
+          }
           self->timer.expires_at(self->sent + std::chrono::milliseconds(self->load.o_.poll_ms));
           self->timer.async_wait([self](beast::error_code) { self->poll(); });
         });
@@ -202,6 +217,28 @@ class Load {
   std::atomic<bool> stopping_{false};
 };
 
+// CPU seconds (user + system) a process has used so far, from /proc.
+double cpu_seconds(pid_t pid) {
+  std::FILE* f = std::fopen(fmt::format("/proc/{}/stat", pid).c_str(), "r");
+  if (!f) return 0;
+  char buf[2048] = {};
+  size_t n = std::fread(buf, 1, sizeof(buf) - 1, f);
+  std::fclose(f);
+  const char* p = std::strrchr(buf, ')');  // fields after the command name
+  if (!p || n == 0) return 0;
+  unsigned long utime = 0, stime = 0;
+  // state ppid pgrp session tty_nr tpgid flags minflt cminflt majflt cmajflt utime stime
+  std::sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &utime, &stime);
+  return static_cast<double>(utime + stime) / static_cast<double>(::sysconf(_SC_CLK_TCK));
+}
+
+double self_cpu_seconds() {
+  struct rusage ru {};
+  ::getrusage(RUSAGE_SELF, &ru);
+  return static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+         static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
 double percentile(std::vector<double> v, double p) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
@@ -225,6 +262,8 @@ int main(int argc, char** argv) {
       o.bin = next();
     else if (a == "--iters")
       o.iters = std::stoi(next());
+    else if (a == "--interval")
+      o.interval = std::stoi(next());
     else if (a == "--pairs")
       o.pairs = std::stoi(next());
     else if (a == "--clients")
@@ -243,7 +282,7 @@ int main(int argc, char** argv) {
   ::signal(SIGPIPE, SIG_IGN);
   const fs::path tmp = fs::temp_directory_path() / fmt::format("serve_bench.{}", ::getpid());
   fs::create_directories(tmp);
-  std::vector<double> alone, served, latencies;
+  std::vector<double> alone, served, latencies, server_cpu, client_cpu;
   int64_t errors = 0, sse_bytes = 0;
   fmt::print(
       "serve_bench: {} iterations per run, {} pairs, {} clients polling /best every {} ms, "
@@ -268,7 +307,13 @@ int main(int argc, char** argv) {
       const uint16_t port = static_cast<uint16_t>(std::atoi(colon + 1));
       Load load(o, port);
       load.start();
+      std::this_thread::sleep_for(std::chrono::seconds(2));  // every client connected
+      load.recording = true;
+      const double server0 = cpu_seconds(server), client0 = self_cpu_seconds();
       served.push_back(train(o, dir));
+      server_cpu.push_back(cpu_seconds(server) - server0);
+      client_cpu.push_back(self_cpu_seconds() - client0);
+      load.recording = false;
       load.stop();
       ::kill(server, SIGTERM);
       wait_for(server);
@@ -276,15 +321,31 @@ int main(int argc, char** argv) {
       latencies.insert(latencies.end(), load.latencies_ms.begin(), load.latencies_ms.end());
       errors += load.errors;
       sse_bytes += load.sse_bytes;
-      fmt::print("  pair {}: served {:.3f} s ({} /best answers, {} SSE bytes)\n", p, served.back(),
-                 load.latencies_ms.size(), load.sse_bytes.load());
+      fmt::print(
+          "  pair {}: served {:.3f} s ({} /best answers, {} SSE bytes; CPU: server {:.2f} s, "
+          "clients {:.2f} s)\n",
+          p, served.back(), load.latencies_ms.size(), load.sse_bytes.load(), server_cpu.back(),
+          client_cpu.back());
     }
   }
   fs::remove_all(tmp);
-  const double ratio = median(served) / median(alone);
+  // Each pair's two runs are adjacent in time: their ratio cancels the machine's slow drift; the
+  // figure is the median of the pairs' ratios.
+  std::vector<double> ratios;
+  for (size_t i = 0; i < served.size() && i < alone.size(); ++i)
+    ratios.push_back(served[i] / alone[i]);
+  const double ratio = median(ratios);
   const double p50 = percentile(latencies, 0.5), p99 = percentile(latencies, 0.99);
-  fmt::print("training time served / alone: {:.3f} (goal <= 1.02)   medians {:.3f} s / {:.3f} s\n",
-             ratio, median(served), median(alone));
+  const double cpu_share = median(server_cpu) / median(served);
+  fmt::print(
+      "training time served / alone: {:.3f} (goal <= 1.02; median of {} pairs, each "
+      "{:.3f}..{:.3f}; "
+      "medians {:.3f} s / {:.3f} s)\n",
+      ratio, ratios.size(), *std::min_element(ratios.begin(), ratios.end()),
+      *std::max_element(ratios.begin(), ratios.end()), median(served), median(alone));
+  fmt::print(
+      "server CPU while training: {:.2f} s per run = {:.1f}% of one core; clients {:.2f} s\n",
+      median(server_cpu), 100 * cpu_share, median(client_cpu));
   fmt::print(
       "/best latency: p50 {:.2f} ms, p99 {:.2f} ms (goal p99 < 20 ms) over {} requests, {} "
       "connection errors\n",
@@ -292,10 +353,13 @@ int main(int argc, char** argv) {
   ckptledger::bench::FigureLog log("serve_bench");
   log.add(fmt::format("training loop with serve + {} pollers / {} SSE ÷ alone", o.clients, o.sse),
           ratio, "<= 1.02", ratio <= 1.02,
-          fmt::format("{:.3f} s vs {:.3f} s", median(served), median(alone)));
+          fmt::format("median of {} pairs; {:.3f} s vs {:.3f} s", ratios.size(), median(served),
+                      median(alone)));
   log.add("/best p99 latency while training (ms; ratio = ms ÷ 20 ms goal)", p99 / 20.0,
           "< 1 (20 ms)", p99 < 20.0,
           fmt::format("p50 {:.2f} ms, p99 {:.2f} ms, {} requests", p50, p99, latencies.size()));
+  log.add("server CPU ÷ training wall time (one core = 1)", cpu_share,
+          fmt::format("{:.2f} CPU-s per {:.2f} s run", median(server_cpu), median(served)));
   log.write(o.json);
   return 0;
 }

@@ -584,6 +584,9 @@ int main(int argc, char** argv) {
                     "require `Authorization: Bearer <first line of FILE>`");
   serve->add_option("--max-connections", sv.max_connections, "at most N connections (default 512)");
   serve->add_option("--threads", sv.threads, "I/O threads (default 2)");
+  serve->add_option("--nice", sv.nice,
+                    "niceness increment of the server's threads, 0..19 (default 10: a training "
+                    "process on the same cores goes first)");
   serve->add_option("--dashboard-dir", sv.dashboard_dir,
                     "serve the dashboard's files from DIR instead of the built-in copy");
 

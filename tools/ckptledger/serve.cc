@@ -18,6 +18,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -408,6 +409,50 @@ std::string metrics_text(const std::vector<WorkDir>& dirs) {
   return out;
 }
 
+// Replies that depend on the events alone (best, history, state): the events are append-only, so
+// such a reply stays right while the newest seq is unchanged. Checking that costs one indexed
+// lookup, against a view query and a JSON rendering per request (/best polled by hundreds of
+// clients). Errors are not cached.
+class ReplyCache {
+ public:
+  std::optional<Reply> get(const std::string& key, int64_t seq) {
+    std::lock_guard<std::mutex> lk(mu_);
+    auto it = map_.find(key);
+    if (it == map_.end() || it->second.first != seq) return std::nullopt;
+    return it->second.second;
+  }
+  void put(const std::string& key, int64_t seq, const Reply& r) {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (map_.size() >= kMaxEntries) map_.clear();
+    map_[key] = {seq, r};
+  }
+
+ private:
+  static constexpr size_t kMaxEntries = 4096;
+  std::mutex mu_;
+  std::map<std::string, std::pair<int64_t, Reply>> map_;
+};
+
+ReplyCache& reply_cache() {
+  static ReplyCache cache;
+  return cache;
+}
+
+Reply work_dir_endpoint(const WorkDir& w, const std::string& ep, const Target& t);
+
+// `work_dir_endpoint`, through the cache for the endpoints that depend on the events alone.
+Reply cached_endpoint(const WorkDir& w, const std::string& ep, const Target& t) {
+  if (ep != "/best" && ep != "/history" && ep != "/state") return work_dir_endpoint(w, ep, t);
+  std::string key = w.ledger + "\n" + ep;
+  for (const auto& [k, v] : t.params) key += "\n" + k + "=" + v;
+  ResultSet rs = catalog_for(w.ledger).query("SELECT ifnull(max(seq), 0) FROM events");
+  const int64_t seq = rs.rows[0][0].get<int64_t>();
+  if (auto hit = reply_cache().get(key, seq)) return *hit;
+  Reply r = work_dir_endpoint(w, ep, t);
+  reply_cache().put(key, seq, r);
+  return r;
+}
+
 // The JSON endpoints of one work_dir: the CLI's --json document for the same options.
 Reply work_dir_endpoint(const WorkDir& w, const std::string& ep, const Target& t) {
   auto nothing = [](const std::string& m) { return HttpError(404, m); };
@@ -591,6 +636,12 @@ bool etag_matches(const std::string& header, const std::string& etag) {
 
 struct Server;
 
+// One Server-Sent Events message: id = seq, event = kind, data = the history row.
+std::string sse_message(const ojson& row) {
+  return fmt::format("id: {}\nevent: {}\ndata: {}\n\n", row["seq"].get<int64_t>(),
+                     row["kind"].get<std::string>(), row.dump());
+}
+
 // Wakes the event streams of one ledger when it changes: inotify through the follower, read by
 // the I/O loop, plus a 1-second re-check for filesystems without inotify.
 class Hub : public std::enable_shared_from_this<Hub> {
@@ -598,6 +649,28 @@ class Hub : public std::enable_shared_from_this<Hub> {
   Hub(asio::io_context& ioc, const std::string& ledger)
       : strand_(asio::make_strand(ioc)), timer_(strand_), follower_(ledger), fd_(strand_) {
     if (follower_.notify_fd() >= 0) fd_.assign(::dup(follower_.notify_fd()));
+    try {
+      base_ = last_ = follower_.last_seq();  // the tail starts now; older events come from SQLite
+    } catch (const std::exception&) {
+      base_ = last_ = 0;
+    }
+  }
+
+  // The SSE messages of the events past `cursor` (of `kinds`; empty: all), from the tail this hub
+  // keeps: every stream of a ledger shares one query and one rendering per commit. False when the
+  // tail does not reach back to `cursor` (the caller reads SQLite). `*last`: the new cursor.
+  bool from_tail(int64_t cursor, const std::vector<std::string>& kinds, std::string* text,
+                 int64_t* last) {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (cursor < base_) return false;
+    for (const Message& m : tail_) {
+      if (m.seq <= cursor) continue;
+      if (kinds.empty() || std::find(kinds.begin(), kinds.end(), m.kind) != kinds.end()) {
+        *text += m.text;
+      }
+    }
+    *last = std::max(cursor, last_);
+    return true;
   }
   void start() {
     arm_fd();
@@ -640,7 +713,31 @@ class Hub : public std::enable_shared_from_this<Hub> {
       return;  // the streams report the ledger's error themselves
     }
     if (!changed) return;
+    std::vector<Message> fresh;
+    int64_t last = 0;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      last = last_;
+    }
+    try {
+      for (;;) {
+        ojson rows = follower_.events_after(last, {}, 1000);
+        for (const ojson& row : rows) {
+          last = row["seq"].get<int64_t>();
+          fresh.push_back({last, row["kind"].get<std::string>(), sse_message(row)});
+        }
+        if (rows.size() < 1000) break;
+      }
+    } catch (const std::exception&) {
+      return;  // the streams report the ledger's error themselves
+    }
     std::lock_guard<std::mutex> lk(mu_);
+    for (Message& m : fresh) tail_.push_back(std::move(m));
+    last_ = last;
+    while (tail_.size() > kTailMax) {
+      base_ = tail_.front().seq;
+      tail_.pop_front();
+    }
     subscribers_.erase(std::remove_if(subscribers_.begin(), subscribers_.end(),
                                       [](const std::function<bool()>& wake) { return !wake(); }),
                        subscribers_.end());
@@ -650,8 +747,16 @@ class Hub : public std::enable_shared_from_this<Hub> {
   asio::steady_timer timer_;
   LedgerFollower follower_;
   asio::posix::stream_descriptor fd_;
+  struct Message {
+    int64_t seq;
+    std::string kind;
+    std::string text;
+  };
+  static constexpr size_t kTailMax = 4096;
   std::mutex mu_;
   std::vector<std::function<bool()>> subscribers_;
+  std::deque<Message> tail_;  // the events (base_, last_], rendered
+  int64_t base_ = 0, last_ = 0;
 };
 
 struct Server {
@@ -834,7 +939,7 @@ class Session : public std::enable_shared_from_this<Session> {
       t.only({});
       return send(json_reply(work_dirs_json(srv_.site.all())), head_);
     }
-    query([w, ep, t]() -> Reply { return work_dir_endpoint(w, ep, t); });
+    query([w, ep, t]() -> Reply { return cached_endpoint(w, ep, t); });
   }
 
   // --root: the list of work_dirs, each a link to its dashboard.
@@ -1059,10 +1164,10 @@ class Session : public std::enable_shared_from_this<Session> {
       keep_alive_ = false;
       return write_raw(std::move(head), true);
     }
-    std::shared_ptr<Hub> hub = srv_.hub(w.ledger);  // may throw: answered as an error
+    hub_ = srv_.hub(w.ledger);  // may throw: answered as an error
     streaming_ = true;
     std::weak_ptr<Session> weak = shared_from_this();
-    hub->subscribe([weak] {
+    hub_->subscribe([weak] {
       auto s = weak.lock();
       if (!s) return false;
       asio::post(s->stream_.get_executor(), [s] { s->pull(); });
@@ -1103,8 +1208,17 @@ class Session : public std::enable_shared_from_this<Session> {
       pull_again_ = true;
       return;
     }
-    pulling_ = true;
     pull_again_ = false;
+    std::string text;
+    int64_t last = cursor_;
+    if (hub_->from_tail(cursor_, kinds_, &text, &last)) {
+      cursor_ = last;
+      if (!text.empty()) write_raw(std::move(text), false);
+      return;
+    }
+    // Behind the hub's tail (a reconnect with an old Last-Event-ID, a first read of the history):
+    // read SQLite on the query pool, 500 events at a time.
+    pulling_ = true;
     asio::post(srv_.queries, [self = shared_from_this(), cursor = cursor_, kinds = kinds_,
                               ledger = ledger_] {
       std::string text;
@@ -1116,13 +1230,12 @@ class Session : public std::enable_shared_from_this<Session> {
         if (it == followers.end()) {
           it = followers.emplace(ledger, std::make_unique<LedgerFollower>(ledger)).first;
         }
-        // The follower's own Catalog opens the ledger once it exists.
+        // Read before the rows: every matching event up to it is among them.
         const int64_t committed = kinds.empty() ? 0 : it->second->last_seq();
         ojson rows = it->second->events_after(cursor, kinds, 500);
         for (const ojson& row : rows) {
           last = row["seq"].get<int64_t>();
-          text += fmt::format("id: {}\nevent: {}\ndata: {}\n\n", last,
-                              row["kind"].get<std::string>(), row.dump());
+          text += sse_message(row);
         }
         more = rows.size() == 500;
         if (!more) last = std::max(last, committed);
@@ -1132,28 +1245,32 @@ class Session : public std::enable_shared_from_this<Session> {
       asio::post(self->stream_.get_executor(),
                  [self, text = std::move(text), last, more]() mutable {
                    self->pulling_ = false;
-                   self->cursor_ = last;
+                   self->cursor_ = std::max(self->cursor_, last);
                    if (more) self->pull_again_ = true;
-                   if (text.empty()) {
-                     if (self->pull_again_) self->pull();
-                     return;
-                   }
-                   self->write_raw(std::move(text), false);
+                   if (!text.empty()) self->write_raw(std::move(text), false);
+                   if (self->pull_again_) self->pull();
                  });
     });
   }
 
+  // Writes are queued: one async_write at a time on the socket (events, keep-alive comments).
   void write_raw(std::string text, bool then_close) {
+    pending_ += text;
+    close_after_ = close_after_ || then_close;
+    if (writing_) return;
     writing_ = true;
-    auto buf = std::make_shared<std::string>(std::move(text));
+    auto buf = std::make_shared<std::string>(std::move(pending_));
+    pending_.clear();
+    const bool closing = close_after_;
     asio::async_write(stream_, asio::buffer(*buf),
-                      [self = shared_from_this(), buf, then_close](beast::error_code ec, size_t) {
+                      [self = shared_from_this(), buf, closing](beast::error_code ec, size_t) {
                         self->writing_ = false;
-                        if (ec || then_close) {
+                        if (ec || (closing && self->pending_.empty())) {
                           self->streaming_ = false;
                           return self->close();
                         }
-                        if (self->pull_again_ || self->first_pull_) {
+                        if (!self->pending_.empty()) return self->write_raw("", false);
+                        if (self->first_pull_) {
                           self->first_pull_ = false;
                           self->pull();
                         }
@@ -1170,7 +1287,9 @@ class Session : public std::enable_shared_from_this<Session> {
   int64_t served_ = 0;  // requests read on this connection
   // Event stream state (strand only).
   bool streaming_ = false, writing_ = false, pulling_ = false, pull_again_ = false;
-  bool first_pull_ = true;
+  bool first_pull_ = true, close_after_ = false;
+  std::string pending_;  // queued while a write is in flight
+  std::shared_ptr<Hub> hub_;
   int64_t cursor_ = 0;
   std::vector<std::string> kinds_;
   std::string ledger_;
@@ -1227,11 +1346,19 @@ int run_serve(const ServeOptions& o) {
   if (o.port < 0 || o.port > 65535) throw UsageError(fmt::format("--port {}: not a port", o.port));
   if (o.threads < 1 || o.threads > 64) throw UsageError("--threads: 1 to 64");
   if (o.max_connections < 1) throw UsageError("--max-connections: must be >= 1");
+  if (o.nice < 0 || o.nice > 19) throw UsageError(fmt::format("--nice {}: must be 0..19", o.nice));
   beast::error_code ec;
   const auto address = asio::ip::make_address(o.bind, ec);
   if (ec) throw UsageError(fmt::format("--bind {}: not an IP address", o.bind));
   if (!o.dashboard_dir.empty() && !fs::is_directory(o.dashboard_dir)) {
     throw UsageError(fmt::format("--dashboard-dir {}: not a directory", o.dashboard_dir));
+  }
+  // Before any thread starts: the I/O and query threads inherit it.
+  if (o.nice > 0) {
+    errno = 0;
+    if (::nice(o.nice) == -1 && errno != 0) {
+      throw Error(ErrorCode::kIOError, fmt::format("--nice {}: {}", o.nice, std::strerror(errno)));
+    }
   }
   Server srv(o);
   if (!o.token_file.empty()) srv.token = read_token(o.token_file);

@@ -25,6 +25,8 @@ struct ServeOptions {
   std::string token_file;
   int max_connections = 512;
   int threads = 2;
+  int nice = 10;  // niceness increment of every server thread: a training process on the same cores
+                  // keeps its CPU (as the hook's writer pool does: writer_nice)
   std::string dashboard_dir;  // serve the dashboard's files from here instead of the embedded copy
 };
 int run_serve(const ServeOptions& o);
