@@ -146,16 +146,13 @@ std::unique_ptr<Catalog> Catalog::open(const std::string& ledger_or_work_dir) {
   LedgerOptions ro;
   ro.mode = OpenMode::kReadOnly;
   const std::string path = resolve_ledger_path(absolute_normal(ledger_or_work_dir));
-  c->lock_probe_fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  c->lock_probe_fd_ = internal::shared_read_fd(path);
   c->ledger_ = Ledger::open(path, ro);
   c->ensure_views();
   return c;
 }
 
-Catalog::~Catalog() {
-  ledger_.reset();
-  if (lock_probe_fd_ >= 0) ::close(lock_probe_fd_);
-}
+Catalog::~Catalog() = default;  // lock_probe_fd_ is the process's shared descriptor: never closed
 
 std::string Catalog::work_dir() const {
   std::string dir = fs::path(absolute_normal(ledger_->path())).parent_path().string();

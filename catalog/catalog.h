@@ -184,8 +184,9 @@ class Catalog {
   };
 
   std::unique_ptr<Ledger> ledger_;
-  // A descriptor of the ledger file for probing the writer lock, opened before SQLite's and closed
-  // after them: closing a descriptor drops this process's POSIX locks on the file, SQLite's too.
+  // The process's shared descriptor of the ledger file (internal::shared_read_fd), for probing the
+  // writer lock; never closed: closing a descriptor drops this process's POSIX locks on the file,
+  // those of every SQLite connection to it included.
   int lock_probe_fd_ = -1;
 };
 

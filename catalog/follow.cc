@@ -26,7 +26,7 @@ bool is_dir(const std::string& p) {
 
 }  // namespace
 
-LedgerFollower::LedgerFollower(const std::string& ledger_or_work_dir) {
+LedgerFollower::LedgerFollower(const std::string& ledger_or_work_dir, bool notify) {
   std::error_code ec;
   std::string abs = fs::absolute(ledger_or_work_dir, ec).lexically_normal().string();
   if (ec) abs = ledger_or_work_dir;
@@ -38,6 +38,7 @@ LedgerFollower::LedgerFollower(const std::string& ledger_or_work_dir) {
     throw_error(ErrorCode::kNotFound,
                 fmt::format("ledger {}: no such file, and no directory {}", ledger_path_, dir_));
   }
+  if (!notify) return;
   inotify_fd_ = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
   if (inotify_fd_ >= 0) {
     // Commits write the -wal file (or the ledger itself after a checkpoint); a new writer creates
@@ -61,6 +62,8 @@ bool LedgerFollower::ready() {
   if (::stat(ledger_path_.c_str(), &st) != 0) return false;
   try {
     catalog_ = Catalog::open(ledger_path_);
+    dev_ = st.st_dev;
+    ino_ = st.st_ino;
     failing_ = false;
     return true;
   } catch (const Error& e) {
@@ -122,6 +125,15 @@ bool LedgerFollower::drain() {
 }
 
 bool LedgerFollower::changed() {
+  if (catalog_) {
+    // Another file under the ledger's name (deleted and recreated, restored from a copy): the old
+    // connection would read the old inode for ever.
+    struct stat st {};
+    if (::stat(ledger_path_.c_str(), &st) != 0 || st.st_dev != dev_ || st.st_ino != ino_) {
+      catalog_.reset();
+      data_version_ = -1;
+    }
+  }
   const bool was_ready = catalog_ != nullptr;
   if (!ready()) return false;
   ResultSet rs = catalog_->query("PRAGMA data_version");

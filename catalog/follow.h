@@ -18,6 +18,8 @@
 // event loop (readable = something changed; call `drain()` then).
 #pragma once
 
+#include <sys/types.h>
+
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -32,7 +34,9 @@ class LedgerFollower {
  public:
   // `ledger_or_work_dir`: the ledger file, or a work_dir holding (or about to hold)
   // ckptledger.sqlite. Throws Error(kNotFound) when neither the file nor its directory exists.
-  explicit LedgerFollower(const std::string& ledger_or_work_dir);
+  // `notify`: false makes a follower that never waits (no inotify instance: the server's query
+  // threads read through such followers; the per-user inotify limit is small).
+  explicit LedgerFollower(const std::string& ledger_or_work_dir, bool notify = true);
   ~LedgerFollower();
   LedgerFollower(const LedgerFollower&) = delete;
   LedgerFollower& operator=(const LedgerFollower&) = delete;
@@ -60,7 +64,8 @@ class LedgerFollower {
   // beside the ledger, such as checkpoints, are no reason to look). -1 without inotify.
   int notify_fd() const { return inotify_fd_; }
   bool drain();
-  // True when the database changed since the previous call (PRAGMA data_version, or a first open).
+  // True when the database changed since the previous call (PRAGMA data_version, or a first open,
+  // or a ledger replaced by another file under its name, which is then followed from its start).
   bool changed();
 
   static constexpr std::chrono::milliseconds kCreateGrace{5000};
@@ -69,6 +74,8 @@ class LedgerFollower {
   std::string ledger_path_;
   std::string dir_;
   std::unique_ptr<Catalog> catalog_;
+  dev_t dev_ = 0;  // the file catalog_ reads
+  ino_t ino_ = 0;
   int inotify_fd_ = -1;
   int64_t data_version_ = -1;
   std::chrono::steady_clock::time_point first_failure_{};

@@ -51,14 +51,15 @@ uint32_t be32(const unsigned char* p) {
 // Damage detection before SQLite sees the file (LevelDB: detection separate from policy).
 // Refuses files that are not SQLite or are shorter than their own header says, without writing.
 void probe_header(const std::string& path, off_t size) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // The process's shared descriptor, never closed: closing one would drop the locks of this
+  // process's other connections to the file (internal::shared_read_fd).
+  const int fd = internal::shared_read_fd(path);
   if (fd < 0) {
     throw_error(ErrorCode::kIOError,
                 fmt::format("ledger {}: cannot open for reading: {}", path, std::strerror(errno)));
   }
   unsigned char h[100] = {};
   ssize_t n = ::pread(fd, h, sizeof(h), 0);
-  ::close(fd);
   if (n < 16 || std::memcmp(h, "SQLite format 3", 16) != 0) {
     throw_error(ErrorCode::kForeign,
                 fmt::format("ledger {}: not an SQLite database (bad header, {} bytes); refusing to "

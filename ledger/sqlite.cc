@@ -1,6 +1,14 @@
 #include "ledger/sqlite.h"
 
+#include <fcntl.h>
 #include <sqlite3.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <map>
+#include <mutex>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -139,6 +147,25 @@ std::string Statement::column_blob(int col) const {
   const int n = sqlite3_column_bytes(s_, col);
   if (!p || n <= 0) return {};
   return std::string(static_cast<const char*>(p), static_cast<size_t>(n));
+}
+
+int shared_read_fd(const std::string& path) {
+  static std::mutex mu;
+  static std::map<std::pair<dev_t, ino_t>, int> fds;
+  struct stat st {};
+  std::lock_guard<std::mutex> lk(mu);
+  if (::stat(path.c_str(), &st) == 0) {
+    auto it = fds.find({st.st_dev, st.st_ino});
+    if (it != fds.end()) return it->second;
+  }
+  // O_NONBLOCK: a FIFO named like the ledger must not hang the open.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) return -1;
+  // Even a descriptor just opened is never closed (closing it would drop the process's locks on
+  // the file): where it cannot be kept (fstat failed; the path was replaced by a file already
+  // known between the stat and the open) it is left open, unused.
+  if (::fstat(fd, &st) != 0) return fd;
+  return fds.emplace(std::make_pair(st.st_dev, st.st_ino), fd).first->second;
 }
 
 Transaction::Transaction(const Database& db, Mode mode, std::string what)

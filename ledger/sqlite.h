@@ -29,6 +29,15 @@ ErrorCode sqlite_error_code(int rc);
 // Whether `sql` ends with a complete statement (sqlite3_complete): splits scripts into statements.
 bool sql_statement_complete(const std::string& sql);
 
+// A read-only descriptor of the database file `path`, shared by the whole process and never closed
+// (one per file, by device and inode), for reading its header and probing its locks. Closing any
+// descriptor of a file drops every POSIX lock this process holds on it — SQLite's shared lock of
+// the connections still open included, after which a writer that exits believes it is the last
+// connection and deletes the -wal and -shm those connections use. So no code outside SQLite may
+// open and close a ledger's file while a connection to it may be open: it uses this descriptor.
+// Returns -1 (errno set) when the file cannot be opened.
+int shared_read_fd(const std::string& path);
+
 class Database {
  public:
   // sqlite3_open_v2(filename, flags) with extended result codes and a busy timeout. `path` is the

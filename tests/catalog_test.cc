@@ -802,6 +802,52 @@ TEST_F(CatalogTest, FollowerWakesOnACommitFromAnotherProcessAndNotWithoutOne) {
   EXPECT_EQ(f.last_seq(), 2);
 }
 
+// A process with several connections to one ledger (the HTTP server: one per thread) must keep
+// every connection's locks when one Catalog closes: closing any descriptor of the file drops all of
+// the process's POSIX locks on it, and a writer that then exits believes it is the last connection
+// and deletes the -wal and -shm the others still use.
+TEST_F(CatalogTest, ClosingOneCatalogLeavesTheOthersWorkingAcrossAWriterRestart) {
+  run_started(false);
+  crash();
+  auto a = Catalog::open(work_);
+  ASSERT_EQ(a->query("SELECT max(seq) FROM events").rows[0][0], 1);
+  for (int i = 0; i < 3; ++i) {
+    auto b = Catalog::open(work_);  // opened and closed while `a` stays open
+    EXPECT_EQ(b->query("SELECT max(seq) FROM events").rows[0][0], 1);
+  }
+  const pid_t child = ::fork();
+  if (child == 0) {
+    auto l = Ledger::open(ledger_path_);
+    Event e;
+    e.kind = EventKind::kRunFinished;
+    l->append(e);
+    l.reset();  // the writer exits: it must see `a` and keep the -wal
+    ::_exit(0);
+  }
+  int status = 0;
+  ::waitpid(child, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  EXPECT_EQ(a->query("SELECT max(seq) FROM events").rows[0][0], 2);
+  EXPECT_EQ(a->history({}).rows.size(), 2u);
+  EXPECT_TRUE(a->verify().chain.ok());
+}
+
+TEST_F(CatalogTest, FollowerReadsANewLedgerPutInPlaceOfTheOldOne) {
+  run_started(false);
+  save_regular(1, {1}, {});
+  crash();
+  LedgerFollower f(work_);
+  ASSERT_EQ(f.last_seq(), 3);
+  f.changed();
+  // Replaced: deleted and written anew (one event), the old inode still open by the follower.
+  for (const char* suffix : {"", "-wal", "-shm"}) fs::remove(ledger_path_ + suffix);
+  run_started(false);
+  crash();
+  EXPECT_TRUE(f.changed());
+  EXPECT_EQ(f.last_seq(), 1);
+  EXPECT_EQ(seqs_of(f.events_after(0, {})), std::vector<int64_t>{1});
+}
+
 TEST(CatalogFollower, RefusesADirectoryThatDoesNotExist) {
   try {
     LedgerFollower f("/nonexistent/ckptledger-follower/work");

@@ -54,6 +54,8 @@ using ojson = nlohmann::ordered_json;
 constexpr size_t kHeaderLimit = 8 * 1024;
 constexpr auto kRequestTimeout = std::chrono::seconds(10);
 constexpr auto kIdleTimeout = std::chrono::seconds(30);
+// A client that stops reading a reply (a download, an event stream) is dropped after this long.
+constexpr auto kWriteTimeout = std::chrono::seconds(60);
 constexpr auto kKeepAliveComment = std::chrono::seconds(15);
 constexpr size_t kFileChunk = 256 * 1024;
 
@@ -249,7 +251,8 @@ class Site {
     {
       std::lock_guard<std::mutex> lk(mu_);
       if (!force && now - scanned_ < std::chrono::seconds(2)) return;
-      if (force && now - scanned_ < std::chrono::milliseconds(200)) return;
+      // A request for an unknown /w/<id> rescans at most once per second: the walk is not free.
+      if (force && now - scanned_ < std::chrono::seconds(1)) return;
     }
     std::vector<WorkDir> found;
     for (const std::string& ledger : find_ledgers(root_)) {
@@ -270,11 +273,29 @@ class Site {
 };
 
 // The calling thread's read-only Catalog of `ledger` (a Catalog is one SQLite connection).
+// A ledger replaced by another file under its name gets a new Catalog (the old connection would
+// read the old inode for ever).
 Catalog& catalog_for(const std::string& ledger) {
-  thread_local std::map<std::string, std::unique_ptr<Catalog>> cache;
+  struct Entry {
+    std::unique_ptr<Catalog> catalog;
+    dev_t dev = 0;
+    ino_t ino = 0;
+  };
+  thread_local std::map<std::string, Entry> cache;
+  struct stat st {};
+  if (::stat(ledger.c_str(), &st) != 0) {
+    cache.erase(ledger);
+    throw Error(ErrorCode::kNotFound, fmt::format("ledger {}: no such file", ledger));
+  }
   auto it = cache.find(ledger);
-  if (it == cache.end()) it = cache.emplace(ledger, Catalog::open(ledger)).first;
-  return *it->second;
+  if (it != cache.end() && (it->second.dev != st.st_dev || it->second.ino != st.st_ino)) {
+    cache.erase(it);
+    it = cache.end();
+  }
+  if (it == cache.end()) {
+    it = cache.emplace(ledger, Entry{Catalog::open(ledger), st.st_dev, st.st_ino}).first;
+  }
+  return *it->second.catalog;
 }
 
 // ---- Responses
@@ -676,10 +697,13 @@ class Hub : public std::enable_shared_from_this<Hub> {
     arm_fd();
     arm_timer();
   }
-  // `wake` returns false once its session is gone: it is then dropped.
-  void subscribe(std::function<bool()> wake) {
+  // `wake` is called after each change while `owner` lives.
+  void subscribe(std::weak_ptr<void> owner, std::function<void()> wake) {
     std::lock_guard<std::mutex> lk(mu_);
-    subscribers_.push_back(std::move(wake));
+    subscribers_.erase(std::remove_if(subscribers_.begin(), subscribers_.end(),
+                                      [](const Subscriber& sub) { return sub.owner.expired(); }),
+                       subscribers_.end());
+    subscribers_.push_back({std::move(owner), std::move(wake)});
   }
   void stop() {
     beast::error_code ec;
@@ -739,8 +763,9 @@ class Hub : public std::enable_shared_from_this<Hub> {
       tail_.pop_front();
     }
     subscribers_.erase(std::remove_if(subscribers_.begin(), subscribers_.end(),
-                                      [](const std::function<bool()>& wake) { return !wake(); }),
+                                      [](const Subscriber& sub) { return sub.owner.expired(); }),
                        subscribers_.end());
+    for (const Subscriber& sub : subscribers_) sub.wake();
   }
 
   asio::strand<asio::io_context::executor_type> strand_;
@@ -754,7 +779,11 @@ class Hub : public std::enable_shared_from_this<Hub> {
   };
   static constexpr size_t kTailMax = 4096;
   std::mutex mu_;
-  std::vector<std::function<bool()>> subscribers_;
+  struct Subscriber {
+    std::weak_ptr<void> owner;
+    std::function<void()> wake;
+  };
+  std::vector<Subscriber> subscribers_;
   std::deque<Message> tail_;  // the events (base_, last_], rendered
   int64_t base_ = 0, last_ = 0;
 };
@@ -885,8 +914,12 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void dispatch_request() {
     if (req_.method() != http::verb::get && req_.method() != http::verb::head) {
-      throw HttpError(405, fmt::format("{} is not allowed: only GET and HEAD",
-                                       std::string(req_.method_string())));
+      return send({405,
+                   "application/json",
+                   error_body(405, fmt::format("{} is not allowed: only GET and HEAD",
+                                               std::string(req_.method_string()))),
+                   {{"Allow", "GET, HEAD"}}},
+                  false);
     }
     Target t = parse_target(std::string(req_.target()));
     if (t.path.empty() || t.path[0] != '/') throw HttpError(400, "the target must be a path");
@@ -1053,6 +1086,7 @@ class Session : public std::enable_shared_from_this<Session> {
       const int64_t n = r.last - r.first + 1;
       res->content_length(n);
       auto sr = std::make_shared<http::response_serializer<http::string_body>>(*res);
+      stream_.expires_after(kWriteTimeout);
       http::async_write_header(stream_, *sr,
                                [self = shared_from_this(), res, sr, fd = r.fd, first = r.first, n,
                                 head, keep](beast::error_code ec, size_t) {
@@ -1065,6 +1099,7 @@ class Session : public std::enable_shared_from_this<Session> {
     const size_t n = r.status == 304 ? 0 : r.body.size();
     if (!head && r.status != 304) res->body() = std::move(r.body);
     if (r.status != 304) res->content_length(n);
+    stream_.expires_after(kWriteTimeout);
     http::async_write(stream_, *res,
                       [self = shared_from_this(), res](beast::error_code ec, size_t) {
                         if (ec || !res->keep_alive()) return self->close();
@@ -1074,6 +1109,8 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void close() {
     beast::error_code ec;
+    streaming_ = false;
+    if (keep_alive_timer_) keep_alive_timer_->cancel();  // else it holds the session 15 s more
     stream_.socket().shutdown(tcp::socket::shutdown_both, ec);
     stream_.close();
   }
@@ -1085,7 +1122,7 @@ class Session : public std::enable_shared_from_this<Session> {
     query([w, key, range, inm]() -> Reply {
       auto f = live_file(w, key);
       if (!f) throw HttpError(404, fmt::format("no live checkpoint named {}", key));
-      auto fd = owned_fd(::open(f->path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+      auto fd = owned_fd(::open(f->path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK));
       if (*fd < 0) {
         const int err = errno;
         throw HttpError(err == ELOOP ? 403 : 404,
@@ -1106,7 +1143,14 @@ class Session : public std::enable_shared_from_this<Session> {
       r.first = 0;
       r.last = f->bytes - 1;
       if (!range.empty()) {
-        if (auto rg = parse_range(range, f->bytes)) {
+        std::optional<std::pair<int64_t, int64_t>> rg;
+        try {
+          rg = parse_range(range, f->bytes);
+        } catch (const HttpError& e) {
+          return Reply(416, "application/json", error_body(416, e.what()),
+                       {{"Content-Range", fmt::format("bytes */{}", f->bytes)}});
+        }
+        if (rg) {
           r.first = rg->first;
           r.last = rg->second;
           r.status = 206;
@@ -1132,6 +1176,7 @@ class Session : public std::enable_shared_from_this<Session> {
         static_cast<size_t>(std::min<int64_t>(kFileChunk, end - pos)));
     const ssize_t n = ::pread(*fd, buf->data(), buf->size(), pos);
     if (n <= 0) return close();  // the file changed under us: the client sees a short body
+    stream_.expires_after(kWriteTimeout);
     asio::async_write(
         stream_, asio::buffer(buf->data(), static_cast<size_t>(n)),
         [self = shared_from_this(), buf, fd, pos, end, keep, n](beast::error_code ec, size_t) {
@@ -1167,11 +1212,8 @@ class Session : public std::enable_shared_from_this<Session> {
     hub_ = srv_.hub(w.ledger);  // may throw: answered as an error
     streaming_ = true;
     std::weak_ptr<Session> weak = shared_from_this();
-    hub_->subscribe([weak] {
-      auto s = weak.lock();
-      if (!s) return false;
-      asio::post(s->stream_.get_executor(), [s] { s->pull(); });
-      return true;
+    hub_->subscribe(weak, [weak] {
+      if (auto s = weak.lock()) asio::post(s->stream_.get_executor(), [s] { s->pull(); });
     });
     // A read that ends when the client goes away.
     watch_close();
@@ -1228,7 +1270,8 @@ class Session : public std::enable_shared_from_this<Session> {
         thread_local std::map<std::string, std::unique_ptr<LedgerFollower>> followers;
         auto it = followers.find(ledger);
         if (it == followers.end()) {
-          it = followers.emplace(ledger, std::make_unique<LedgerFollower>(ledger)).first;
+          it = followers.emplace(ledger, std::make_unique<LedgerFollower>(ledger, /*notify=*/false))
+                   .first;
         }
         // Read before the rows: every matching event up to it is among them.
         const int64_t committed = kinds.empty() ? 0 : it->second->last_seq();
@@ -1262,6 +1305,7 @@ class Session : public std::enable_shared_from_this<Session> {
     auto buf = std::make_shared<std::string>(std::move(pending_));
     pending_.clear();
     const bool closing = close_after_;
+    stream_.expires_after(kWriteTimeout);
     asio::async_write(stream_, asio::buffer(*buf),
                       [self = shared_from_this(), buf, closing](beast::error_code ec, size_t) {
                         self->writing_ = false;
@@ -1315,16 +1359,22 @@ class Listener : public std::enable_shared_from_this<Listener> {
   void accept() {
     acceptor_.async_accept(asio::make_strand(srv_.ioc),
                            [self = shared_from_this()](beast::error_code ec, tcp::socket socket) {
-                             if (!ec)
-                               std::make_shared<Session>(std::move(socket), self->srv_)->start();
                              if (ec == asio::error::operation_aborted) return;
-                             self->accept();
+                             if (!ec) {
+                               std::make_shared<Session>(std::move(socket), self->srv_)->start();
+                               return self->accept();
+                             }
+                             // Out of descriptors (EMFILE) or the like: try again in a while, not
+                             // in a loop.
+                             self->retry_.expires_after(std::chrono::milliseconds(100));
+                             self->retry_.async_wait([self](beast::error_code) { self->accept(); });
                            });
   }
 
  private:
   Server& srv_;
   tcp::acceptor acceptor_;
+  asio::steady_timer retry_{acceptor_.get_executor()};
 };
 
 std::string read_token(const std::string& file) {
