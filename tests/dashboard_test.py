@@ -18,8 +18,6 @@ Exit 77 (skipped) when chromium, chromedriver or selenium are missing.
 import contextlib
 import json
 import os
-import re
-import select
 import shutil
 import signal
 import subprocess
@@ -29,6 +27,9 @@ import time
 import unittest
 import urllib.error
 import urllib.request
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "python"))
+from live_fixtures import Child, Server, take_bin_dir, train_cmd  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -42,7 +43,6 @@ try:
 except ImportError:
     webdriver = None
 
-BIN_DIR = None
 HOOK_CONFIG = {"interval": 20, "by_epoch": False, "max_keep_ckpts": 3, "save_best": "acc"}
 DELAY_MS = 25
 TOL = 1e-9
@@ -68,21 +68,8 @@ return {
 """
 
 
-def ckptledger():
-    return os.path.join(BIN_DIR, "ckptledger")
-
-
-def supports_iter_delay():
-    out = subprocess.run([ckptledger(), "train", "--help"], capture_output=True, text=True).stdout
-    return "--iter-delay-ms" in out
-
-
 class DashboardTest(unittest.TestCase):
     """One work_dir, one server and one browser per test; all of it ended in tearDown."""
-
-    @classmethod
-    def setUpClass(cls):
-        cls.iter_delay = supports_iter_delay()
 
     def setUp(self):
         self.tmp = tempfile.mkdtemp(prefix="ckptledger-dashboard-")
@@ -90,7 +77,7 @@ class DashboardTest(unittest.TestCase):
         self.config = os.path.join(self.tmp, "hook.json")
         with open(self.config, "w") as f:
             json.dump(HOOK_CONFIG, f)
-        self.procs = []
+        self.children = []
         self.trainings = []
         self.driver = None
         self.url = None
@@ -100,33 +87,19 @@ class DashboardTest(unittest.TestCase):
         if self.driver is not None:
             with contextlib.suppress(Exception):
                 self.driver.quit()
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-            with contextlib.suppress(Exception):
-                p.wait(timeout=10)
-            for stream in (p.stdout, p.stderr):
-                if stream:
-                    stream.close()
+        for c in self.children:
+            c.stop()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     # ---- processes ---------------------------------------------------------------------------
 
     def train(self, iters, progress=False):
         """Starts `ckptledger train` (it resumes from the work_dir when there is one)."""
-        if not self.iter_delay:
-            iters *= 40  # no --iter-delay-ms: more iterations for about as long
-        cmd = [ckptledger(), "train", "--work-dir", self.work, "--iters", str(iters),
-               "--config", self.config]
-        if self.iter_delay:
-            cmd += ["--iter-delay-ms", str(DELAY_MS)]
+        cmd = train_cmd(self.work, iters, slow=True, delay_ms=DELAY_MS) + ["--config", self.config]
         if progress:
             cmd.append("--progress")
-        log = open(os.path.join(self.tmp, "train-%d.log" % len(self.trainings)), "w")
-        p = subprocess.Popen(cmd, stdout=subprocess.PIPE if progress else log, stderr=log,
-                             text=True)
-        log.close()
-        self.procs.append(p)
+        p = Child(cmd, self.children, read_stdout=progress,
+                  log=os.path.join(self.tmp, "train-%d.log" % len(self.trainings)))
         self.trainings.append(p)
         return p
 
@@ -135,30 +108,22 @@ class DashboardTest(unittest.TestCase):
         deadline = time.time() + timeout
         while not os.path.exists(path):
             self.assertLess(time.time(), deadline, "no ledger after %ds: %s" % (timeout, path))
-            self.assertIsNone(self.trainings[-1].poll(), "training exited early: " + self.logs())
+            self.assertIsNone(self.trainings[-1].p.poll(), "training exited early: " + self.logs())
             time.sleep(0.05)
 
     def serve(self, token=None, port=0, root=False):
-        cmd = [ckptledger(), "serve", "--port", str(port)]
-        cmd += ["--root", self.tmp] if root else [self.work]
+        args = ["--root", self.tmp] if root else [self.work]
         if os.environ.get("CKPTLEDGER_DASHBOARD_DIR"):
-            cmd += ["--dashboard-dir", os.environ["CKPTLEDGER_DASHBOARD_DIR"]]
+            args += ["--dashboard-dir", os.environ["CKPTLEDGER_DASHBOARD_DIR"]]
         if token:
             token_file = os.path.join(self.tmp, "token")
             with open(token_file, "w") as f:
                 f.write(token + "\n")
-            cmd += ["--token-file", token_file]
+            args += ["--token-file", token_file]
             self.token = token
-        log = open(os.path.join(self.tmp, "serve.log"), "a")
-        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
-        log.close()
-        self.procs.append(p)
-        self.server = p
-        ready, _, _ = select.select([p.stdout], [], [], 15)
-        line = p.stdout.readline() if ready else ""
-        m = re.match(r"ckptledger: serving (http://\S+/)$", line.strip())
-        self.assertTrue(m, "serve printed %r, not its URL: %s" % (line, self.logs()))
-        self.url = m.group(1)
+        self.server = Server(args, self.children, port=port,
+                             log=os.path.join(self.tmp, "serve.log"))
+        self.url = self.server.url
 
     def logs(self):
         out = []
@@ -277,7 +242,7 @@ class DashboardTest(unittest.TestCase):
             time.sleep(0.1)
 
     def finish_training(self, timeout=90):
-        p = self.trainings[-1]
+        p = self.trainings[-1].p
         try:
             rc = p.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -330,7 +295,7 @@ class DashboardTest(unittest.TestCase):
         self.wait_for_ledger()
         self.serve()
         self.open_dashboard()
-        self.assertIsNone(self.trainings[-1].poll(), "training finished before the page loaded")
+        self.assertIsNone(self.trainings[-1].p.poll(), "training finished before the page loaded")
 
         points, _ = self.assert_points_match_ledger(timeout=15)
         self.assert_best_marker_matches(timeout=15)
@@ -341,7 +306,7 @@ class DashboardTest(unittest.TestCase):
 
         self.finish_training()
         final, s = self.assert_points_match_ledger(timeout=15)
-        self.assertEqual(final, 400 // HOOK_CONFIG["interval"] * (1 if self.iter_delay else 40))
+        self.assertEqual(final, 400 // HOOK_CONFIG["interval"])
         self.assertEqual(s["attrs"]["metric"], "acc")
         best = self.assert_best_marker_matches(timeout=15)
         self.assertEqual(max(acc for _, acc in self.validated()), best["score"])
@@ -359,12 +324,10 @@ class DashboardTest(unittest.TestCase):
         self.open_dashboard()
         [(run_id, ended, _)] = self.assert_runs_table_matches()
         self.assertEqual(ended, "running")
-        kill_at = 150 * (1 if self.iter_delay else 40)
-        for line in first.stdout:
-            if line.strip() == "iter %d" % kill_at:
-                first.send_signal(signal.SIGKILL)
-                break
-        self.assertEqual(first.wait(timeout=30), -signal.SIGKILL, "not killed: " + self.logs())
+        kill_at = "iter 150"
+        first.wait_for(lambda lines: any(line.strip() == kill_at for line in lines), 60, kill_at)
+        first.p.send_signal(signal.SIGKILL)
+        self.assertEqual(first.p.wait(timeout=30), -signal.SIGKILL, "not killed: " + self.logs())
         self.train(300)  # resumes from the work_dir
         self.finish_training()
 
@@ -392,11 +355,12 @@ class DashboardTest(unittest.TestCase):
         self.serve()
         self.open_dashboard()
         points, _ = self.assert_points_match_ledger(timeout=15)
-        port = int(re.search(r":(\d+)/$", self.url).group(1))
-        self.server.send_signal(signal.SIGTERM)
-        self.assertEqual(self.server.wait(timeout=10), 0, "serve did not end on SIGTERM")
+        port = self.server.port
+        self.server.p.send_signal(signal.SIGTERM)
+        self.assertEqual(self.server.p.wait(timeout=10), 0, "serve did not end on SIGTERM")
         time.sleep(1.5)  # the training goes on meanwhile
-        self.assertIsNone(self.trainings[-1].poll(), "training finished while the server was down")
+        self.assertIsNone(self.trainings[-1].p.poll(),
+                          "training finished while the server was down")
         self.serve(port=port)
         # The page's EventSource reconnects (Last-Event-ID) and catches up: no gap, no repeat.
         self.assert_points_match_ledger(timeout=30, more_than=points)
@@ -425,7 +389,7 @@ class DashboardTest(unittest.TestCase):
             self.api("history", headers={})
         self.assertEqual(e.exception.code, 401)
         self.open_dashboard("?token=s3cret-t0ken")
-        self.assertIsNone(self.trainings[-1].poll(), "training finished before the page loaded")
+        self.assertIsNone(self.trainings[-1].p.poll(), "training finished before the page loaded")
         points, _ = self.assert_points_match_ledger(timeout=15)
         # Events after the page loaded came through /events?token=...
         self.assert_points_match_ledger(timeout=30, more_than=points)
@@ -435,11 +399,10 @@ class DashboardTest(unittest.TestCase):
 
 
 def main():
-    global BIN_DIR
     if len(sys.argv) < 2:
         print(__doc__, file=sys.stderr)
         return 2
-    BIN_DIR = os.path.abspath(sys.argv[1])
+    take_bin_dir("dashboard_test.py")
     missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
     if webdriver is None:
         missing.append("python3-selenium")
@@ -447,7 +410,7 @@ def main():
         print("SKIP: not installed: %s (apt-get install chromium chromium-driver python3-selenium)"
               % ", ".join(missing))
         return EXIT_SKIP
-    result = unittest.main(argv=[sys.argv[0]] + sys.argv[2:], exit=False, verbosity=2).result
+    result = unittest.main(argv=sys.argv, exit=False, verbosity=2).result
     return 0 if result.wasSuccessful() else 1
 
 

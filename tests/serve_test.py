@@ -27,13 +27,11 @@ Standard library only; every child runs in its own process group, killed at the 
 """
 
 import collections
-import datetime
 import hashlib
 import http.client
 import json
 import math
 import os
-import queue
 import re
 import select
 import shutil
@@ -49,12 +47,9 @@ from urllib.parse import quote
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXAMPLES = os.path.join(HERE, "data", "examples")
-BIN_DIR = None
-CK = None
-HAS_DELAY = False
-DELAY_MS = 30
-SLOW_ITERS = 200
-FALLBACK_ITERS = 4000
+sys.path.insert(0, os.path.join(HERE, "python"))
+from live_fixtures import (Child, Server, ckptledger, cli_json, cli_raw,  # noqa: E402
+                           take_bin_dir, train_cmd, wall_time)
 
 CHILDREN = []  # every process started, killed in tearDownModule
 FIX = {}  # module fixtures: dir, root, work, server
@@ -64,108 +59,11 @@ FIX = {}  # module fixtures: dir, root, work, server
 # processes
 
 
-def cli_raw(*args, cwd=None):
-    """The CLI's (exit status, stdout bytes, stderr text)."""
-    p = subprocess.run([CK] + list(args), capture_output=True, cwd=cwd, timeout=120)
-    return p.returncode, p.stdout, p.stderr.decode("utf-8", "replace")
-
-
-def cli_json(*args, cwd=None):
-    rc, out, err = cli_raw(*(list(args) + ["--json"]), cwd=cwd)
-    if rc != 0:
-        raise AssertionError("ckptledger %s exited %d: %s" % (" ".join(args), rc, err))
-    return json.loads(out)
-
-
-def train_cmd(work_dir, iters=None, slow=False, seed=0):
-    cmd = [CK, "train", "--work-dir", work_dir, "--seed", str(seed)]
-    if slow and HAS_DELAY:
-        cmd += ["--iters", str(iters or SLOW_ITERS), "--iter-delay-ms", str(DELAY_MS)]
-    elif slow:
-        cmd += ["--iters", str(iters or FALLBACK_ITERS)]
-    else:
-        cmd += ["--iters", str(iters or 60)]
-    return cmd
-
-
 def run_checked(cmd, cwd=None):
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=cwd)
     if p.returncode != 0:
         raise AssertionError("%s exited %d: %s" % (" ".join(cmd), p.returncode, p.stderr[-3000:]))
     return p
-
-
-class Proc:
-    """A child in its own process group (stdout discarded, stderr kept)."""
-
-    def __init__(self, cmd, cwd=None):
-        self.cmd = cmd
-        self.err = tempfile.TemporaryFile()
-        self.p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.err,
-                                  stdin=subprocess.DEVNULL, start_new_session=True, cwd=cwd)
-        CHILDREN.append(self)
-
-    def killpg(self, sig=signal.SIGKILL):
-        try:
-            os.killpg(self.p.pid, sig)
-        except ProcessLookupError:
-            pass
-
-    def stderr(self):
-        self.err.seek(0)
-        return self.err.read().decode("utf-8", "replace")[-3000:]
-
-    def stop(self):
-        if self.p.poll() is None:
-            self.killpg(signal.SIGTERM)
-            try:
-                self.p.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
-        self.killpg(signal.SIGKILL)
-        try:
-            self.p.wait(10)
-        except subprocess.TimeoutExpired:
-            pass
-        if not self.err.closed:
-            self.err.close()
-
-
-class Server(Proc):
-    """`ckptledger serve ARGS --port 0`; reads the port from the first stdout line."""
-
-    LINE = re.compile(r"ckptledger: serving http://(\[[0-9a-fA-F:.]+\]|[0-9.]+|[^:/]+):(\d+)/")
-
-    def __init__(self, args, cwd=None):
-        self.cmd = [CK, "serve"] + list(args) + ["--port", "0"]
-        self.err = tempfile.TemporaryFile()
-        self.p = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=self.err,
-                                  stdin=subprocess.DEVNULL, start_new_session=True, cwd=cwd)
-        CHILDREN.append(self)
-        lines = queue.Queue()
-
-        def drain():
-            for raw in iter(self.p.stdout.readline, b""):
-                lines.put(raw.decode("utf-8", "replace"))
-            lines.put(None)
-
-        threading.Thread(target=drain, daemon=True).start()
-        try:
-            first = lines.get(timeout=20)
-        except queue.Empty:
-            first = None
-        if first is None:
-            self.stop()
-            raise AssertionError("%s printed no first line (exit %s): %s" %
-                                 (" ".join(self.cmd), self.p.poll(), self.stderr()))
-        self.first_line = first.rstrip("\n")
-        m = self.LINE.fullmatch(self.first_line)
-        if not m:
-            self.stop()
-            raise AssertionError("first stdout line %r is not `ckptledger: serving "
-                                 "http://ADDR:PORT/`" % self.first_line)
-        self.addr, self.port = m.group(1), int(m.group(2))
-        self.host = "127.0.0.1" if self.addr in ("0.0.0.0", "127.0.0.1") else self.addr.strip("[]")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -358,11 +256,6 @@ class SSE:
         self.sock.close()
 
 
-def wall_time(iso):
-    return datetime.datetime.strptime(iso, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
-        tzinfo=datetime.timezone.utc).timestamp()
-
-
 def check_latency(test, items, committed, arrived, what):
     """Events reach the follower as they commit (inotify), not at a polling period: the median
     delay from the event's time to its arrival is well under the 1-second fallback's 0.5 s."""
@@ -400,7 +293,7 @@ def simulate(scenario, root):
     path = root + ".scenario.json"
     with open(path, "w", encoding="utf-8") as f:
         json.dump(scenario, f)
-    run_checked([CK, "simulate", path, "--root", root, "-o", root + ".trace.json"])
+    run_checked([ckptledger(), "simulate", path, "--root", root, "-o", root + ".trace.json"])
     found = []
     for d, _, files in os.walk(root):
         if "ckptledger.sqlite" in files:
@@ -424,7 +317,7 @@ def setUpModule():
         sc["hook"]["published_keys"] = ["meta", "state_dict"]
         FIX["root"] = os.path.join(d, "root")
         FIX["work"] = simulate(sc, FIX["root"])
-        FIX["server"] = Server([FIX["work"]])
+        FIX["server"] = Server([FIX["work"]], CHILDREN)
     except BaseException:
         tearDownModule()
         raise
@@ -757,7 +650,7 @@ class Symlinks(Base):
         cls.swork = os.path.join(cls.sdir, "work")
         os.makedirs(cls.sdir)
         run_checked(train_cmd(cls.swork, iters=60, seed=2))
-        cls.ssrv = Server([cls.swork])
+        cls.ssrv = Server([cls.swork], CHILDREN)
 
     def test_a_symlink_named_like_a_checkpoint_is_not_served(self):
         os.symlink("/etc/passwd", os.path.join(self.swork, "evil.pth"))
@@ -807,7 +700,7 @@ class FilesOutsideTheWorkDir(Base):
         outside = [f for f in live if not f["path"].startswith(work + "/")]
         self.assertTrue(outside, "outdir_relative puts the checkpoints outside the work_dir: %s"
                         % live)
-        srv = Server([work])
+        srv = Server([work], CHILDREN)
         for f in outside:
             url = "/files/" + quote(f["path"][1:])
             with self.subTest(url=url):
@@ -1038,7 +931,7 @@ class SlowClients(Base):
 
 class Limits(Base):
     def test_connections_beyond_max_connections_get_503(self):
-        srv = Server([self.work, "--max-connections", "2"])
+        srv = Server([self.work, "--max-connections", "2"], CHILDREN)
         held = [http.client.HTTPConnection(srv.host, srv.port, timeout=10) for _ in range(2)]
         try:
             for c in held:  # accepted and kept alive
@@ -1083,7 +976,7 @@ class Token(Base):
         tf = os.path.join(FIX["dir"], "token")
         with open(tf, "w") as f:
             f.write("s3cret-token\nsecond line is ignored\n")
-        srv = Server([self.work, "--token-file", tf])
+        srv = Server([self.work, "--token-file", tf], CHILDREN)
         try:
             ok = {"Authorization": "Bearer s3cret-token"}
             for target in ("/best", "/history", "/metrics", "/files/x.pth", "/events",
@@ -1113,7 +1006,7 @@ class EmptyWorkDir(Base):
     def test_no_ledger_yet_is_404_until_one_appears(self):
         e = os.path.join(FIX["dir"], "empty")
         os.mkdir(e)
-        srv = Server([e])
+        srv = Server([e], CHILDREN)
         for t in ("/best", "/history", "/runs", "/state"):
             with self.subTest(target=t):
                 self.assert_json_error(get(srv, t), 404, t + " with no ledger yet")
@@ -1133,7 +1026,7 @@ class RootMode(Base):
         cls.root = FIX["root"]
         cls.train_a = os.path.join(cls.root, "train_a")
         run_checked(train_cmd(cls.train_a, iters=60, seed=4))
-        cls.rsrv = Server(["--root", cls.root])
+        cls.rsrv = Server(["--root", cls.root], CHILDREN)
         cls.ids = {os.path.relpath(cls.work, cls.root): cls.work, "train_a": cls.train_a}
 
     def test_work_dirs_lists_every_ledger_below_root(self):
@@ -1238,7 +1131,7 @@ class Protocol(Base):
         self.assertEqual(errors, [])
 
     def test_serving_the_ledger_file_equals_serving_its_work_dir(self):
-        srv = Server([os.path.join(self.work, "ckptledger.sqlite")])
+        srv = Server([os.path.join(self.work, "ckptledger.sqlite")], CHILDREN)
         try:
             for t, verb in (("/best", "best"), ("/history", "history"), ("/state", "state")):
                 r = get(srv, t)
@@ -1257,7 +1150,7 @@ class BadLedger(Base):
             f.write(os.urandom(8192))  # not an SQLite database
         rc, _, err = cli_raw("best", bad, "--json")
         self.assertEqual(rc, 4, err)
-        srv = Server([bad])
+        srv = Server([bad], CHILDREN)
         try:
             for t in ("/best", "/history", "/runs"):
                 with self.subTest(target=t):
@@ -1272,7 +1165,7 @@ class LiveTraining(Base):
     def test_events_stream_follows_a_training_across_sigkill_and_resume(self):
         live = os.path.join(FIX["dir"], "live")
         os.mkdir(live)
-        t1 = Proc(train_cmd(live, slow=True))
+        t1 = Child(train_cmd(live, slow=True), CHILDREN)
         deadline = time.monotonic() + 60
         while True:
             rc, out, _ = cli_raw("history", live, "--json")
@@ -1280,7 +1173,7 @@ class LiveTraining(Base):
                 break
             self.assertLess(time.monotonic(), deadline, "no ledger: " + t1.stderr())
             time.sleep(0.1)
-        srv = Server([live])
+        srv = Server([live], CHILDREN)
         n0 = len(cli_json("history", live))
         a = SSE(srv, "/events")  # never reconnected
         b = SSE(srv, "/events")  # reconnected with Last-Event-ID, then with ?since=
@@ -1305,7 +1198,7 @@ class LiveTraining(Base):
             parts.append(b.events)
             b.close()
             b = SSE(srv, "/events", headers={"Last-Event-ID": b.events[-1]["id"]})
-            t2 = Proc(train_cmd(live, slow=True))
+            t2 = Child(train_cmd(live, slow=True), CHILDREN)
             pump_until([a, b], lambda: saves(a, other_than=run1) >= 1, 60,
                        "a save_committed of the resumed run on the same stream")
             parts.append(b.events)
@@ -1337,17 +1230,7 @@ class LiveTraining(Base):
 
 
 def main():
-    global BIN_DIR, CK, HAS_DELAY
-    if len(sys.argv) < 2:
-        sys.exit("usage: serve_test.py BUILD_BIN_DIR [unittest args]")
-    BIN_DIR = os.path.abspath(sys.argv.pop(1))
-    CK = os.path.join(BIN_DIR, "ckptledger")
-    for exe in (CK, os.path.join(BIN_DIR, "ckptledger-train")):
-        if not os.access(exe, os.X_OK):
-            sys.exit("serve_test.py: %s is missing" % exe)
-    h = subprocess.run([os.path.join(BIN_DIR, "ckptledger-train"), "train", "--help"],
-                       capture_output=True, text=True, timeout=60)
-    HAS_DELAY = "--iter-delay-ms" in h.stdout + h.stderr
+    take_bin_dir("serve_test.py")
     unittest.main()
 
 

@@ -16,7 +16,6 @@ SIGINT (exit 0), `--since abc` and `--kind nope` (exit 2), a missing directory (
 Standard library only; every child runs in its own process group, killed in tearDown.
 """
 
-import datetime
 import json
 import os
 import shutil
@@ -24,135 +23,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import unittest
 
-BIN_DIR = None
-CK = None
-HAS_DELAY = False  # `ckptledger train --iter-delay-ms` exists
-DELAY_MS = 30
-SLOW_ITERS = 200  # with DELAY_MS: ~6 s of training, a save every 20 iterations
-FALLBACK_ITERS = 4000  # without --iter-delay-ms
-
-
-def cli(*args, cwd=None, timeout=60):
-    return subprocess.run([CK] + list(args), capture_output=True, text=True, cwd=cwd,
-                          timeout=timeout)
-
-
-def history(target, *extra):
-    p = cli("history", target, "--json", *extra)
-    if p.returncode != 0:
-        raise AssertionError("history %s exited %d: %s" % (target, p.returncode, p.stderr))
-    return json.loads(p.stdout)
-
-
-def train_cmd(work_dir, iters=None, slow=True, seed=0):
-    cmd = [CK, "train", "--work-dir", work_dir, "--seed", str(seed)]
-    if slow and HAS_DELAY:
-        cmd += ["--iters", str(iters or SLOW_ITERS), "--iter-delay-ms", str(DELAY_MS)]
-    elif slow:
-        cmd += ["--iters", str(iters or FALLBACK_ITERS)]
-    else:
-        cmd += ["--iters", str(iters or 60)]
-    return cmd
-
-
-class Child:
-    """A child process in its own process group; stdout read line by line by a thread."""
-
-    def __init__(self, cmd, registry, read_stdout=True):
-        self.cmd = cmd
-        self.err = tempfile.TemporaryFile()
-        out = subprocess.PIPE if read_stdout else subprocess.DEVNULL
-        self.p = subprocess.Popen(cmd, stdout=out, stderr=self.err, stdin=subprocess.DEVNULL,
-                                  start_new_session=True)
-        registry.append(self)
-        self.lines = []  # complete lines (text, without the newline)
-        self.arrived = []  # when each line was read (time.time())
-        self.partial = None  # a last line without newline (a process killed mid-write)
-        self.cond = threading.Condition()
-        self.eof = False
-        self.thread = None
-        if read_stdout:
-            self.thread = threading.Thread(target=self._read, daemon=True)
-            self.thread.start()
-
-    def _read(self):
-        for raw in iter(self.p.stdout.readline, b""):
-            with self.cond:
-                if raw.endswith(b"\n"):
-                    self.lines.append(raw[:-1].decode("utf-8", "replace"))
-                    self.arrived.append(time.time())
-                else:
-                    self.partial = raw.decode("utf-8", "replace")
-                self.cond.notify_all()
-        with self.cond:
-            self.eof = True
-            self.cond.notify_all()
-
-    def wait_for(self, pred, timeout, what):
-        """Waits until pred(lines) is true; fails with `what` and the output on timeout."""
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while not pred(self.lines):
-                left = deadline - time.monotonic()
-                if left <= 0 or (self.eof and not pred(self.lines)):
-                    if self.eof:
-                        self.p.wait(5)
-                    raise AssertionError("%s: not seen after %.0f s (exit %s, eof %s)\n%s\n%s" % (
-                        what, timeout, self.p.poll(), self.eof, self.tail(), self.stderr()))
-                self.cond.wait(min(left, 0.2))
-
-    def snapshot(self):
-        with self.cond:
-            return list(self.lines)
-
-    def finish(self, timeout):
-        """Waits for the exit and the end of stdout; returns the exit status."""
-        try:
-            rc = self.p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError("%s still running after %.0f s\n%s\n%s" % (
-                " ".join(self.cmd), timeout, self.tail(), self.stderr()))
-        if self.thread:
-            self.thread.join(10)
-        return rc
-
-    def killpg(self, sig=signal.SIGKILL):
-        try:
-            os.killpg(self.p.pid, sig)
-        except ProcessLookupError:
-            pass
-
-    def stderr(self):
-        self.err.seek(0)
-        return "stderr: " + self.err.read().decode("utf-8", "replace")[-3000:]
-
-    def tail(self):
-        with self.cond:
-            return "stdout (last lines): " + "\n".join(self.lines[-5:])
-
-    def cleanup(self):
-        if self.p.poll() is None:
-            self.killpg(signal.SIGKILL)
-        else:
-            self.killpg(signal.SIGKILL)  # stray grandchildren of the group, if any
-        try:
-            self.p.wait(10)
-        except subprocess.TimeoutExpired:
-            pass
-        if self.thread:
-            self.thread.join(5)
-        if self.p.stdout:
-            self.p.stdout.close()
-        self.err.close()
-
-
-def wall_time(iso):
-    return datetime.datetime.strptime(iso, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
-        tzinfo=datetime.timezone.utc).timestamp()
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "python"))
+from live_fixtures import (Child, ckptledger, cli_json, take_bin_dir,  # noqa: E402
+                           train_cmd, wall_time)
 
 
 def parse_lines(test, lines):
@@ -173,14 +49,14 @@ class WatchTestBase(unittest.TestCase):
 
     def tearDown(self):
         for c in self.children:
-            c.cleanup()
+            c.stop()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def spawn(self, cmd, read_stdout=True):
         return Child(cmd, self.children, read_stdout)
 
     def watch(self, *args):
-        return self.spawn([CK, "watch"] + list(args))
+        return self.spawn([ckptledger(), "watch"] + list(args))
 
     def assert_contiguous(self, seqs, what):
         self.assertEqual(len(seqs), len(set(seqs)), "%s: repeated seqs %s" % (what, seqs))
@@ -205,7 +81,7 @@ class FollowsATrainingRun(WatchTestBase):
                               % w.stderr())
         self.assertFalse(os.path.exists(ledger))
 
-        t1 = self.spawn(train_cmd(work), read_stdout=False)
+        t1 = self.spawn(train_cmd(work, slow=True), read_stdout=False)
 
         def saves(lines, run_id=None):
             n = 0
@@ -233,7 +109,7 @@ class FollowsATrainingRun(WatchTestBase):
         self.assertIsNone(kinds.p.poll(), "--until-finished exited after a crash: %s" %
                           kinds.stderr())
 
-        t2 = self.spawn(train_cmd(work), read_stdout=False)  # resumes from the ledger
+        t2 = self.spawn(train_cmd(work, slow=True), read_stdout=False)  # resumes from the ledger
         # The same watch process follows the writer's restart: a save of the second run.
         w1.wait_for(lambda lines: saves(lines, run_id=run1) >= 1, 60,
                     "a save_committed of the resumed run, printed by the first watch")
@@ -251,7 +127,7 @@ class FollowsATrainingRun(WatchTestBase):
         self.assertEqual(full.finish(30), 0, full.stderr())
         self.assertEqual(kinds.finish(30), 0, kinds.stderr())
 
-        hist = history(work)
+        hist = cli_json("history", work)
         hist_seqs = [r["seq"] for r in hist]
         self.assert_contiguous(hist_seqs, "history --json")
         runs = [r for r in hist if r["kind"] == "run_started"]
@@ -289,12 +165,12 @@ class OnAFinishedLedger(WatchTestBase):
     def setUpClass(cls):
         cls.dir = tempfile.mkdtemp(prefix="ckpt-watch-done-")
         cls.work = os.path.join(cls.dir, "work")
-        p = subprocess.run(train_cmd(cls.work, iters=80, slow=False, seed=1),
+        p = subprocess.run(train_cmd(cls.work, iters=80, seed=1),
                            capture_output=True, text=True, timeout=120)
         if p.returncode != 0:
             shutil.rmtree(cls.dir, ignore_errors=True)
             raise AssertionError("train exited %d: %s" % (p.returncode, p.stderr[-3000:]))
-        cls.hist = history(cls.work)
+        cls.hist = cli_json("history", cls.work)
 
     @classmethod
     def tearDownClass(cls):
@@ -324,7 +200,8 @@ class OnAFinishedLedger(WatchTestBase):
         self.assertTrue(any(r["kind"] == "save_committed" for r in want))
         self.assertTrue(any(r["kind"] == "best_updated" for r in want))
         self.assertEqual(parse_lines(self, w.snapshot()), want)
-        self.assertEqual(want, history(self.work, "--kind", "save_committed,best_updated"))
+        self.assertEqual(want, cli_json("history", self.work, "--kind",
+                                        "save_committed,best_updated"))
 
     def test_since_starts_after_the_cursor(self):
         n = len(self.hist) // 2
@@ -387,20 +264,7 @@ class OnAFinishedLedger(WatchTestBase):
 
 
 def main():
-    global BIN_DIR, CK, HAS_DELAY
-    if len(sys.argv) < 2:
-        sys.exit("usage: watch_test.py BUILD_BIN_DIR [unittest args]")
-    BIN_DIR = os.path.abspath(sys.argv.pop(1))
-    CK = os.path.join(BIN_DIR, "ckptledger")
-    for exe in (CK, os.path.join(BIN_DIR, "ckptledger-train")):
-        if not os.access(exe, os.X_OK):
-            sys.exit("watch_test.py: %s is missing" % exe)
-    h = subprocess.run([os.path.join(BIN_DIR, "ckptledger-train"), "train", "--help"],
-                       capture_output=True, text=True, timeout=60)
-    HAS_DELAY = "--iter-delay-ms" in h.stdout + h.stderr
-    if not HAS_DELAY:
-        print("watch_test.py: no --iter-delay-ms, training %d iterations instead" %
-              FALLBACK_ITERS, file=sys.stderr)
+    take_bin_dir("watch_test.py")
     unittest.main()
 
 

@@ -68,22 +68,30 @@ int run_watch(const WatchOptions& o) {
   LedgerFollower follower(o.ledger);
   int64_t cursor = o.since;
   constexpr int64_t kBatch = 1000;
+  // Prints every matching event past the cursor, and moves the cursor past the others too.
+  auto print_new = [&] {
+    const std::string work_dir = follower.catalog().work_dir();
+    // Read before the rows: every matching event up to it is among the rows that follow.
+    const int64_t committed = o.kinds.empty() ? 0 : follower.last_seq();
+    for (;;) {
+      ojson rows = follower.events_after(cursor, o.kinds, kBatch);
+      for (const ojson& row : rows) {
+        print_row(row, o.json, work_dir);
+        cursor = row["seq"].get<int64_t>();
+      }
+      if (static_cast<int64_t>(rows.size()) < kBatch || g_stop) break;
+    }
+    cursor = std::max(cursor, committed);
+  };
   while (!g_stop) {
     if (follower.ready()) {
-      const std::string work_dir = follower.catalog().work_dir();
-      // Read before the rows: every matching event up to it is among the rows that follow.
-      const int64_t committed = o.kinds.empty() ? 0 : follower.last_seq();
-      for (;;) {
-        ojson rows = follower.events_after(cursor, o.kinds, kBatch);
-        for (const ojson& row : rows) {
-          print_row(row, o.json, work_dir);
-          cursor = row["seq"].get<int64_t>();
-        }
-        if (static_cast<int64_t>(rows.size()) < kBatch || g_stop) break;
+      print_new();
+      if (o.until_finished && finished(follower)) {
+        // The writer may have committed its last events (run_finished among them) and exited
+        // after the read above: read once more, now that nothing can be appended.
+        print_new();
+        return kExitOk;
       }
-      // Rows of other kinds were skipped by the filter: the cursor moves past them too.
-      cursor = std::max(cursor, committed);
-      if (o.until_finished && finished(follower)) return kExitOk;
     }
     follower.wait(std::chrono::milliseconds(1000));
   }
