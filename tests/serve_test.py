@@ -1019,6 +1019,37 @@ class EmptyWorkDir(Base):
         srv.stop()
 
 
+class WriterRestarts(Base):
+    """The server's many connections to one ledger (one per thread, a Catalog per `--root`
+    request) keep their locks: a training run that starts and exits while the server reads must
+    not take the ledger's -wal and -shm away from it."""
+
+    def test_every_endpoint_equals_the_cli_after_two_more_training_runs(self):
+        root = tempfile.mkdtemp(prefix="ckpt-serve-restart-")
+        self.addCleanup(shutil.rmtree, root, True)
+        work = os.path.join(root, "exp")
+        run_checked(train_cmd(work, iters=40, seed=5))
+        srv = Server(["--root", root], CHILDREN)
+        self.addCleanup(srv.stop)
+        for _ in range(3):  # each opens and closes a Catalog of the ledger in the server
+            self.assertEqual(get(srv, "/best").status, 200)
+        self.assertEqual(get(srv, "/w/exp/history").status, 200)
+        events = SSE(srv, "/w/exp/events")
+        self.addCleanup(events.close)
+        for iters in (80, 120):  # resumes, then exits: the last connection it sees closes
+            run_checked(train_cmd(work, iters=iters, seed=5))
+            for _ in range(3):
+                self.assertEqual(get(srv, "/best").status, 200)
+        for ep in ("history", "best", "runs", "state", "verify"):
+            r = get(srv, "/w/exp/" + ep)
+            self.assertEqual(r.status, 200, (ep, r))
+            self.assertEqual(r.json(), cli_json(ep, work), ep)
+        self.assertEqual(get(srv, "/best").json(), cli_json("best", "--root", root))
+        last = cli_json("history", work)[-1]["seq"]
+        pump_until([events], lambda: events.ids() and events.ids()[-1] == last, 20,
+                   "the event stream reaches seq %d" % last)
+
+
 class RootMode(Base):
     @classmethod
     def setUpClass(cls):
