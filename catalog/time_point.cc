@@ -123,7 +123,12 @@ Point parse_point(const std::string& text, const std::string& option, bool count
     if (counters && text.compare(0, prefix.size(), prefix) == 0 &&
         all_digits(text.substr(prefix.size()))) {
       p.kind = kind;
-      p.value = std::stoll(text.substr(prefix.size()));
+      try {
+        p.value = std::stoll(text.substr(prefix.size()));
+      } catch (const std::exception&) {
+        throw UsageError(fmt::format("{}: '{}' is too large for {} count", option, text,
+                                     kind == Point::Kind::kEpoch ? "an epoch" : "an iteration"));
+      }
       return p;
     }
   }

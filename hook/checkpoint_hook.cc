@@ -151,7 +151,7 @@ struct CheckpointHook::Impl {
     }
     ledger = Ledger::open(ledger_file());
     try {
-      rebuild_state(/*snapshot_after=*/true);
+      rebuild_state(/*snapshot_after=*/true, /*verify_chain=*/true);
       reconcile();
     } catch (...) {
       // A refused ledger stays refused: the next hook call opens and checks it again rather than
@@ -285,9 +285,25 @@ struct CheckpointHook::Impl {
   // The state is the fold of the ledger (docs/crash-safety.md: state = fold(events)); also how a
   // failed write is rolled back. At open
   // (`snapshot_after`), a long tail replayed is recorded as a snapshot for the next resume.
-  void rebuild_state(bool snapshot_after = false) {
+  void rebuild_state(bool snapshot_after = false, bool verify_chain = false) {
     int64_t from = 0, to = 0;
     HookState fresh = fold_ledger(&from, &to);
+    if (verify_chain) {
+      // The history a resume stands on: the events after the last verified point (the snapshot
+      // the state came from, written by a writer that had verified or written everything before
+      // it) must link into the hash chain. An edited event is refused in every recovery mode:
+      // repairing history is not reconciliation's to do.
+      VerifyReport r = ledger->verify_from(from);
+      if (!r.ok()) {
+        throw_error(ErrorCode::kCorruption,
+                    fmt::format("ledger {}: the hash chain is broken at seq {}: {}. Refusing to "
+                                "resume from a history that was changed after it was written "
+                                "(recovery={}); `ckptledger verify {}` shows the chain",
+                                ledger->path(), r.first_bad_seq, r.problem,
+                                cfg.options.recovery == RecoveryMode::kStrict ? "strict" : "repair",
+                                ledger->path()));
+      }
+    }
     snapshot_seq = from;
     if (snapshot_after && to - from >= kSnapshotAtOpen) write_snapshot(fresh, to);
     std::lock_guard<std::mutex> lock(mu);
@@ -434,7 +450,8 @@ struct CheckpointHook::Impl {
       staged = stager->stage(c10::IValue(ckpt), &stall);
       stall_us = std::chrono::duration_cast<std::chrono::microseconds>(stall).count();
       if (stall_us >= 1000) {
-        emit(LogLevel::kWarning,
+        // Flow control, not a fault: the writer is slower than saves are decided.
+        emit(LogLevel::kInfo,
              fmt::format("checkpoint {} waited {:.1f} ms for the writer (in-flight budget full)",
                          path, stall_us / 1000.0));
       }
@@ -484,11 +501,13 @@ struct CheckpointHook::Impl {
         });
   }
 
-  // max_inflight_bytes counts staged snapshot bytes; 0 means one checkpoint in flight.
+  // max_inflight_bytes counts staged snapshot bytes; 0 means a validation's burst in flight: the
+  // regular save, a best save per key and the regular re-save after a best (back to back, so that
+  // a normal validation never waits for the writer).
   void size_budget(const c10::impl::GenericDict& ckpt) {
     budget_sized = true;
     const int64_t budget = cfg.options.max_inflight_bytes;
-    size_t sets = 1;
+    size_t sets = cfg.best.empty() ? 1 : 2 + cfg.best.size();
     if (budget > 0) {
       uint64_t bytes = 0;
       std::function<void(const c10::IValue&)> walk = [&](const c10::IValue& v) {
@@ -661,7 +680,36 @@ std::optional<std::string> CheckpointHook::resume(Runner& runner, bool resume,
   } else {
     return std::nullopt;
   }
-  runner.load_checkpoint(ckpt.toGenericDict(), resume);
+  const c10::impl::GenericDict dict = ckpt.toGenericDict();
+  runner.load_checkpoint(dict, resume);
+  if (resume) {
+    // A Runner whose load_checkpoint forgot its counters would retrain from 0 over later weights.
+    if (dict.contains("meta") && dict.at("meta").isGenericDict()) {
+      const c10::impl::GenericDict meta = dict.at("meta").toGenericDict();
+      auto counter = [&](const char* k) -> std::optional<int64_t> {
+        if (!meta.contains(k) || !meta.at(k).isInt()) return std::nullopt;
+        return meta.at(k).toInt();
+      };
+      const auto epoch = counter("epoch"), iter = counter("iter");
+      if ((epoch && *epoch != runner.epoch()) || (iter && *iter != runner.iter())) {
+        throw_error(
+            ErrorCode::kInvalidArgument,
+            fmt::format("resume from {}: after Runner::load_checkpoint the runner is at "
+                        "epoch {}, iter {}, but the checkpoint's meta says epoch {}, iter "
+                        "{}: load_checkpoint must restore the counters when resuming "
+                        "(LoopRunner::restore_counters)",
+                        path, runner.epoch(), runner.iter(), epoch ? std::to_string(*epoch) : "-",
+                        iter ? std::to_string(*iter) : "-"));
+      }
+    }
+    std::string bests;
+    for (const auto& [key, b] : m.state.best) {
+      bests += fmt::format("{}{} {} ({})", bests.empty() ? "; best " : ", ", key, b.score,
+                           fs::path(b.path).filename().string());
+    }
+    m.emit(LogLevel::kInfo, fmt::format("Resumed from {}: epoch {}, iter {}{}", path,
+                                        runner.epoch(), runner.iter(), bests));
+  }
   Event e;
   e.kind = EventKind::kResumed;
   e.path = path;

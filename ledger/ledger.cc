@@ -146,6 +146,11 @@ std::unique_ptr<Ledger> Ledger::open(const std::string& path, const LedgerOption
 
   struct stat st {};
   bool exists = ::stat(path.c_str(), &st) == 0;
+  if (!exists && errno != ENOENT && errno != ENOTDIR) {
+    // Permission denied on a directory of the path, a name too long, ...: not "no such file".
+    throw_error(ErrorCode::kIOError,
+                fmt::format("ledger {}: cannot look at it: {}", path, std::strerror(errno)));
+  }
   if (exists && S_ISDIR(st.st_mode)) {
     throw_error(ErrorCode::kInvalidArgument,
                 fmt::format("ledger {}: is a directory, not a ledger file (the ledger of a run is "
@@ -507,10 +512,22 @@ std::optional<Snapshot> Ledger::latest_snapshot(const std::string& format,
   return snap;
 }
 
-VerifyReport Ledger::verify() const {
+VerifyReport Ledger::verify() const { return verify_from(0); }
+
+VerifyReport Ledger::verify_from(int64_t after_seq) const {
   VerifyReport r;
   std::string prev = kGenesisHash;
-  int64_t expected_seq = 1;
+  if (after_seq > 0) {
+    Statement s(*db_, "SELECT hash FROM events WHERE seq = ?");
+    s.bind_int(1, after_seq);
+    if (!s.step("read the hash of seq " + std::to_string(after_seq))) {
+      r.first_bad_seq = after_seq;
+      r.problem = fmt::format("seq {} is missing", after_seq);
+      return r;
+    }
+    prev = s.column_text(0);
+  }
+  int64_t expected_seq = after_seq + 1;
   for_each([&](const Event& e) {
     ++r.events_checked;
     if (e.seq != expected_seq) {
@@ -527,7 +544,7 @@ VerifyReport Ledger::verify() const {
     prev = e.hash;
     ++expected_seq;
     return true;
-  });
+  }, after_seq);
   return r;
 }
 

@@ -243,6 +243,12 @@ ReconcilePlan plan_reconcile(const HookState& state, const ReconcileScope& scope
   plan.last_file = (fs::path(scope.work_dir) / "last_checkpoint").string();
   std::string last_content;
   if (std::ifstream in(plan.last_file); in) std::getline(in, last_content, '\0');
+  // Read as MMEngine reads it (`.strip()`): an editor's trailing newline is not another name.
+  const size_t first = last_content.find_first_not_of(" \t\r\n");
+  last_content =
+      first == std::string::npos
+          ? std::string()
+          : last_content.substr(first, last_content.find_last_not_of(" \t\r\n") - first + 1);
   // last_checkpoint is rewritten only after its file's save_committed is durable: naming a file
   // this ledger never committed, it is ahead of the ledger.
   if (look_behind && !last_content.empty() && last_content != state.last_ckpt &&

@@ -299,10 +299,11 @@ TEST_F(AsyncTest, FailedRenameKeepsThePreviousFileUnderThatName) {
 
 TEST_F(AsyncTest, FullBudgetMakesTheNextSaveWaitAndRecordsTheStall) {
   GatedFileSystem gated;
-  std::vector<std::string> warnings;
+  std::vector<std::string> infos, warnings;
   CheckpointHook hook(
       cfg(R"({"interval": 1})"),
       [&](LogLevel level, const std::string& msg) {
+        if (level == LogLevel::kInfo) infos.push_back(msg);
         if (level == LogLevel::kWarning) warnings.push_back(msg);
       },
       &gated);
@@ -323,8 +324,35 @@ TEST_F(AsyncTest, FullBudgetMakesTheNextSaveWaitAndRecordsTheStall) {
   ASSERT_EQ(committed.size(), 2u);
   auto second = from_detail<SavePayload>(committed[1].detail, committed[1].seq);
   EXPECT_GE(second.stall_us, 100000) << committed[1].detail;
-  ASSERT_FALSE(warnings.empty());
-  EXPECT_THAT(warnings.back(), HasSubstr("in-flight budget full"));
+  // Flow control is logged at INFO, never as a warning.
+  EXPECT_THAT(infos, ::testing::Contains(HasSubstr("in-flight budget full")));
+  EXPECT_THAT(warnings, ::testing::Not(::testing::Contains(HasSubstr("in-flight budget full"))));
+}
+
+// The default budget holds a validation's burst (regular save, best save, re-save): a run whose
+// writer keeps up between validations never waits.
+TEST_F(AsyncTest, DefaultBudgetHoldsAValidationsBurstWithoutWaiting) {
+  GatedFileSystem gated;
+  std::vector<std::string> infos;
+  CheckpointHook hook(
+      cfg(R"({"interval": 1, "save_best": "acc"})"),
+      [&](LogLevel level, const std::string& msg) {
+        if (level == LogLevel::kInfo) infos.push_back(msg);
+      },
+      &gated);
+  MutatingRunner r(work_);
+  hook.before_train(r);
+  r.epoch_ = 0;
+  hook.after_train_epoch(r);  // the regular save; the writer blocks in fdatasync
+  gated.wait_for_writer();
+  hook.after_val_epoch(r, Metrics{{"acc", 0.5}});  // the best save and the re-save, still blocked
+  gated.open_gate();
+  hook.wait_idle();
+  for (const std::string& m : infos) EXPECT_THAT(m, ::testing::Not(HasSubstr("waited"))) << m;
+  for (const Event& e : events(EventKind::kSaveCommitted)) {
+    EXPECT_LT(from_detail<SavePayload>(e.detail, e.seq).stall_us, 1000) << e.detail;
+  }
+  EXPECT_EQ(events(EventKind::kSaveCommitted).size(), 3u);
 }
 
 TEST_F(AsyncTest, StagingReusesItsBuffersAcrossSaves) {

@@ -1019,6 +1019,34 @@ TEST_F(CatalogTest, CliBestAndLatestOverARootOfWorkDirs) {
   EXPECT_EQ(cli("best --root " + (dir_ / "more" / "exp2").string() + "/nothing").rc, 3);
 }
 
+// Usage errors say so, name the culprit and suggest the verb or option meant; an --as-of beyond
+// int64 is a usage error, not an I/O error; a path the system refuses to look at is not "no such
+// file".
+TEST_F(CatalogTest, CliUsageErrorsNameTheCulpritAndSuggestWhatWasMeant) {
+  story();
+  crash();
+  Cli r = cli("bset " + work_);
+  EXPECT_EQ(r.rc, 2) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("ckptledger: usage error:"));
+  EXPECT_THAT(r.err, HasSubstr("did you mean `best`?"));
+  r = cli("best --jsno " + work_);
+  EXPECT_EQ(r.rc, 2) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("did you mean `--json`?"));
+  r = cli("history --limit abc " + work_);
+  EXPECT_EQ(r.rc, 2) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("ckptledger: usage error:"));
+  EXPECT_THAT(r.err, HasSubstr("--limit"));
+  for (const char* point : {"iter:99999999999999999999", "epoch:99999999999999999999"}) {
+    r = cli(std::string("state --as-of ") + point + " " + work_);
+    EXPECT_EQ(r.rc, 2) << point << ": " << r.err;
+    EXPECT_THAT(r.err, HasSubstr(point));
+  }
+  // ENAMETOOLONG: the system refuses the path; exit 6 (I/O), not 3 (no such file).
+  r = cli("best " + work_ + "/" + std::string(300, 'x') + "/ckptledger.sqlite");
+  EXPECT_EQ(r.rc, 6) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("File name too long"));
+}
+
 TEST_F(CatalogTest, CliErrorsHaveDistinctExitCodes) {
   story();
   crash();

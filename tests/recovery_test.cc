@@ -256,6 +256,132 @@ TEST_F(RecoveryTest, StaleLastCheckpointIsRewrittenFromTheLedger) {
   EXPECT_EQ(content, p("epoch_2.pth"));
 }
 
+// MMEngine reads last_checkpoint with .strip(): whitespace around the name an editor (or a script)
+// left is the same name, not a file this ledger never committed.
+TEST_F(RecoveryTest, LastCheckpointWithATrailingNewlineIsTheSameName) {
+  train(2);
+  for (const std::string& spelled : {p("epoch_2.pth") + "\n", "  " + p("epoch_2.pth") + " \r\n"}) {
+    std::ofstream(p("last_checkpoint"), std::ios::trunc) << spelled;
+    Runner1 r(work_);
+    EXPECT_EQ(reopen(R"({"interval": 1, "save_best": "acc"})", &r), p("epoch_2.pth")) << spelled;
+    for (const auto& [what, path] : findings()) EXPECT_NE(what, "stale_last_checkpoint") << spelled;
+    EXPECT_EQ(slurp(p("last_checkpoint")), spelled);  // nothing to rewrite
+  }
+  // A stale name followed by a newline is still stale, and rewritten.
+  std::ofstream(p("last_checkpoint"), std::ios::trunc) << p("epoch_1.pth") << "\n";
+  reopen();
+  EXPECT_EQ(slurp(p("last_checkpoint")), p("epoch_2.pth"));
+}
+
+// A Runner whose load_checkpoint forgets the counters.
+class ForgetfulRunner : public Runner1 {
+ public:
+  using Runner1::Runner1;
+  void load_checkpoint(const c10::impl::GenericDict& ckpt, bool) override {
+    w_ = ckpt.at("state_dict").toGenericDict().at("w").toTensor().clone();
+  }
+};
+
+TEST_F(RecoveryTest, ResumeRefusesARunnerThatDidNotRestoreItsCountersAndNamesWhatItResumed) {
+  train(2);
+  {
+    CheckpointHook hook(HookConfig::from_json(nlohmann::json::parse(R"({"interval": 1})")));
+    ForgetfulRunner r(work_);
+    try {
+      hook.resume(r);
+      FAIL() << "resumed with the runner at epoch 0";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+      EXPECT_THAT(e.what(), HasSubstr("epoch 0, iter 0"));
+      EXPECT_THAT(e.what(), HasSubstr("meta says epoch 2, iter 4"));
+      EXPECT_THAT(e.what(), HasSubstr(p("epoch_2.pth")));
+    }
+  }
+  std::vector<std::string> info;
+  CheckpointHook hook(HookConfig::from_json(nlohmann::json::parse(R"({"interval": 1})")),
+                      [&](LogLevel level, const std::string& msg) {
+                        if (level == LogLevel::kInfo) info.push_back(msg);
+                      });
+  Runner1 r(work_);
+  ASSERT_EQ(hook.resume(r), p("epoch_2.pth"));
+  EXPECT_THAT(info, ::testing::Contains(
+                        HasSubstr("Resumed from " + p("epoch_2.pth") +
+                                  ": epoch 2, iter 4; best acc 0.2 (best_acc_epoch_2.pth)")));
+}
+
+// History edited by hand (the append-only triggers dropped, an event changed): a resume verifies
+// the events it folds — every event after the newest trusted snapshot, or all of them without one —
+// refuses a broken chain in both recovery modes, names the first bad seq, points to `verify` and
+// appends nothing.
+class EditedHistoryTest : public RecoveryTest {
+ protected:
+  void sql(const std::string& statements) {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open(ledger_path().c_str(), &db), SQLITE_OK);
+    std::string all =
+        "DROP TRIGGER IF EXISTS events_append_only_update;"
+        "DROP TRIGGER IF EXISTS events_append_only_delete;" +
+        statements;
+    char* err = nullptr;
+    const int rc = sqlite3_exec(db, all.c_str(), nullptr, nullptr, &err);
+    std::string message = err ? err : "";
+    sqlite3_free(err);
+    sqlite3_close(db);
+    ASSERT_EQ(rc, SQLITE_OK) << message;
+  }
+  int64_t first_of(EventKind kind, int64_t after = 0) {
+    LedgerOptions ro;
+    ro.mode = OpenMode::kReadOnly;
+    int64_t seq = 0;
+    Ledger::open(ledger_path(), ro)->for_each([&](const Event& e) {
+      if (e.kind == kind && seq == 0 && e.seq > after) seq = e.seq;
+      return true;
+    });
+    return seq;
+  }
+  int64_t last_seq() {
+    LedgerOptions ro;
+    ro.mode = OpenMode::kReadOnly;
+    return Ledger::open(ledger_path(), ro)->last_seq();
+  }
+  void expect_refused(int64_t bad_seq) {
+    const int64_t last = last_seq();
+    for (const char* config : {R"({"interval": 1, "save_best": "acc"})",
+                               R"({"interval": 1, "save_best": "acc", "recovery": "strict"})"}) {
+      try {
+        reopen(config);
+        ADD_FAILURE() << config << ": resumed from an edited history";
+      } catch (const Error& e) {
+        EXPECT_EQ(e.code(), ErrorCode::kCorruption) << config;
+        EXPECT_THAT(e.what(), HasSubstr("hash chain is broken at seq " + std::to_string(bad_seq)));
+        EXPECT_THAT(e.what(), HasSubstr("ckptledger verify"));
+      }
+    }
+    EXPECT_EQ(last_seq(), last);  // nothing appended
+  }
+};
+
+TEST_F(EditedHistoryTest, AForgedBestScoreIsRefusedWhenNoSnapshotCoversIt) {
+  train(3);  // a finished run ends with a snapshot of its last event
+  sql("DELETE FROM snapshots;");
+  const int64_t forged = first_of(EventKind::kBestUpdated);
+  ASSERT_GT(forged, 0);
+  sql("UPDATE events SET score = 99 WHERE seq = " + std::to_string(forged) + ";");
+  expect_refused(forged);
+}
+
+TEST_F(EditedHistoryTest, AnEditedEventAfterTheSnapshotIsRefused) {
+  train(3);
+  const int64_t snapshot_end = last_seq();
+  reopen();  // run_started + resumed after the run's final snapshot
+  const int64_t edited = first_of(EventKind::kRunStarted, snapshot_end);
+  ASSERT_GT(edited, snapshot_end);
+  ASSERT_LT(edited, last_seq());  // not the last event (Ledger::open checks that one itself)
+  sql("UPDATE events SET detail = json_set(detail, '$.host', 'elsewhere') WHERE seq = " +
+      std::to_string(edited) + ";");
+  expect_refused(edited);
+}
+
 TEST_F(RecoveryTest, SecondTrainingProcessOnTheSameWorkDirRefusesToStart) {
   train(1);
   int ready[2];

@@ -72,7 +72,8 @@ struct HookConfig {
   // pool threads and the hashing/writing threads they start).
   int64_t writer_nice = 10;
   // >= 0: bytes of snapshots allowed in flight before the training thread waits;
-  // 0 = one checkpoint in flight at a time.
+  // 0 = a validation's burst: one checkpoint, or with save_best the regular save, one best save per
+  // key and the regular re-save after a best (2 + keys).
   int64_t max_inflight_bytes = 0;
   RecoveryMode recovery = RecoveryMode::kRepair;  // JSON: "repair" | "strict"
   std::optional<std::string> ledger_path;  // nullopt: <work_dir>/ckptledger.sqlite; else non-empty

@@ -123,6 +123,9 @@ class Ledger {
   bool names(const std::string& path, std::initializer_list<EventKind> kinds) const;
   // Recomputes the whole hash chain and checks seq continuity.
   VerifyReport verify() const;
+  // The same for the events after `after_seq`, linked to the recorded hash of event `after_seq`
+  // (a point already verified, such as a snapshot's: its hash is the one the snapshot recorded).
+  VerifyReport verify_from(int64_t after_seq) const;
   // The recorded writer (the current holder while it runs, or the last one after it exits).
   std::optional<WriterInfo> writer_info() const;
 

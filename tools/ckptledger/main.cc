@@ -11,6 +11,7 @@
 // such file; best --metric: no best for that metric).
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <climits>
@@ -486,6 +487,66 @@ int hand_over(int argc, char** argv) {
   return ckptledger::cli::kExitIO;
 }
 
+// Levenshtein distance, for suggestions.
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diag = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      const size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diag = up;
+    }
+  }
+  return row[b.size()];
+}
+
+// The closest of `names` to `word`, when close enough to be a typo.
+std::string closest(const std::string& word, const std::vector<std::string>& names) {
+  std::string best;
+  size_t best_d = std::max<size_t>(2, word.size() / 3) + 1;
+  for (const std::string& n : names) {
+    const size_t d = edit_distance(word, n);
+    if (d < best_d) {
+      best_d = d;
+      best = n;
+    }
+  }
+  return best;
+}
+
+// " (did you mean ...?)" for the first unknown verb or option on the command line, else "".
+std::string did_you_mean(CLI::App& app, int argc, char** argv) {
+  std::vector<std::string> verbs;
+  for (const CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; }))
+    verbs.push_back(sub->get_name());
+  if (argc < 2) return "";
+  const std::string first = argv[1];
+  CLI::App* sub = nullptr;
+  if (first.compare(0, 1, "-") != 0) {
+    if (std::find(verbs.begin(), verbs.end(), first) == verbs.end()) {
+      const std::string v = closest(first, verbs);
+      return v.empty() ? "" : fmt::format(" (did you mean `{}`?)", v);
+    }
+    sub = app.get_subcommand(first);
+  }
+  std::vector<std::string> options;
+  for (const CLI::Option* o : (sub ? sub : &app)->get_options()) {
+    for (const std::string& n : o->get_lnames()) options.push_back("--" + n);
+  }
+  for (int i = 2; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg.compare(0, 2, "--") != 0) continue;
+    arg = arg.substr(0, arg.find('='));
+    if (std::find(options.begin(), options.end(), arg) != options.end()) continue;
+    const std::string o = closest(arg, options);
+    return o.empty() ? "" : fmt::format(" (did you mean `{}`?)", o);
+  }
+  return "";
+}
+
 CLI::App* verb(CLI::App& app, const char* name, const char* help, Common& c) {
   CLI::App* v = app.add_subcommand(name, help);
   v->add_option("ledger", c.ledger, "ledger file or work_dir (default: .)");
@@ -606,8 +667,10 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    int rc = app.exit(e);
-    return rc == 0 ? kExitOk : ckptledger::cli::kExitUsage;
+    if (e.get_exit_code() == 0) return app.exit(e) == 0 ? kExitOk : ckptledger::cli::kExitUsage;
+    fmt::print(stderr, "ckptledger: usage error: {}{}; see ckptledger --help\n", e.what(),
+               did_you_mean(app, argc, argv));
+    return ckptledger::cli::kExitUsage;
   }
   return ckptledger::cli::guarded([&]() -> int {
     if (*runs) return run_runs(c);

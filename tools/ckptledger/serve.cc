@@ -1251,11 +1251,11 @@ class Session : public std::enable_shared_from_this<Session> {
       return;
     }
     pull_again_ = false;
-    std::string text;
-    int64_t last = cursor_;
-    if (hub_->from_tail(cursor_, kinds_, &text, &last)) {
-      cursor_ = last;
-      if (!text.empty()) write_raw(std::move(text), false);
+    std::string tail_text;
+    int64_t tail_last = cursor_;
+    if (hub_->from_tail(cursor_, kinds_, &tail_text, &tail_last)) {
+      cursor_ = tail_last;
+      if (!tail_text.empty()) write_raw(std::move(tail_text), false);
       return;
     }
     // Behind the hub's tail (a reconnect with an old Last-Event-ID, a first read of the history):
