@@ -81,7 +81,9 @@ class BenchRunner : public LoopRunner {
     return d;
   }
   bool has_param_schedulers() const override { return false; }
-  void load_checkpoint(const c10::impl::GenericDict&, bool) override {}
+  void load_checkpoint(const c10::impl::GenericDict& ckpt, bool resume) override {
+    if (resume) restore_counters(ckpt);
+  }
 
   // What an optimizer step does to the parameters: every one changes, in place.
   void update_all() {

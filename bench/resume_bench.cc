@@ -72,7 +72,10 @@ Spread spread(std::vector<double> v) {
 class KeepingRunner : public BenchRunner {
  public:
   using BenchRunner::BenchRunner;
-  void load_checkpoint(const c10::impl::GenericDict& ckpt, bool) override { loaded_ = ckpt; }
+  void load_checkpoint(const c10::impl::GenericDict& ckpt, bool resume) override {
+    loaded_ = ckpt;
+    if (resume) restore_counters(ckpt);
+  }
 
  private:
   std::optional<c10::impl::GenericDict> loaded_;
