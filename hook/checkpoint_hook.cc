@@ -22,6 +22,7 @@
 #include "ledger/sha256.h"
 #include "policy/hook_events.h"
 #include "policy/save_planner.h"
+#include "storage/dir_lock.h"
 #include "storage/durable_file.h"
 #include "storage/reconcile.h"
 
@@ -105,6 +106,9 @@ struct CheckpointHook::Impl {
   // `log` is called from the training thread and, when a failure cannot be recorded, from the
   // writer pool: one call at a time, so a sink needs no lock of its own.
   mutable std::mutex log_mu;
+  // One writer per directory (storage/dir_lock.h): the work_dir's and the out_dir's, held from the
+  // ledger's open to the hook's end (declared before `ledger`: released after it closes).
+  std::vector<std::unique_ptr<DirLock>> dir_locks;
   std::unique_ptr<Ledger> ledger;
   std::unique_ptr<Stager> stager;
   mutable std::mutex mu;
@@ -149,7 +153,21 @@ struct CheckpointHook::Impl {
     if (ec) {
       throw_error(ErrorCode::kIOError, "cannot create work_dir " + work_dir + ": " + ec.message());
     }
-    ledger = Ledger::open(ledger_file());
+    dir_locks.clear();
+    dir_locks.push_back(DirLock::acquire(work_dir, ledger_file()));
+    const std::string out = resolve_out_dir();
+    if (out != work_dir) {
+      fs::create_directories(out, ec);
+      if (ec)
+        throw_error(ErrorCode::kIOError, "cannot create out_dir " + out + ": " + ec.message());
+      dir_locks.push_back(DirLock::acquire(out, ledger_file()));
+    }
+    try {
+      ledger = Ledger::open(ledger_file());
+    } catch (...) {
+      dir_locks.clear();
+      throw;
+    }
     try {
       rebuild_state(/*snapshot_after=*/true, /*verify_chain=*/true);
       reconcile();
@@ -157,6 +175,7 @@ struct CheckpointHook::Impl {
       // A refused ledger stays refused: the next hook call opens and checks it again rather than
       // carrying on with it.
       ledger.reset();
+      dir_locks.clear();
       throw;
     }
   }

@@ -382,6 +382,48 @@ TEST_F(EditedHistoryTest, AnEditedEventAfterTheSnapshotIsRefused) {
   expect_refused(edited);
 }
 
+// Another ledger_path does not make a second writer of the same work_dir (or out_dir) welcome: it
+// would overwrite the first one's committed checkpoints. The lock is in the directory itself.
+TEST_F(RecoveryTest, SecondWriterOfAWorkDirOrOutDirIsRefusedWhateverItsLedgerPath) {
+  fs::create_directories(work_);
+  const std::string other_ledger = (dir_ / "elsewhere.sqlite").string();
+  CheckpointHook first(HookConfig::from_json(nlohmann::json::parse(R"({"interval": 1})")));
+  Runner1 r1(work_);
+  first.before_train(r1);
+  for (const std::string& config :
+       {R"({"interval": 1, "ledger_path": ")" + other_ledger + R"("})",
+        R"({"interval": 1, "ledger_path": ")" + other_ledger + R"(2"})"}) {
+    try {
+      CheckpointHook second(HookConfig::from_json(nlohmann::json::parse(config)));
+      Runner1 r2(work_);
+      second.before_train(r2);
+      ADD_FAILURE() << "a second writer of " << work_ << " started: " << config;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kBusy);
+      EXPECT_THAT(e.what(), HasSubstr(work_));
+      EXPECT_THAT(e.what(), HasSubstr("pid " + std::to_string(::getpid())));
+      EXPECT_THAT(e.what(), HasSubstr(ledger_path()));  // names the holder's ledger
+    }
+  }
+  EXPECT_FALSE(fs::exists(other_ledger));  // refused before its ledger was created
+  // Two work_dirs with one out_dir: `out/exp` is shared, the second is refused.
+  const std::string out = (dir_ / "out").string();
+  const std::string a = (dir_ / "a" / "exp").string(), b = (dir_ / "b" / "exp").string();
+  const std::string with_out = R"({"interval": 1, "out_dir": ")" + out + R"("})";
+  CheckpointHook ha(HookConfig::from_json(nlohmann::json::parse(with_out)));
+  Runner1 ra(a);
+  ha.before_train(ra);
+  try {
+    CheckpointHook hb(HookConfig::from_json(nlohmann::json::parse(with_out)));
+    Runner1 rb(b);
+    hb.before_train(rb);
+    ADD_FAILURE() << "two writers of " << out << "/exp";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kBusy);
+    EXPECT_THAT(e.what(), HasSubstr(out + "/exp"));
+  }
+}
+
 TEST_F(RecoveryTest, SecondTrainingProcessOnTheSameWorkDirRefusesToStart) {
   train(1);
   int ready[2];

@@ -31,6 +31,7 @@
 #include "ckptledger/ledger.h"
 #include "ckptledger/loops.h"
 #include "hook/checkpoint_format.h"
+#include "storage/dir_lock.h"
 #include "tools/train/scenario.h"
 #include "tools/train/sim_runner.h"
 
@@ -546,6 +547,7 @@ std::vector<std::string> list_root_files(const std::string& root,
     std::error_code ec2;
     if (it->is_directory(ec2) && !it->is_symlink(ec2)) continue;
     if (is_ledger_file(it->path(), ledger_paths)) continue;
+    if (it->path().filename() == kDirLockName) continue;  // the hook's, not MMEngine's
     out.push_back(it->path().lexically_relative(root).generic_string());
   }
   std::sort(out.begin(), out.end());
