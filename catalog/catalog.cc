@@ -141,10 +141,11 @@ Catalog::ReadTxn::ReadTxn(const Catalog& c) {
 // the same as committing it.
 Catalog::ReadTxn::~ReadTxn() = default;
 
-std::unique_ptr<Catalog> Catalog::open(const std::string& ledger_or_work_dir) {
+std::unique_ptr<Catalog> Catalog::open(const std::string& ledger_or_work_dir, bool one_look) {
   std::unique_ptr<Catalog> c(new Catalog());
   LedgerOptions ro;
   ro.mode = OpenMode::kReadOnly;
+  ro.one_look = one_look;
   const std::string path = resolve_ledger_path(absolute_normal(ledger_or_work_dir));
   c->lock_probe_fd_ = internal::shared_read_fd(path);
   c->ledger_ = Ledger::open(path, ro);

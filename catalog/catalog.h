@@ -123,8 +123,11 @@ using ProgressFn = std::function<void(int64_t done_bytes, int64_t total_bytes, s
 
 class Catalog {
  public:
-  // `ledger_or_work_dir`: the ledger file, or a work_dir holding ckptledger.sqlite.
-  static std::unique_ptr<Catalog> open(const std::string& ledger_or_work_dir);
+  // `ledger_or_work_dir`: the ledger file, or a work_dir holding ckptledger.sqlite. `one_look`
+  // (LedgerOptions::one_look, the CLI's verbs): a finished ledger is read immutable and nothing is
+  // created beside it, but later commits are not seen; a Catalog kept open leaves it false.
+  static std::unique_ptr<Catalog> open(const std::string& ledger_or_work_dir,
+                                       bool one_look = false);
   ~Catalog();
   Catalog(const Catalog&) = delete;
   Catalog& operator=(const Catalog&) = delete;

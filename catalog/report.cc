@@ -156,7 +156,7 @@ ojson best_many(const std::vector<std::string>& ledgers, const std::optional<std
   ojson all = ojson::array();
   for (const std::string& target : ledgers) {
     try {
-      auto cat = Catalog::open(target);
+      auto cat = Catalog::open(target, /*one_look=*/true);
       for (auto& row : best_rows(*cat, metric, /*root=*/true)) all.push_back(std::move(row));
     } catch (const Error& e) {
       errors->push_back(e.what());
@@ -170,7 +170,7 @@ ojson latest_many(const std::vector<std::string>& ledgers, std::vector<std::stri
   ojson all = ojson::array();
   for (const std::string& target : ledgers) {
     try {
-      auto cat = Catalog::open(target);
+      auto cat = Catalog::open(target, /*one_look=*/true);
       LatestResult r = cat->latest();
       for (const auto& rej : r.rejected) skipped->push_back(rej.path + ": " + rej.reason);
       ojson o = latest(*cat, r, /*root=*/true);

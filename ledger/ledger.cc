@@ -48,6 +48,19 @@ uint32_t be32(const unsigned char* p) {
   return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | p[3];
 }
 
+// Whether a process holds the writer's lock on `path` (read through the shared descriptor).
+bool writer_lock_held(const std::string& path) {
+  const int fd = internal::shared_read_fd(path);
+  if (fd < 0) return false;
+  struct flock fl {};
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  fl.l_start = kWriterLockOffset;
+  fl.l_len = 1;
+  if (::fcntl(fd, F_OFD_GETLK, &fl) != 0) return true;  // cannot tell: assume a writer
+  return fl.l_type != F_UNLCK;
+}
+
 // Damage detection before SQLite sees the file (LevelDB: detection separate from policy).
 // Refuses files that are not SQLite or are shorter than their own header says, without writing.
 void probe_header(const std::string& path, off_t size) {
@@ -256,9 +269,16 @@ std::unique_ptr<Ledger> Ledger::open(const std::string& path, const LedgerOption
   }
 
   const int latest = latest_schema_version();
-  l->db_ = std::make_unique<Database>(
-      path, (l->read_only_ ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE) | SQLITE_OPEN_NOMUTEX,
-      path, options.busy_timeout_ms);
+  if (l->read_only_ && options.one_look && !has_wal && !writer_lock_held(path)) {
+    // A finished ledger, read once: immutable, nothing created beside it (read-only storage).
+    l->db_ = std::make_unique<Database>(
+        probe_uri, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI | SQLITE_OPEN_NOMUTEX, path,
+        options.busy_timeout_ms);
+  } else {
+    l->db_ = std::make_unique<Database>(
+        path, (l->read_only_ ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE) | SQLITE_OPEN_NOMUTEX,
+        path, options.busy_timeout_ms);
+  }
   const Database& db = *l->db_;
   // Replays scan the whole table: reading pages through mmap saves a copy per page.
   db.exec("PRAGMA mmap_size = 1073741824", "enable mmap");
@@ -528,23 +548,26 @@ VerifyReport Ledger::verify_from(int64_t after_seq) const {
     prev = s.column_text(0);
   }
   int64_t expected_seq = after_seq + 1;
-  for_each([&](const Event& e) {
-    ++r.events_checked;
-    if (e.seq != expected_seq) {
-      r.first_bad_seq = e.seq;
-      r.problem = fmt::format("seq {} follows seq {}: events are missing", e.seq, expected_seq - 1);
-      return false;
-    }
-    if (chain_hash(prev, e) != e.hash) {
-      r.first_bad_seq = e.seq;
-      r.problem = fmt::format("seq {} ({}): content does not match its hash (edited by hand?)",
-                              e.seq, event_kind_name(e.kind));
-      return false;
-    }
-    prev = e.hash;
-    ++expected_seq;
-    return true;
-  }, after_seq);
+  for_each(
+      [&](const Event& e) {
+        ++r.events_checked;
+        if (e.seq != expected_seq) {
+          r.first_bad_seq = e.seq;
+          r.problem =
+              fmt::format("seq {} follows seq {}: events are missing", e.seq, expected_seq - 1);
+          return false;
+        }
+        if (chain_hash(prev, e) != e.hash) {
+          r.first_bad_seq = e.seq;
+          r.problem = fmt::format("seq {} ({}): content does not match its hash (edited by hand?)",
+                                  e.seq, event_kind_name(e.kind));
+          return false;
+        }
+        prev = e.hash;
+        ++expected_seq;
+        return true;
+      },
+      after_seq);
   return r;
 }
 

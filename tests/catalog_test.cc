@@ -1047,6 +1047,32 @@ TEST_F(CatalogTest, CliUsageErrorsNameTheCulpritAndSuggestWhatWasMeant) {
   EXPECT_THAT(r.err, HasSubstr("File name too long"));
 }
 
+// A finished run is read without creating anything beside its ledger (no -wal, no -shm): it can be
+// read on read-only storage. While a writer runs, readers use the WAL as before.
+TEST_F(CatalogTest, ReadingAFinishedLedgerCreatesNothingBesideIt) {
+  story();
+  crash();  // the writer closes: SQLite folds the WAL into the file and removes it
+  ASSERT_FALSE(fs::exists(ledger_path_ + "-wal"));
+  for (const char* verb :
+       {"best", "latest", "history", "runs", "state", "verify", "show epoch_3.pth"}) {
+    Cli r = cli(std::string(verb) + " " + work_ + " --json");
+    EXPECT_NE(r.rc, 2) << verb << ": " << r.err;
+    EXPECT_NE(r.rc, 6) << verb << ": " << r.err;
+    EXPECT_FALSE(fs::exists(ledger_path_ + "-wal")) << verb;
+    EXPECT_FALSE(fs::exists(ledger_path_ + "-shm")) << verb;
+  }
+  auto cat = Catalog::open(work_, /*one_look=*/true);
+  EXPECT_EQ(cat->best(std::nullopt).rows.size(), 1u);
+  EXPECT_FALSE(fs::exists(ledger_path_ + "-shm"));
+  cat.reset();
+  // A Catalog kept open (the default) sees a writer's later commits through the WAL.
+  auto live = Catalog::open(work_);
+  run_started(true);
+  const int64_t before = live->query("SELECT max(seq) FROM events").rows[0][0].get<int64_t>();
+  append(make(EventKind::kRunFinished, "", 0));
+  EXPECT_EQ(live->query("SELECT max(seq) FROM events").rows[0][0].get<int64_t>(), before + 1);
+}
+
 TEST_F(CatalogTest, CliErrorsHaveDistinctExitCodes) {
   story();
   crash();

@@ -44,6 +44,11 @@ struct LedgerOptions {
   std::string run_id;  // empty: a fresh id (time + pid + random)
   // Stop migrating at this version (tests: build a ledger "as written by" an older binary).
   int migrate_to = -1;
+  // Read-only, one look (the CLI's verbs): when the ledger has no -wal file and no process holds
+  // the writer's lock, it is opened immutable — nothing is created beside it (no -wal, no -shm), so
+  // a finished run can be read on read-only storage. A writer that starts meanwhile is not seen by
+  // this connection. Followers (watch, serve) leave it false: they must see later commits.
+  bool one_look = false;
 };
 
 struct WriterInfo {

@@ -46,6 +46,10 @@ using ckptledger::cli::kExitNothing;
 using ckptledger::cli::kExitOk;
 using ckptledger::cli::kExitProblems;
 
+// Each verb reads its ledger once: a finished ledger is opened immutable, so that nothing is
+// created beside it and read-only storage can be read (LedgerOptions::one_look).
+constexpr bool kOneLook = true;
+
 void print_json(const ojson& j) { std::fputs(ckptledger::report::render(j).c_str(), stdout); }
 void print_text(const std::string& s) { std::fputs(s.c_str(), stdout); }
 
@@ -65,7 +69,7 @@ struct Common {
 };
 
 int run_runs(const Common& c) {
-  auto cat = Catalog::open(c.ledger);
+  auto cat = Catalog::open(c.ledger, kOneLook);
   if (c.json) {
     print_json(ckptledger::report::runs(*cat));
     return kExitOk;
@@ -106,7 +110,7 @@ int run_history(const Common& c, const std::vector<std::string>& kinds, const st
   if (!path.empty()) f.path = path;
   if (limit < 0) throw ckptledger::UsageError("--limit: must be >= 0");
   f.limit = limit;
-  auto cat = Catalog::open(c.ledger);
+  auto cat = Catalog::open(c.ledger, kOneLook);
   print_history(cat->history(f), cat->work_dir(), c.json);
   return kExitOk;
 }
@@ -136,7 +140,7 @@ int run_best(const Common& c, const std::string& metric, const std::string& root
   std::string work_dir;  // single ledger: the table's paths are relative to it
   std::vector<std::string> errors;
   if (root.empty()) {
-    auto cat = Catalog::open(c.ledger);
+    auto cat = Catalog::open(c.ledger, kOneLook);
     all = ckptledger::report::best_rows(*cat, m, /*root=*/false);
     work_dir = cat->work_dir();
   } else {
@@ -176,7 +180,7 @@ int run_latest(const Common& c, const std::string& root) {
   ojson all = ojson::array();
   std::vector<std::string> errors, skipped;
   if (root.empty()) {
-    auto cat = Catalog::open(c.ledger);
+    auto cat = Catalog::open(c.ledger, kOneLook);
     ckptledger::LatestResult r = cat->latest();
     for (const auto& rej : r.rejected) skipped.push_back(rej.path + ": " + rej.reason);
     ojson o = ckptledger::report::latest(*cat, r, /*root=*/false);
@@ -209,7 +213,7 @@ int run_latest(const Common& c, const std::string& root) {
 }
 
 int run_show(const Common& c, const std::string& path) {
-  auto cat = Catalog::open(c.ledger);
+  auto cat = Catalog::open(c.ledger, kOneLook);
   const ojson doc = ckptledger::report::show(*cat, path);
   if (doc.is_null()) {
     fmt::print(stderr, "ckptledger: {}: the ledger knows no file {}\n", cat->ledger_path(), path);
@@ -278,7 +282,7 @@ class ProgressBar {
 };
 
 int run_verify(const Common& c) {
-  auto cat = Catalog::open(c.ledger);
+  auto cat = Catalog::open(c.ledger, kOneLook);
   ckptledger::VerifyResult r;
   {
     std::optional<ProgressBar> bar;
@@ -320,7 +324,7 @@ int run_verify(const Common& c) {
 int run_state(const Common& c, const std::string& as_of) {
   std::optional<ckptledger::Point> p;
   if (!as_of.empty()) p = ckptledger::parse_point(as_of, "--as-of");
-  auto cat = Catalog::open(c.ledger);
+  auto cat = Catalog::open(c.ledger, kOneLook);
   ckptledger::StateResult r = cat->state_as_of(p);
   const ckptledger::HookState& s = r.state;
   if (c.json) {
@@ -359,7 +363,7 @@ std::string csv_field(const ojson& v) {
 int run_export(const Common& c, std::string format, const std::string& view,
                const std::string& output) {
   if (c.json) format = "json";
-  auto cat = Catalog::open(c.ledger);
+  auto cat = Catalog::open(c.ledger, kOneLook);
   std::ofstream file;
   if (!output.empty()) {
     file.open(output, std::ios::binary | std::ios::trunc);
@@ -409,12 +413,12 @@ bool actionable(const ckptledger::Finding& f) {
 int run_gc(const Common& c, bool apply) {
   std::string ledger_path, work_dir;
   {
-    auto cat = Catalog::open(c.ledger);
+    auto cat = Catalog::open(c.ledger, kOneLook);
     ledger_path = cat->ledger_path();
     work_dir = cat->work_dir();
   }
   ckptledger::ReconcilePlan plan =
-      apply ? ckptledger::gc_apply(ledger_path) : Catalog::open(ledger_path)->gc_plan();
+      apply ? ckptledger::gc_apply(ledger_path) : Catalog::open(ledger_path, kOneLook)->gc_plan();
   size_t actions = 0, removed = 0;
   for (const auto& f : plan.findings) {
     actions += actionable(f);
