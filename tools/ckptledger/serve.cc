@@ -498,7 +498,10 @@ Reply work_dir_endpoint(const WorkDir& w, const std::string& ep, const Target& t
     HistoryFilter f;
     f.kinds = t.all("kind");
     if (auto s = t.param("since")) f.since = parse_point(*s, "since", /*counters=*/false);
-    if (auto p = t.param("path")) f.path = *p;
+    // A relative path is the work_dir's (the server's own directory means nothing to a client).
+    if (auto p = t.param("path")) {
+      f.path = fs::path(*p).is_absolute() ? *p : (fs::path(w.work_dir) / *p).string();
+    }
     if (auto l = t.param("limit")) f.limit = int_param("limit", *l, 0);
     return json_reply(report::history(catalog_for(w.ledger), f));
   }
