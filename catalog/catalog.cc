@@ -147,13 +147,12 @@ std::unique_ptr<Catalog> Catalog::open(const std::string& ledger_or_work_dir, bo
   ro.mode = OpenMode::kReadOnly;
   ro.one_look = one_look;
   const std::string path = resolve_ledger_path(absolute_normal(ledger_or_work_dir));
-  c->lock_probe_fd_ = internal::shared_read_fd(path);
   c->ledger_ = Ledger::open(path, ro);
   c->ensure_views();
   return c;
 }
 
-Catalog::~Catalog() = default;  // lock_probe_fd_ is the process's shared descriptor: never closed
+Catalog::~Catalog() = default;
 
 std::string Catalog::work_dir() const {
   std::string dir = fs::path(absolute_normal(ledger_->path())).parent_path().string();

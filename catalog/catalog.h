@@ -187,10 +187,6 @@ class Catalog {
   };
 
   std::unique_ptr<Ledger> ledger_;
-  // The process's shared descriptor of the ledger file (internal::shared_read_fd), for probing the
-  // writer lock; never closed: closing a descriptor drops this process's POSIX locks on the file,
-  // those of every SQLite connection to it included.
-  int lock_probe_fd_ = -1;
 };
 
 // `gc --apply`: takes the writer's lock (Error(kBusy) while a training process holds it), replays

@@ -23,9 +23,6 @@ namespace {
 namespace fs = std::filesystem;
 using ojson = nlohmann::ordered_json;
 
-// The ledger's writer lock: an OFD lock on this byte (ledger/ledger.cc).
-constexpr off_t kWriterLockOffset = off_t{1} << 62;
-
 // A file's removal, as the views define it (the first later event on the same path that ends it).
 constexpr const char* kStillLive =
     "NOT EXISTS (SELECT 1 FROM events x WHERE x.path = c.path AND x.seq > c.seq "
@@ -85,16 +82,7 @@ bool VerifyResult::ok() const {
   return true;
 }
 
-bool Catalog::writer_active() const {
-  if (lock_probe_fd_ < 0) return false;
-  struct flock fl {};
-  fl.l_type = F_WRLCK;
-  fl.l_whence = SEEK_SET;
-  fl.l_start = kWriterLockOffset;
-  fl.l_len = 1;
-  if (::fcntl(lock_probe_fd_, F_OFD_GETLK, &fl) != 0) return false;
-  return fl.l_type != F_UNLCK;
-}
+bool Catalog::writer_active() const { return writer_lock_held(ledger_->path()); }
 
 LatestResult Catalog::latest() {
   ReadTxn txn(*this);

@@ -48,19 +48,6 @@ uint32_t be32(const unsigned char* p) {
   return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | p[3];
 }
 
-// Whether a process holds the writer's lock on `path` (read through the shared descriptor).
-bool writer_lock_held(const std::string& path) {
-  const int fd = internal::shared_read_fd(path);
-  if (fd < 0) return false;
-  struct flock fl {};
-  fl.l_type = F_WRLCK;
-  fl.l_whence = SEEK_SET;
-  fl.l_start = kWriterLockOffset;
-  fl.l_len = 1;
-  if (::fcntl(fd, F_OFD_GETLK, &fl) != 0) return true;  // cannot tell: assume a writer
-  return fl.l_type != F_UNLCK;
-}
-
 // Damage detection before SQLite sees the file (LevelDB: detection separate from policy).
 // Refuses files that are not SQLite or are shorter than their own header says, without writing.
 void probe_header(const std::string& path, off_t size) {
@@ -149,6 +136,18 @@ std::string resolve_ledger_path(const std::string& file_or_work_dir) {
     return dir + kDefaultLedgerName;
   }
   return file_or_work_dir;
+}
+
+bool writer_lock_held(const std::string& path) {
+  const int fd = internal::shared_read_fd(path);
+  if (fd < 0) return false;
+  struct flock fl {};
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  fl.l_start = kWriterLockOffset;
+  fl.l_len = 1;
+  if (::fcntl(fd, F_OFD_GETLK, &fl) != 0) return false;
+  return fl.l_type != F_UNLCK;
 }
 
 std::unique_ptr<Ledger> Ledger::open(const std::string& path, const LedgerOptions& options) {

@@ -76,6 +76,11 @@ struct VerifyReport {
 // <work_dir>/ckptledger.sqlite when `file_or_work_dir` is a directory, else the path itself.
 std::string resolve_ledger_path(const std::string& file_or_work_dir);
 
+// Whether a process holds the writer's lock of the ledger file `path` right now (false when the
+// file cannot be opened). Probed through the process's shared descriptor of the file: it takes no
+// lock and closes nothing.
+bool writer_lock_held(const std::string& path);
+
 class Ledger {
  public:
   // Opens the ledger file <path> (a directory is refused: see resolve_ledger_path).
