@@ -95,6 +95,12 @@ bool starts_with_ci(const std::string& s, const std::string& prefix) {
          });
 }
 
+constexpr const char* kHistoryColumns =
+    "seq, time, run_id, kind, step, epoch, iter, path, metric, score, bytes, sha256, summary, "
+    "detail";
+
+}  // namespace
+
 std::string absolute_normal(const std::string& p) {
   std::error_code ec;
   fs::path a = fs::absolute(p, ec);
@@ -104,11 +110,10 @@ std::string absolute_normal(const std::string& p) {
   return s;
 }
 
-constexpr const char* kHistoryColumns =
-    "seq, time, run_id, kind, step, epoch, iter, path, metric, score, bytes, sha256, summary, "
-    "detail";
-
-}  // namespace
+std::string relative_to(const std::string& path, const std::string& dir) {
+  const std::string prefix = dir == "/" ? dir : dir + "/";
+  return path.compare(0, prefix.size(), prefix) == 0 ? path.substr(prefix.size()) : path;
+}
 
 // ---- ResultSet ------------------------------------------------------------------------------
 

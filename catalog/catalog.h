@@ -38,6 +38,14 @@ class UsageError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// ---- Paths --------------------------------------------------------------------------------------
+
+// `p` made absolute and lexically normal, without a trailing slash ("/" stays); `p` itself when the
+// current directory cannot be read.
+std::string absolute_normal(const std::string& p);
+// `path` relative to `dir` when it is below it, else `path` unchanged (tables print paths so).
+std::string relative_to(const std::string& path, const std::string& dir);
+
 // ---- Times and points ---------------------------------------------------------------------------
 
 // ISO-8601 UTC with microseconds: 2026-11-29T10:15:02.123456Z (the views' format).

@@ -27,11 +27,7 @@ bool is_dir(const std::string& p) {
 }  // namespace
 
 LedgerFollower::LedgerFollower(const std::string& ledger_or_work_dir, bool notify) {
-  std::error_code ec;
-  std::string abs = fs::absolute(ledger_or_work_dir, ec).lexically_normal().string();
-  if (ec) abs = ledger_or_work_dir;
-  while (abs.size() > 1 && abs.back() == '/') abs.pop_back();
-  ledger_path_ = resolve_ledger_path(abs);
+  ledger_path_ = resolve_ledger_path(absolute_normal(ledger_or_work_dir));
   dir_ = fs::path(ledger_path_).parent_path().string();
   if (dir_.empty()) dir_ = "/";
   if (!is_dir(dir_)) {

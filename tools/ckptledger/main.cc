@@ -55,10 +55,7 @@ void print_text(const std::string& s) { std::fputs(s.c_str(), stdout); }
 
 // `path` relative to `dir` when it is below it (tables only; JSON keeps absolute paths).
 std::string rel(const ojson& path, const std::string& dir) {
-  std::string p = cell_text(path);
-  std::string prefix = dir == "/" ? dir : dir + "/";
-  if (p.compare(0, prefix.size(), prefix) == 0) return p.substr(prefix.size());
-  return p;
+  return ckptledger::relative_to(cell_text(path), dir);
 }
 
 // ---- verbs ------------------------------------------------------------------------------------

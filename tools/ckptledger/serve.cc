@@ -189,9 +189,7 @@ class Site {
   explicit Site(const ServeOptions& o) : root_(o.root) {
     if (root_.empty()) {
       std::error_code ec;
-      std::string abs = fs::absolute(o.target, ec).lexically_normal().string();
-      while (abs.size() > 1 && abs.back() == '/') abs.pop_back();
-      const std::string ledger = resolve_ledger_path(abs);
+      const std::string ledger = resolve_ledger_path(absolute_normal(o.target));
       std::string dir = fs::path(ledger).parent_path().string();
       if (!fs::is_directory(dir, ec)) {
         throw Error(ErrorCode::kNotFound, fmt::format("serve: {}: no such directory", dir));
@@ -202,8 +200,7 @@ class Site {
       if (!fs::is_directory(root_, ec)) {
         throw Error(ErrorCode::kNotFound, fmt::format("--root {}: not a directory", root_));
       }
-      root_ = fs::absolute(root_, ec).lexically_normal().string();
-      while (root_.size() > 1 && root_.back() == '/') root_.pop_back();
+      root_ = absolute_normal(root_);
       rescan(true);
     }
   }
@@ -323,10 +320,10 @@ std::shared_ptr<int> owned_fd(int fd) {
 
 Reply json_reply(const ojson& doc) { return {200, "application/json", report::render(doc), {}}; }
 
+// A live file's name under /files/: relative to the work_dir, else absolute without its '/'.
 std::string relative_key(const std::string& path, const std::string& work_dir) {
-  const std::string prefix = work_dir == "/" ? work_dir : work_dir + "/";
-  if (path.compare(0, prefix.size(), prefix) == 0) return path.substr(prefix.size());
-  return path.size() > 1 && path[0] == '/' ? path.substr(1) : path;
+  const std::string rel = relative_to(path, work_dir);
+  return rel != path || path.size() < 2 || path[0] != '/' ? rel : path.substr(1);
 }
 
 std::string prom_escape(const std::string& s) {
@@ -707,11 +704,6 @@ class Hub : public std::enable_shared_from_this<Hub> {
                                       [](const Subscriber& sub) { return sub.owner.expired(); }),
                        subscribers_.end());
     subscribers_.push_back({std::move(owner), std::move(wake)});
-  }
-  void stop() {
-    beast::error_code ec;
-    timer_.cancel();
-    fd_.cancel(ec);
   }
 
  private:

@@ -28,11 +28,6 @@ void install_stop_handlers() {
   ::sigaction(SIGTERM, &sa, nullptr);
 }
 
-std::string relative_to(const std::string& path, const std::string& dir) {
-  const std::string prefix = dir == "/" ? dir : dir + "/";
-  return path.compare(0, prefix.size(), prefix) == 0 ? path.substr(prefix.size()) : path;
-}
-
 void print_row(const ojson& row, bool json, const std::string& work_dir) {
   if (json) {
     std::fputs((row.dump() + "\n").c_str(), stdout);
