@@ -203,8 +203,14 @@ void Catalog::for_each_row(
   bind_json(s, binds);
   const std::vector<std::string> columns = column_names(s);
   std::vector<ojson> row(columns.size());
+  // A moved work_dir (Ledger::reroot): every path a row holds is given as it is now, so that no
+  // verb reads, reports or writes the files of the directory it was copied from.
+  const bool moved = !ledger_->moved_roots().empty();
   while (s.step()) {
-    for (size_t i = 0; i < columns.size(); ++i) row[i] = json_value(s, static_cast<int>(i));
+    for (size_t i = 0; i < columns.size(); ++i) {
+      row[i] = json_value(s, static_cast<int>(i));
+      if (moved && row[i].is_string()) row[i] = ledger_->reroot(row[i].get<std::string>());
+    }
     if (!fn(columns, row)) return;
   }
 }
@@ -244,8 +250,8 @@ ResultSet Catalog::history(const HistoryFilter& f) {
     binds.emplace_back(f.since->value);
   }
   if (f.path) {
-    where += " AND path = ?";
-    binds.emplace_back(absolute_normal(*f.path));
+    where += " AND path IN (SELECT value FROM json_each(?))";
+    binds.emplace_back(recorded_forms(absolute_normal(*f.path)));
   }
   std::string sql =
       fmt::format("SELECT {} FROM history WHERE {} ORDER BY seq", kHistoryColumns, where);
@@ -260,6 +266,10 @@ ResultSet Catalog::history(const HistoryFilter& f) {
   return query(sql, binds);
 }
 
+std::string Catalog::recorded_forms(const std::string& path) const {
+  return ojson(ledger_->recorded_as(path)).dump();
+}
+
 ResultSet Catalog::best(const std::optional<std::string>& metric) {
   ReadTxn txn(*this);
   if (metric) return query("SELECT * FROM best WHERE metric = ?", {*metric});
@@ -269,7 +279,9 @@ ResultSet Catalog::best(const std::optional<std::string>& metric) {
 ResultSet Catalog::checkpoint_rows(const std::string& path, std::string* resolved_path) {
   ReadTxn txn(*this);
   std::string p = absolute_normal(path);
-  ResultSet rs = query("SELECT * FROM checkpoints WHERE path = ? ORDER BY seq", {p});
+  constexpr const char* kRowsOf =
+      "SELECT * FROM checkpoints WHERE path IN (SELECT value FROM json_each(?)) ORDER BY seq";
+  ResultSet rs = query(kRowsOf, {recorded_forms(p)});
   if (rs.rows.empty() && path.find('/') == std::string::npos) {
     // A bare file name: the one ledger path with that name.
     ResultSet names = query(
@@ -284,7 +296,7 @@ ResultSet Catalog::checkpoint_rows(const std::string& path, std::string* resolve
     }
     if (names.rows.size() == 1) {
       p = names.rows[0][0].get<std::string>();
-      rs = query("SELECT * FROM checkpoints WHERE path = ? ORDER BY seq", {p});
+      rs = query(kRowsOf, {recorded_forms(p)});
     }
   }
   if (resolved_path) *resolved_path = p;
@@ -294,15 +306,15 @@ ResultSet Catalog::checkpoint_rows(const std::string& path, std::string* resolve
 ResultSet Catalog::events_about(const std::string& path) {
   ReadTxn txn(*this);
   return query(fmt::format("SELECT {0} FROM history WHERE seq IN ("
-                           "SELECT seq FROM events WHERE path = ?1 "
+                           "SELECT seq FROM events WHERE path IN {1} "
                            "UNION SELECT seq FROM events WHERE kind = 'pruned' AND "
-                           "json_extract(detail, '$.superseded_by') = ?1 "
+                           "json_extract(detail, '$.superseded_by') IN {1} "
                            "UNION SELECT seq FROM events WHERE kind = 'published' AND "
-                           "json_extract(detail, '$.source') = ?1 "
+                           "json_extract(detail, '$.source') IN {1} "
                            "UNION SELECT seq FROM events WHERE kind = 'best_updated' AND "
-                           "json_extract(detail, '$.previous_path') = ?1) ORDER BY seq",
-                           kHistoryColumns),
-               {path});
+                           "json_extract(detail, '$.previous_path') IN {1}) ORDER BY seq",
+                           kHistoryColumns, "(SELECT value FROM json_each(?1))"),
+               {recorded_forms(path)});
 }
 
 int64_t Catalog::resolve_point(const Point& p) {

@@ -180,6 +180,10 @@ class Catalog {
   bool writer_active() const;
 
  private:
+  bool replaced_since(FileCheck& fc, int64_t seq);
+  // The forms under which `path` may be recorded (Ledger::recorded_as) as a JSON array, for
+  // `path IN (SELECT value FROM json_each(?))`.
+  std::string recorded_forms(const std::string& path) const;
   Catalog() = default;
   void ensure_views();
   // One snapshot for a verb's queries: a deferred read transaction (nested uses share the outer).

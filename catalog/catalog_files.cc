@@ -30,22 +30,27 @@ constexpr const char* kStillLive =
     "OR (x.kind = 'published' AND NOT ifnull(json_extract(x.detail, '$.already_present'), 0)) "
     "OR (x.kind = 'recovered' AND json_extract(x.detail, '$.finding') IN ('lost', 'corrupt'))))";
 
-// Size and SHA-256 of `path` against the ledger's record. Hashes only when the size matches.
-// `on_bytes` is called after each chunk with the bytes read so far.
-void check_file(FileCheck& fc, const std::function<void(int64_t)>& on_bytes) {
-  struct stat st {};
-  if (::stat(fc.path.c_str(), &st) != 0) {
+// Size and SHA-256 of `path` against the ledger's record. Hashes only when the size matches,
+// unless `always_hash`. One open file: a rename over the path while it is read (a save replacing
+// it) leaves this check on one version of the bytes. `on_bytes` is called after each chunk with
+// the bytes read so far.
+void check_file(FileCheck& fc, const std::function<void(int64_t)>& on_bytes,
+                bool always_hash = false) {
+  int fd = ::open(fc.path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
     fc.problem = errno == ENOENT ? "missing" : std::string("unreadable: ") + std::strerror(errno);
     return;
   }
-  fc.actual_bytes = static_cast<int64_t>(st.st_size);
-  if (fc.actual_bytes != fc.expected_bytes) {
-    fc.problem = "size differs";
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    fc.problem = std::string("unreadable: ") + std::strerror(errno);
+    ::close(fd);
     return;
   }
-  int fd = ::open(fc.path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    fc.problem = std::string("unreadable: ") + std::strerror(errno);
+  fc.actual_bytes = static_cast<int64_t>(st.st_size);
+  if (fc.actual_bytes != fc.expected_bytes && !always_hash) {
+    fc.problem = "size differs";
+    ::close(fd);
     return;
   }
   Sha256 sha;
@@ -66,7 +71,9 @@ void check_file(FileCheck& fc, const std::function<void(int64_t)>& on_bytes) {
   }
   ::close(fd);
   fc.actual_sha256 = sha.hex_digest();
-  if (fc.actual_sha256 != fc.expected_sha256) fc.problem = "sha256 differs";
+  fc.problem = fc.actual_bytes != fc.expected_bytes ? "size differs"
+               : fc.actual_sha256 != fc.expected_sha256 ? "sha256 differs"
+                                                        : "";
 }
 
 std::string str(const ojson& v) { return v.is_string() ? v.get<std::string>() : std::string(); }
@@ -84,36 +91,82 @@ bool VerifyResult::ok() const {
 
 bool Catalog::writer_active() const { return writer_lock_held(ledger_->path()); }
 
+// A reader that found a file other than its commit says may have raced a writer replacing it
+// (save_prepared, rename, save_committed: docs/crash-safety.md): the file is fine when its bytes
+// are those of a newer save_prepared or save_committed of the same path, read in a new read
+// transaction. On a match `fc` is updated to that record and true returned.
+bool Catalog::replaced_since(FileCheck& fc, int64_t seq) {
+  if (fc.actual_bytes < 0) return false;
+  ResultSet newer;
+  {
+    ReadTxn txn(*this);
+    for (const std::string& recorded : ledger_->recorded_as(fc.path)) {
+      ResultSet rs = query(
+          "SELECT bytes, digest FROM events WHERE path = ? AND seq > ? AND kind IN "
+          "('save_prepared', 'save_committed') ORDER BY seq DESC",
+          {recorded, seq});
+      newer.rows.insert(newer.rows.end(), rs.rows.begin(), rs.rows.end());
+    }
+  }
+  if (newer.rows.empty()) return false;
+  FileCheck again = fc;
+  check_file(again, nullptr, /*always_hash=*/true);
+  for (const auto& row : newer.rows) {
+    if (again.actual_sha256.empty() || num(row[0]) != again.actual_bytes ||
+        str(row[1]) != again.actual_sha256) {
+      continue;
+    }
+    fc = again;
+    fc.expected_bytes = num(row[0]);
+    fc.expected_sha256 = str(row[1]);
+    fc.problem.clear();
+    return true;
+  }
+  return false;
+}
+
 LatestResult Catalog::latest() {
-  ReadTxn txn(*this);
   LatestResult r;
   r.checkpoint = nullptr;
-  // Newest first along events_by_kind; stops at the first file that verifies.
-  for_each_row(
-      fmt::format("SELECT c.path AS path, c.step AS step, c.epoch AS epoch, c.iter AS iter, "
-                  "c.bytes AS bytes, c.digest AS sha256, "
-                  "strftime('%Y-%m-%dT%H:%M:%S', c.ts_us / 1000000, 'unixepoch') || "
-                  "printf('.%06dZ', c.ts_us % 1000000) AS committed_at, c.seq AS seq, "
-                  "c.run_id AS run_id FROM events c WHERE c.kind = 'save_committed' AND "
-                  "coalesce(nullif(json_extract(c.detail, '$.role'), ''), 'regular') = 'regular' "
-                  "AND {} ORDER BY c.seq DESC",
-                  kStillLive),
-      {}, [&](const std::vector<std::string>& columns, const std::vector<ojson>& row) {
-        FileCheck fc;
-        fc.path = str(row[0]);
-        fc.expected_bytes = num(row[4]);
-        fc.expected_sha256 = str(row[5]);
-        check_file(fc, nullptr);
-        if (!fc.problem.empty()) {
-          r.rejected.push_back({fc.path, fc.problem});
+  // Newest first along events_by_kind; the first file that verifies is the answer. The files are
+  // read after the read transaction, so that a mismatch can be checked against newer commits.
+  std::vector<std::string> columns;
+  std::vector<std::vector<ojson>> rows;
+  {
+    ReadTxn txn(*this);
+    for_each_row(
+        fmt::format("SELECT c.path AS path, c.step AS step, c.epoch AS epoch, c.iter AS iter, "
+                    "c.bytes AS bytes, c.digest AS sha256, "
+                    "strftime('%Y-%m-%dT%H:%M:%S', c.ts_us / 1000000, 'unixepoch') || "
+                    "printf('.%06dZ', c.ts_us % 1000000) AS committed_at, c.seq AS seq, "
+                    "c.run_id AS run_id FROM events c WHERE c.kind = 'save_committed' AND "
+                    "coalesce(nullif(json_extract(c.detail, '$.role'), ''), 'regular') = "
+                    "'regular' AND {} ORDER BY c.seq DESC",
+                    kStillLive),
+        {}, [&](const std::vector<std::string>& cols, const std::vector<ojson>& row) {
+          columns = cols;
+          rows.push_back(row);
           return true;
-        }
-        ojson o = ojson::object();
-        for (size_t i = 0; i < columns.size(); ++i) o[columns[i]] = row[i];
-        o["verified"] = true;
-        r.checkpoint = o;
-        return false;
-      });
+        });
+  }
+  for (const auto& row : rows) {
+    FileCheck fc;
+    fc.path = str(row[0]);
+    fc.expected_bytes = num(row[4]);
+    fc.expected_sha256 = str(row[5]);
+    check_file(fc, nullptr);
+    if (!fc.problem.empty() && !replaced_since(fc, num(row[7]))) {
+      r.rejected.push_back({fc.path, fc.problem});
+      continue;
+    }
+    ojson o = ojson::object();
+    for (size_t i = 0; i < columns.size(); ++i) o[columns[i]] = row[i];
+    o["bytes"] = fc.expected_bytes;
+    o["sha256"] = fc.expected_sha256;
+    o["verified"] = true;
+    r.checkpoint = o;
+    break;
+  }
   return r;
 }
 
@@ -124,7 +177,8 @@ VerifyResult Catalog::verify(const ProgressFn& progress) {
     ReadTxn txn(*this);
     r.chain = ledger_->verify();
     live = query(
-        "SELECT path, kind, bytes, sha256 FROM checkpoints WHERE status = 'live' ORDER BY seq");
+        "SELECT path, kind, bytes, sha256, seq FROM checkpoints WHERE status = 'live' ORDER BY "
+        "seq");
   }
   int64_t total = 0;
   for (const auto& row : live.rows) total += num(row[2]);
@@ -141,6 +195,7 @@ VerifyResult Catalog::verify(const ProgressFn& progress) {
       if (progress) progress(before + done, total, i, live.rows.size());
     });
     before += fc.expected_bytes;
+    if (!fc.problem.empty() && fc.problem != "missing") replaced_since(fc, num(row[4]));
     r.files.push_back(fc);
   }
   if (progress) progress(total, total, live.rows.size(), live.rows.size());

@@ -251,6 +251,9 @@ struct CheckpointHook::Impl {
         if (std::optional<HookState> restored = deserialize_state(snap->blob)) {
           s = std::move(*restored);
           after = snap->seq;
+          if (!ledger->moved_roots().empty()) {
+            reroot_paths(s, [&](const std::string& p) { return ledger->reroot(p); });
+          }
         } else {
           emit(LogLevel::kWarning,
                fmt::format("ledger {}: the state snapshot at seq {} is unreadable: ignored, "
@@ -489,8 +492,20 @@ struct CheckpointHook::Impl {
           ledger->append(begun);
           if (staged) staged->wait_ready();
           const c10::IValue& body = staged ? staged->content() : c10::IValue(ckpt);
+          // Replacing a file under its name (the re-save after a best): its new size and SHA-256
+          // are durable in the ledger before the rename, so a crash between the rename and the
+          // commit leaves bytes the ledger knows (reconciliation rolls the save forward).
+          auto prepare = [&](const WrittenFile& w) {
+            std::error_code ec;
+            if (!fs::exists(path, ec)) return;
+            Event prepared = commit.front();
+            prepared.kind = EventKind::kSavePrepared;
+            prepared.bytes = static_cast<int64_t>(w.bytes);
+            prepared.digest = w.sha256;
+            ledger->append(prepared);
+          };
           WrittenFile w = write_durably(
-              path, [&](const ByteSink& sink) { write_checkpoint(body, sink); }, *files);
+              path, [&](const ByteSink& sink) { write_checkpoint(body, sink); }, *files, prepare);
           staged.reset();  // the buffer set is free for the next save
           commit.front().bytes = static_cast<int64_t>(w.bytes);
           commit.front().digest = w.sha256;

@@ -22,7 +22,8 @@ constexpr std::array<const char*, kMaxEventKind + 1> kKindNames = {"",
                                                                    "recovered",
                                                                    "run_finished",
                                                                    "validated",
-                                                                   "config_changed"};
+                                                                   "config_changed",
+                                                                   "save_prepared"};
 
 nlohmann::json opt(const std::optional<int64_t>& v) { return v ? nlohmann::json(*v) : nullptr; }
 nlohmann::json opt(const std::string& v) {

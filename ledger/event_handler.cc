@@ -30,6 +30,8 @@ void dispatch(const Event& e, EventHandler& h) {
       return h.on_validated(e);
     case EventKind::kConfigChanged:
       return h.on_config_changed(e);
+    case EventKind::kSavePrepared:
+      return h.on_save_prepared(e);
   }
   throw_error(ErrorCode::kCorruption, "event seq " + std::to_string(e.seq) +
                                           " has an unknown kind number " +

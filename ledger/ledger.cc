@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <filesystem>
 #include <random>
 
 #include <fmt/format.h>
@@ -19,6 +20,7 @@
 namespace ckptledger {
 namespace {
 
+namespace fs = std::filesystem;
 using internal::Database;
 using internal::Statement;
 using internal::Transaction;
@@ -313,7 +315,59 @@ std::unique_ptr<Ledger> Ledger::open(const std::string& path, const LedgerOption
     throw_error(ErrorCode::kCorruption, fmt::format("ledger {}: no events table", path));
   }
   l->refresh_tail();
+  l->find_moved_roots();
   return l;
+}
+
+void Ledger::find_moved_roots() {
+  moved_.clear();
+  const fs::path here = fs::path(path_).lexically_normal();
+  if (here.filename() != kDefaultLedgerName) return;  // not at a default place: nothing to infer
+  std::string dir = here.parent_path().string();
+  while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+  // A run recorded its work_dir; its ledger was <work_dir>/ckptledger.sqlite unless its config
+  // named a ledger_path.
+  Statement s(*db_,
+              "SELECT DISTINCT json_extract(detail, '$.work_dir') FROM events "
+              "WHERE kind = 'run_started' AND json_valid(json_extract(detail, '$.config')) AND "
+              "json_type(json_extract(detail, '$.config'), '$.ledger_path') "
+              "IS NOT 'text'");
+  while (s.step("read the runs' work_dirs")) {
+    if (s.column_type(0) != SQLITE_TEXT) continue;
+    std::string from = s.column_text(0);
+    while (from.size() > 1 && from.back() == '/') from.pop_back();
+    if (from.empty() || from == dir || from == "/") continue;
+    moved_.push_back({from, dir});
+  }
+}
+
+std::string Ledger::reroot(const std::string& path) const {
+  for (const MovedRoot& m : moved_) {
+    // Written since the move (or by a run of the present directory): already there.
+    if (path == m.to || (path.size() > m.to.size() && path.compare(0, m.to.size(), m.to) == 0 &&
+                         path[m.to.size()] == '/')) {
+      return path;
+    }
+  }
+  for (const MovedRoot& m : moved_) {
+    if (path == m.from) return m.to;
+    if (path.size() > m.from.size() && path.compare(0, m.from.size(), m.from) == 0 &&
+        path[m.from.size()] == '/') {
+      return m.to + path.substr(m.from.size());
+    }
+  }
+  return path;
+}
+
+std::vector<std::string> Ledger::recorded_as(const std::string& path) const {
+  std::vector<std::string> out{path};
+  for (const MovedRoot& m : moved_) {
+    if (path.size() > m.to.size() && path.compare(0, m.to.size(), m.to) == 0 &&
+        path[m.to.size()] == '/') {
+      out.push_back(m.from + path.substr(m.to.size()));
+    }
+  }
+  return out;
 }
 
 Ledger::~Ledger() {
@@ -458,7 +512,13 @@ int64_t Ledger::replay_range(EventHandler& handler, int64_t after_seq, int64_t u
                                   "whole chain",
                                   path_, e.seq, n));
         }
-        dispatch(e, handler);
+        if (moved_.empty()) {
+          dispatch(e, handler);
+        } else {
+          Event here = e;
+          here.path = reroot(e.path);
+          dispatch(here, handler);
+        }
         ++n;
         return true;
       },
@@ -571,12 +631,14 @@ VerifyReport Ledger::verify_from(int64_t after_seq) const {
 }
 
 bool Ledger::names(const std::string& path, std::initializer_list<EventKind> kinds) const {
-  Statement s(*db_, "SELECT kind FROM events WHERE path = ?");
-  s.bind_text(1, path, /*copy=*/false);
-  while (s.step("look up events of " + path)) {
-    const std::string kind = s.column_text(0);
-    for (EventKind k : kinds) {
-      if (kind == event_kind_name(k)) return true;
+  for (const std::string& recorded : recorded_as(path)) {
+    Statement s(*db_, "SELECT kind FROM events WHERE path = ?");
+    s.bind_text(1, recorded, /*copy=*/false);
+    while (s.step("look up events of " + recorded)) {
+      const std::string kind = s.column_text(0);
+      for (EventKind k : kinds) {
+        if (kind == event_kind_name(k)) return true;
+      }
     }
   }
   return false;

@@ -26,7 +26,7 @@ void serialize(A& ar, LiveFile& f) {
 }
 template <class A>
 void serialize(A& ar, HookState::Begun& b) {
-  ar(b.step, b.epoch, b.iter);
+  ar(b.step, b.epoch, b.iter, b.prepared_bytes, b.prepared_digest, b.prepared_detail);
 }
 template <class A>
 void serialize(A& ar, HookState& s) {
@@ -109,6 +109,28 @@ bool operator==(const HookState& a, const HookState& b) {
          a.retired == b.retired;
 }
 
+void reroot_paths(HookState& s, const std::function<std::string(const std::string&)>& f) {
+  for (auto& [key, b] : s.best) b.path = f(b.path);
+  if (!s.last_ckpt.empty()) s.last_ckpt = f(s.last_ckpt);
+  auto keys = [&](auto& m) {
+    std::remove_reference_t<decltype(m)> out;
+    for (auto& kv : m) out.emplace(f(kv.first), std::move(kv.second));
+    m = std::move(out);
+  };
+  auto set = [&](std::set<std::string>& in) {
+    std::set<std::string> out;
+    for (const std::string& p : in) out.insert(f(p));
+    in = std::move(out);
+  };
+  keys(s.live);
+  keys(s.in_flight);
+  for (auto& [step, path] : s.regular_path_by_step) path = f(path);
+  for (std::string& p : s.regular_order) p = f(p);
+  set(s.pruned_pending);
+  set(s.reported_unknown);
+  set(s.retired);
+}
+
 void HookStateFold::on_run_started(const Event& e) {
   auto p = from_detail<RunStartedPayload>(e.detail, e.seq);
   ++s_.runs;
@@ -135,8 +157,21 @@ void HookStateFold::forget(const std::string& path) {
 }
 
 void HookStateFold::on_save_begun(const Event& e) {
-  s_.in_flight[e.path] =
-      HookState::Begun{e.step.value_or(0), e.epoch.value_or(0), e.iter.value_or(0)};
+  HookState::Begun b;
+  b.step = e.step.value_or(0);
+  b.epoch = e.epoch.value_or(0);
+  b.iter = e.iter.value_or(0);
+  s_.in_flight[e.path] = b;
+}
+
+void HookStateFold::on_save_prepared(const Event& e) {
+  HookState::Begun& b = s_.in_flight[e.path];
+  b.step = e.step.value_or(0);
+  b.epoch = e.epoch.value_or(0);
+  b.iter = e.iter.value_or(0);
+  b.prepared_bytes = e.bytes.value_or(0);
+  b.prepared_digest = e.digest;
+  b.prepared_detail = e.detail;
 }
 
 void HookStateFold::on_save_failed(const Event& e) { s_.in_flight.erase(e.path); }

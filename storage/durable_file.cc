@@ -316,7 +316,8 @@ void make_parent_dirs(const std::string& path) {
 }
 
 WrittenFile write_durably(const std::string& path,
-                          const std::function<void(const ByteSink&)>& produce, FileSystem& fsys) {
+                          const std::function<void(const ByteSink&)>& produce, FileSystem& fsys,
+                          const std::function<void(const WrittenFile&)>& before_rename) {
   make_parent_dirs(path);
   fs::path p(path);
   std::string dir = p.parent_path().string();
@@ -341,12 +342,13 @@ WrittenFile write_durably(const std::string& path,
   }  // both threads joined: the digest is complete
   if (fsys.fdatasync(tmp.fd()) != 0) io_fail("cannot fdatasync", path, errno);
   tmp.close_checked();
+  out.sha256 = sha.hex_digest();
+  if (before_rename) before_rename(out);  // throws: the temp file is removed, `path` untouched
   if (fsys.rename(tmp.path().c_str(), path.c_str()) != 0) {
     io_fail("cannot rename onto", path, errno);
   }
   tmp.release();
   fsync_dir(dir, fsys);
-  out.sha256 = sha.hex_digest();
   return out;
 }
 

@@ -61,10 +61,13 @@ void make_parent_dirs(const std::string& path);
 // `produce` writes the content into the sink it is given; a chunk need only stay valid during
 // the sink call (it is copied). Throws Error(kIOError) naming `path`; an exception from `produce`
 // propagates unchanged. Either way the temp file is removed and no thread started here is left
-// running.
+// running. `before_rename`, when set, is called with the size and SHA-256 once the bytes are
+// durable under the temp name and before the rename (the hook records a replacement there); an
+// exception from it aborts the write the same way.
 WrittenFile write_durably(const std::string& path,
                           const std::function<void(const ByteSink&)>& produce,
-                          FileSystem& fs = FileSystem::posix());
+                          FileSystem& fs = FileSystem::posix(),
+                          const std::function<void(const WrittenFile&)>& before_rename = nullptr);
 
 // write_durably of a small text (last_checkpoint).
 void write_text_durably(const std::string& path, const std::string& text,

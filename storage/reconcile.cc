@@ -10,6 +10,7 @@
 #include "ckptledger/event_handler.h"
 #include "ckptledger/hook_config.h"
 #include "ledger/payload.h"
+#include "ledger/sha256.h"
 #include "policy/hook_events.h"
 
 namespace ckptledger {
@@ -78,6 +79,18 @@ std::vector<std::string> ReconcilePlan::problems() const {
 std::vector<Event> ReconcilePlan::events() const {
   std::vector<Event> out;
   for (const Finding& f : findings) {
+    if (f.finding == "rolled_forward") {
+      Event c;
+      c.kind = EventKind::kSaveCommitted;
+      c.path = f.path;
+      c.step = f.step;
+      c.epoch = f.epoch;
+      c.iter = f.iter;
+      c.bytes = f.bytes;
+      c.digest = f.commit_digest;
+      c.detail = f.commit_detail;
+      out.push_back(std::move(c));
+    }
     Event e;
     e.kind = EventKind::kRecovered;
     e.path = f.path;
@@ -133,6 +146,7 @@ ReconcilePlan plan_reconcile(const HookState& state, const ReconcileScope& scope
   std::set<std::string> dirs{scope.work_dir};
   dirs.insert(scope.extra_dirs.begin(), scope.extra_dirs.end());
   std::set<std::string> in_flight_temps;
+  std::set<std::string> replacing;  // committed files a save_prepared is replacing
 
   // A save that began and never committed: the process died while writing it (or, with a live
   // writer, is writing it now).
@@ -140,6 +154,26 @@ ReconcilePlan plan_reconcile(const HookState& state, const ReconcileScope& scope
     dirs.insert(fs::path(path).parent_path().string());
     const std::string temp = temp_of(path);
     const int64_t temp_bytes = size_or_minus_one(temp);
+    if (begun.prepared_bytes >= 0 && size_or_minus_one(path) == begun.prepared_bytes) {
+      // The file may already hold the prepared bytes (renamed, not yet committed): never
+      // "corrupt". Without a writer, the bytes are checked and the save rolled forward.
+      uint64_t size = 0;
+      if (scope.writer_active) {
+        replacing.insert(path);
+      } else if (temp_bytes < 0 && Sha256::file_hex(path, &size) == begun.prepared_digest) {
+        replacing.insert(path);
+        Finding f{"rolled_forward", path, "committed",
+                  "the file holds the bytes its save prepared; the process died before the commit"};
+        f.bytes = begun.prepared_bytes;
+        f.step = begun.step;
+        f.epoch = begun.epoch;
+        f.iter = begun.iter;
+        f.commit_digest = begun.prepared_digest;
+        f.commit_detail = begun.prepared_detail;
+        add(std::move(f));
+        continue;
+      }
+    }
     Finding f{"torn_save", path, temp_bytes >= 0 ? "aborted, temp file removed" : "aborted"};
     if (scope.writer_active) {
       f = Finding{"in_flight", path, "none (a writer holds the ledger)", "a save in progress"};
@@ -180,6 +214,7 @@ ReconcilePlan plan_reconcile(const HookState& state, const ReconcileScope& scope
   // a resume loads is checked when it is loaded (`ckptledger verify` hashes them all).
   for (const auto& [path, lf] : state.live) {
     dirs.insert(fs::path(path).parent_path().string());
+    if (replacing.count(path)) continue;
     const int64_t size = size_or_minus_one(path);
     Finding f{"lost", path, "never chosen for resume"};
     f.problem = true;

@@ -4,6 +4,9 @@
 //
 // Findings, each recorded as a `recovered` event when repaired:
 //   torn_save              save_begun without an outcome: the temp file is removed
+//   rolled_forward         a save that replaces a file under its name (save_prepared) died after
+//                          its rename and before its commit: the file holds exactly the prepared
+//                          bytes, so the save's save_committed is appended (then this finding)
 //   prune_completed        a prune was recorded but the file is still there: it is removed
 //   lost / corrupt         a live file is missing / has another size: never chosen for resume
 //   stray_temp             a temp file no save accounts for: removed
@@ -58,6 +61,9 @@ struct Finding {
   bool problem = false;  // refused by recovery=strict
   int64_t bytes = -1;    // size on disk (-1: no file)
   int64_t step = 0, epoch = 0, iter = 0;
+  // rolled_forward: the save_committed the repair appends before its `recovered` event.
+  std::string commit_digest;
+  std::string commit_detail;
 };
 
 struct ReconcilePlan {
@@ -71,7 +77,8 @@ struct ReconcilePlan {
 
   bool empty() const { return findings.empty() && behind.empty(); }
   std::vector<std::string> problems() const;  // one line per problem finding
-  std::vector<Event> events() const;          // the `recovered` events the repair appends
+  std::vector<Event> events() const;  // what the repair appends: `recovered` events (a roll
+                                      // forward's save_committed before its own)
 };
 
 struct ReconcileScope {

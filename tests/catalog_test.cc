@@ -555,6 +555,39 @@ TEST_F(CatalogTest, LatestIsTheNewestRegularFileThatVerifies) {
   EXPECT_EQ(r.rejected[1].reason, "missing");
 }
 
+// A writer replacing a committed file records the new bytes (save_prepared), renames, then
+// commits. A reader between the rename and the commit sees a file that differs from the commit it
+// read: it re-reads the ledger, and a file matching a newer save_prepared (or save_committed) is a
+// replacement, not corruption. Without that, `verify` failed and `latest` answered an older file a
+// few times in a thousand calls during a healthy run.
+TEST_F(CatalogTest, AFileReplacedUnderACommitIsNotReportedCorruptWhileItsCommitIsPending) {
+  run_started(false);
+  save_regular(1, {1}, {});
+  save_regular(2, {1, 2}, {});
+  const std::string path = file("epoch_2.pth");
+  begun(path, 2, "regular");
+  const std::string v2 = content(path, 2) + "and longer";
+  Event prepared = make(EventKind::kSavePrepared, path, 2);
+  prepared.bytes = static_cast<int64_t>(v2.size());
+  prepared.digest = Sha256::hex(v2);
+  append(prepared);
+  spit(path, v2);  // renamed; the commit is not appended yet
+  LatestResult r = catalog()->latest();
+  EXPECT_EQ(r.checkpoint["path"], path);
+  EXPECT_EQ(r.checkpoint["sha256"], Sha256::hex(v2));
+  EXPECT_TRUE(r.rejected.empty());
+  VerifyResult v = catalog()->verify();
+  EXPECT_TRUE(v.ok());
+  for (const FileCheck& f : v.files) EXPECT_EQ(f.problem, "") << f.path;
+  // Bytes that are neither the commit's nor the prepared ones are still reported.
+  spit(path, content(path, 3));
+  EXPECT_FALSE(catalog()->verify().ok());
+  r = catalog()->latest();
+  EXPECT_EQ(r.checkpoint["path"], file("epoch_1.pth"));
+  ASSERT_EQ(r.rejected.size(), 1u);
+  EXPECT_EQ(r.rejected[0].path, path);
+}
+
 TEST_F(CatalogTest, StateAsOfReplaysTheHookStateToThatPoint) {
   Story s = story();
   auto c = catalog();
@@ -1100,6 +1133,37 @@ TEST_F(CatalogTest, CliVerbsReadAFinishedRunOnAReadOnlyMount) {
     EXPECT_NO_THROW(ojson::parse(r.out)) << verb << ": " << r.out;
     EXPECT_THAT(r.err, ::testing::Not(HasSubstr("unable to open"))) << verb;
   }
+}
+
+// simulate with a --root it cannot write: an I/O error (exit 6) that says so, not "not a
+// directory" (it was exit 4 with that message). Skipped where this process cannot mount.
+TEST_F(CatalogTest, SimulateOnAReadOnlyRootSaysItCannotWriteThere) {
+  const std::string mnt = (dir_ / "ro").string();
+  fs::create_directories(mnt);
+  fs::create_directories(dir_ / "empty");
+  const std::string mount = "mount --bind " + (dir_ / "empty").string() + " " + mnt +
+                            " 2>/dev/null && mount -o remount,ro,bind " + mnt + " 2>/dev/null";
+  if (std::system(mount.c_str()) != 0) {
+    (void)!std::system(("umount " + mnt + " 2>/dev/null").c_str());
+    GTEST_SKIP() << "cannot bind-mount read-only here";
+  }
+  struct Unmount {
+    std::string at;
+    ~Unmount() { (void)!std::system(("umount " + at + " || umount -l " + at).c_str()); }
+  } unmount{mnt};
+  const std::string scenario = (dir_ / "scenario.json").string();
+  spit(scenario, R"({"hook": {"interval": 1}, "loop": "epoch", "max_epochs": 1})");
+  for (const std::string& root : {mnt, mnt + "/sub"}) {
+    Cli r = cli("simulate " + scenario + " --root " + root);
+    EXPECT_EQ(r.rc, 6) << root << ": " << r.err;
+    EXPECT_THAT(r.err, HasSubstr(root)) << root;
+    EXPECT_THAT(r.err, HasSubstr("Read-only file system")) << root << ": " << r.err;
+    EXPECT_THAT(r.err, ::testing::Not(HasSubstr("not a directory"))) << root;
+  }
+  spit((dir_ / "a_file").string(), "x");
+  Cli r = cli("simulate " + scenario + " --root " + (dir_ / "a_file").string());
+  EXPECT_EQ(r.rc, 2) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("is not a directory"));
 }
 
 TEST_F(CatalogTest, CliErrorsHaveDistinctExitCodes) {

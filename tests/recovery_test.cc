@@ -273,6 +273,113 @@ TEST_F(RecoveryTest, LastCheckpointWithATrailingNewlineIsTheSameName) {
   EXPECT_EQ(slurp(p("last_checkpoint")), p("epoch_2.pth"));
 }
 
+// A re-save (the regular checkpoint saved again under its name after a best) killed after its
+// temp file was recorded as prepared: `replacement` is another run's bytes of the same step (a
+// valid checkpoint, other bytes). With `renamed`, the kill hit after the rename (the file holds
+// the new bytes), else before it (the temp file holds them).
+class ReSaveKilledTest : public RecoveryTest {
+ protected:
+  void kill_a_re_save(bool renamed) {
+    train(2);
+    const std::string mine = work_;
+    work_ = (dir_ / "other").string();
+    // The same step, other bytes: this run's hub also records keep_ckpt_ids.
+    train(2, R"({"interval": 1, "save_best": "acc", "max_keep_ckpts": 5})");
+    replacement_ = p("epoch_2.pth");
+    work_ = mine;
+    uint64_t size = 0;
+    const std::string digest = Sha256::file_hex(replacement_, &size);
+    old_digest_ = Sha256::file_hex(p("epoch_2.pth"));
+    ASSERT_NE(digest, old_digest_);
+    Event e;
+    e.kind = EventKind::kSaveBegun;
+    e.path = p("epoch_2.pth");
+    e.step = 2;
+    e.epoch = 2;
+    e.iter = 4;
+    e.detail =
+        R"({"v":1,"role":"regular","key":"","keep_tracked":false,"keep_ckpt_ids":[],"error":"","stall_us":0})";
+    append_raw(e);
+    e.kind = EventKind::kSavePrepared;
+    e.bytes = static_cast<int64_t>(size);
+    e.digest = digest;
+    append_raw(e);
+    new_digest_ = digest;
+    fs::copy_file(replacement_, renamed ? p("epoch_2.pth") : p(".epoch_2.pth.ckptledger-tmp"),
+                  fs::copy_options::overwrite_existing);
+  }
+  std::string committed_digest_of(const std::string& path) {
+    LedgerOptions ro;
+    ro.mode = OpenMode::kReadOnly;
+    auto l = Ledger::open(ledger_path(), ro);
+    std::string digest;
+    l->for_each([&](const Event& e) {
+      if (e.kind == EventKind::kSaveCommitted && e.path == path) digest = e.digest;
+      return true;
+    });
+    return digest;
+  }
+  std::string replacement_, old_digest_, new_digest_;
+};
+
+TEST_F(ReSaveKilledTest, AfterItsRenameTheSaveIsRolledForwardNeverCorrupt) {
+  kill_a_re_save(/*renamed=*/true);
+  Runner1 r(work_);
+  EXPECT_EQ(reopen(R"({"interval": 1, "save_best": "acc"})", &r), p("epoch_2.pth"));
+  EXPECT_EQ(r.epoch(), 2);  // not the older epoch_1.pth
+  auto f = findings();
+  EXPECT_THAT(f, ::testing::Contains(std::make_pair(std::string("rolled_forward"),
+                                                    p("epoch_2.pth"))));
+  for (const auto& [what, path] : f) EXPECT_NE(what, "corrupt") << path;
+  EXPECT_EQ(committed_digest_of(p("epoch_2.pth")), new_digest_);
+  EXPECT_EQ(Sha256::file_hex(p("epoch_2.pth")), new_digest_);
+}
+
+TEST_F(ReSaveKilledTest, BeforeItsRenameTheSaveIsRolledBackAndTheCommittedFileKept) {
+  kill_a_re_save(/*renamed=*/false);
+  Runner1 r(work_);
+  EXPECT_EQ(reopen(R"({"interval": 1, "save_best": "acc"})", &r), p("epoch_2.pth"));
+  EXPECT_FALSE(fs::exists(p(".epoch_2.pth.ckptledger-tmp")));
+  auto f = findings();
+  EXPECT_THAT(f, ::testing::Contains(std::make_pair(std::string("torn_save"), p("epoch_2.pth"))));
+  for (const auto& [what, path] : f) EXPECT_NE(what, "corrupt") << path;
+  EXPECT_EQ(committed_digest_of(p("epoch_2.pth")), old_digest_);
+  EXPECT_EQ(Sha256::file_hex(p("epoch_2.pth")), old_digest_);
+}
+
+// A finished run started again with the same length ends exactly as it was: nothing is trained
+// or saved again, and publishing the same content again writes no second file (published names
+// come from the published bytes, not the wall clock).
+TEST_F(RecoveryTest, AFinishedRunStartedAgainEndsExactlyAsItWas) {
+  const char* config = R"({"interval": 1, "save_best": "acc", "published_keys": ["meta", "state_dict"]})";
+  auto files = [&] {
+    std::map<std::string, std::string> out;
+    for (const auto& f : fs::directory_iterator(work_)) {
+      const std::string name = f.path().filename().string();
+      if (name.rfind("ckptledger.sqlite", 0) == 0 || name == ".ckptledger.lock") continue;
+      out[name] = Sha256::file_hex(f.path().string());
+    }
+    return out;
+  };
+  train(3, config);
+  const auto before = files();
+  int published = 0;
+  for (const auto& [name, digest] : before) published += name.find('-') != std::string::npos;
+  ASSERT_EQ(published, 2) << "the last and the best checkpoint are published";
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));  // another meta.time second
+  {
+    CheckpointHook hook(HookConfig::from_json(nlohmann::json::parse(config)));
+    Runner1 r(work_);
+    LoopOptions o;
+    o.resume = true;
+    o.validate = [](int64_t step) { return Metrics{{"acc", 0.1 * static_cast<double>(step)}}; };
+    EpochLoop loop(
+        r, hook, 3, 2, [&](int64_t) { r.w_ += 1; }, o);
+    loop.run();
+  }
+  EXPECT_EQ(files(), before);
+}
+
 // A Runner whose load_checkpoint forgets the counters.
 class ForgetfulRunner : public Runner1 {
  public:

@@ -24,6 +24,7 @@ class EventHandler {
   virtual void on_run_finished(const Event&) {}
   virtual void on_validated(const Event&) {}
   virtual void on_config_changed(const Event&) {}
+  virtual void on_save_prepared(const Event&) {}
 };
 
 // Calls the handler method for e.kind.

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <set>
@@ -51,6 +52,11 @@ struct HookState {
   // --- what reconciliation at open checks against the disk ---
   struct Begun {
     int64_t step = 0, epoch = 0, iter = 0;
+    // save_prepared: the bytes about to replace the file under its name (-1: none recorded), and
+    // the save's payload, so that reconciliation can commit a replacement the rename completed.
+    int64_t prepared_bytes = -1;
+    std::string prepared_digest;
+    std::string prepared_detail;
   };
   std::map<std::string, Begun> in_flight;           // save_begun without save_committed/failed
   std::set<std::string> pruned_pending;             // pruned, removal not yet confirmed
@@ -70,16 +76,20 @@ struct HookState {
 // Snapshots of a HookState (Ledger::put_snapshot / latest_snapshot): every field, cereal binary,
 // behind the SHA-256 of those bytes. kHookStateFormat names the layout: change it whenever a field
 // is added, removed or changes meaning (an old snapshot is then ignored, never misread).
-inline constexpr const char* kHookStateFormat = "hook_state/1 cereal-binary-le sha256";
+inline constexpr const char* kHookStateFormat = "hook_state/2 cereal-binary-le sha256";
 std::string serialize_state(const HookState& state);
 // nullopt when the blob is not one serialize_state wrote (damaged, truncated, another layout).
 std::optional<HookState> deserialize_state(const std::string& blob);
+
+// Every path of `state` through `f` (a snapshot of a moved work_dir: Ledger::reroot).
+void reroot_paths(HookState& state, const std::function<std::string(const std::string&)>& f);
 
 class HookStateFold : public EventHandler {
  public:
   explicit HookStateFold(HookState& state) : s_(state) {}
   void on_run_started(const Event& e) override;
   void on_save_begun(const Event& e) override;
+  void on_save_prepared(const Event& e) override;
   void on_save_failed(const Event& e) override;
   void on_recovered(const Event& e) override;
   void on_save_committed(const Event& e) override;

@@ -81,6 +81,14 @@ std::string resolve_ledger_path(const std::string& file_or_work_dir);
 // lock and closes nothing.
 bool writer_lock_held(const std::string& path);
 
+// A work_dir moved or copied elsewhere (docs/crash-safety.md: relocatable work dirs): runs whose
+// ledger sat at its default place, <work_dir>/ckptledger.sqlite, recorded paths under their
+// work_dir `from`; the ledger file is now in `to`, and so are those files.
+struct MovedRoot {
+  std::string from;
+  std::string to;
+};
+
 class Ledger {
  public:
   // Opens the ledger file <path> (a directory is refused: see resolve_ledger_path).
@@ -129,8 +137,19 @@ class Ledger {
   int64_t last_seq() const { return last_seq_; }
   // Whether this open created the ledger file (there was no file at the path before).
   bool created() const { return created_; }
-  // Whether an event of one of `kinds` names `path` (an index lookup on events.path).
+  // Whether an event of one of `kinds` names `path` (an index lookup on events.path; `path` as
+  // reroot gives it, every recorded form is looked up).
   bool names(const std::string& path, std::initializer_list<EventKind> kinds) const;
+
+  // Relocation. Paths are recorded absolute; a run's paths under its work_dir are read re-rooted
+  // into the ledger's present directory when the ledger sat at its default place in that
+  // work_dir and has moved since (the whole directory moved or copied). Folds (replay,
+  // replay_range) get re-rooted paths; verify() and for_each() see the rows as recorded.
+  const std::vector<MovedRoot>& moved_roots() const { return moved_; }
+  // `path` as it is now: under a moved root's `to` instead of its `from`; others unchanged.
+  std::string reroot(const std::string& path) const;
+  // Every form under which a path that reroot() gives could be recorded (itself first).
+  std::vector<std::string> recorded_as(const std::string& path) const;
   // Recomputes the whole hash chain and checks seq continuity.
   VerifyReport verify() const;
   // The same for the events after `after_seq`, linked to the recorded hash of event `after_seq`
@@ -145,6 +164,7 @@ class Ledger {
  private:
   Ledger() = default;
   void refresh_tail();
+  void find_moved_roots();
 
   std::string path_;
   std::string run_id_;
@@ -154,6 +174,7 @@ class Ledger {
   int lock_fd_ = -1;  // holds the OFD writer lock; closed only after db_ (POSIX lock semantics)
   int64_t last_seq_ = 0;
   std::string last_hash_;
+  std::vector<MovedRoot> moved_;
 };
 
 }  // namespace ckptledger

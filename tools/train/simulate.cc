@@ -694,10 +694,18 @@ ordered_json simulate(const SimulateOptions& options) {
   std::error_code ec;
   if (options.root.empty()) throw_error(ErrorCode::kInvalidArgument, "simulate: --root is empty");
   fs::create_directories(options.root, ec);
-  if (!fs::is_directory(options.root)) {
+  std::error_code kind_ec;
+  if (fs::exists(options.root, kind_ec) && !fs::is_directory(options.root, kind_ec)) {
     throw_error(ErrorCode::kInvalidArgument,
-                fmt::format("simulate: root {} is not a directory{}", options.root,
-                            ec ? " (" + ec.message() + ")" : std::string()));
+                fmt::format("simulate: root {} is not a directory", options.root));
+  }
+  if (ec) {
+    throw_error(ErrorCode::kIOError,
+                fmt::format("simulate: cannot create root {}: {}", options.root, ec.message()));
+  }
+  if (::access(options.root.c_str(), W_OK | X_OK) != 0) {
+    throw_error(ErrorCode::kIOError, fmt::format("simulate: root {} is not writable: {}",
+                                                 options.root, std::strerror(errno)));
   }
   if (fs::directory_iterator(options.root) != fs::directory_iterator()) {
     throw_error(ErrorCode::kInvalidArgument,
