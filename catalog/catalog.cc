@@ -209,7 +209,7 @@ void Catalog::for_each_row(
   while (s.step()) {
     for (size_t i = 0; i < columns.size(); ++i) {
       row[i] = json_value(s, static_cast<int>(i));
-      if (moved && row[i].is_string()) row[i] = ledger_->reroot(row[i].get<std::string>());
+      if (moved && row[i].is_string()) row[i] = rerooted(row[i].get<std::string>());
     }
     if (!fn(columns, row)) return;
   }
@@ -264,6 +264,20 @@ ResultSet Catalog::history(const HistoryFilter& f) {
   }
   ReadTxn txn(*this);
   return query(sql, binds);
+}
+
+std::string Catalog::rerooted(const std::string& value) const {
+  if (value.empty() || value[0] != '{') return ledger_->reroot(value);
+  // A payload (JSON text): its paths ("superseded_by", "previous_path", "source", ...) too. A
+  // run_started's own "work_dir" and "out_dir" stay as recorded: where that run was.
+  std::string out = value;
+  for (const MovedRoot& m : ledger_->moved_roots()) {
+    const std::string from = "\"" + m.from + "/", to = "\"" + m.to + "/";
+    for (size_t at = out.find(from); at != std::string::npos; at = out.find(from, at + to.size())) {
+      out.replace(at, from.size(), to);
+    }
+  }
+  return out;
 }
 
 std::string Catalog::recorded_forms(const std::string& path) const {

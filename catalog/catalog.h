@@ -184,6 +184,9 @@ class Catalog {
   // The forms under which `path` may be recorded (Ledger::recorded_as) as a JSON array, for
   // `path IN (SELECT value FROM json_each(?))`.
   std::string recorded_forms(const std::string& path) const;
+  // A row's text as it is now in a moved work_dir: a path re-rooted (Ledger::reroot), and the
+  // paths inside a JSON payload.
+  std::string rerooted(const std::string& value) const;
   Catalog() = default;
   void ensure_views();
   // One snapshot for a verb's queries: a deferred read transaction (nested uses share the outer).

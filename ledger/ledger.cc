@@ -359,6 +359,16 @@ std::string Ledger::reroot(const std::string& path) const {
   return path;
 }
 
+std::string Ledger::recorded_form(const std::string& path) const {
+  const std::vector<std::string> forms = recorded_as(path);
+  for (size_t i = 1; i < forms.size(); ++i) {
+    Statement s(*db_, "SELECT 1 FROM events WHERE path = ? LIMIT 1");
+    s.bind_text(1, forms[i], /*copy=*/false);
+    if (s.step("look up " + forms[i])) return forms[i];
+  }
+  return path;
+}
+
 std::vector<std::string> Ledger::recorded_as(const std::string& path) const {
   std::vector<std::string> out{path};
   for (const MovedRoot& m : moved_) {
@@ -427,6 +437,17 @@ void Ledger::append_batch(std::vector<Event>& events) {
       if (e.run_id.empty()) e.run_id = run_id_;
       if (e.ts_us == 0) e.ts_us = ts;
       e.prev_hash = last_hash_;
+      // A file of a moved work_dir keeps the path it was first recorded under, so that every row
+      // about it names it alike (the catalog's views pair a file's rows by path); the caller's
+      // event keeps the present form.
+      std::string present;
+      if (!moved_.empty()) {
+        std::string recorded = recorded_form(e.path);
+        if (recorded != e.path) {
+          present = std::move(e.path);
+          e.path = std::move(recorded);
+        }
+      }
       e.hash = chain_hash(e.prev_hash, e);
       s.bind_int(1, e.seq);
       s.bind_text(2, e.run_id, /*copy=*/false);
@@ -448,6 +469,7 @@ void Ledger::append_batch(std::vector<Event>& events) {
       s.bind_text(14, e.hash, /*copy=*/false);
       s.run(fmt::format("append {} (seq {})", event_kind_name(e.kind), e.seq));
       s.reset();
+      if (!present.empty()) e.path = std::move(present);
       last_seq_ = e.seq;
       last_hash_ = e.hash;
     }

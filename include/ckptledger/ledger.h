@@ -144,12 +144,16 @@ class Ledger {
   // Relocation. Paths are recorded absolute; a run's paths under its work_dir are read re-rooted
   // into the ledger's present directory when the ledger sat at its default place in that
   // work_dir and has moved since (the whole directory moved or copied). Folds (replay,
-  // replay_range) get re-rooted paths; verify() and for_each() see the rows as recorded.
+  // replay_range) get re-rooted paths; verify() and for_each() see the rows as recorded; append()
+  // records a file under the form it was first recorded under (recorded_form).
   const std::vector<MovedRoot>& moved_roots() const { return moved_; }
   // `path` as it is now: under a moved root's `to` instead of its `from`; others unchanged.
   std::string reroot(const std::string& path) const;
   // Every form under which a path that reroot() gives could be recorded (itself first).
   std::vector<std::string> recorded_as(const std::string& path) const;
+  // The form `path` was first recorded under (itself when none): what append() records, so that
+  // the rows about one file name it alike after a move.
+  std::string recorded_form(const std::string& path) const;
   // Recomputes the whole hash chain and checks seq continuity.
   VerifyReport verify() const;
   // The same for the events after `after_seq`, linked to the recorded hash of event `after_seq`

@@ -2,6 +2,7 @@
 // (docs/crash-safety.md, "The torture test").
 //
 //   torture_child SCENARIO.json --root DIR [--slow-ms N] [--ballast-mib N]
+//                 [--crash-at K | --count-ops FILE]
 //
 // Runs run 0 of the scenario's plan (plan_runs) in DIR with SimRunner, the reference loops and the
 // real CheckpointHook, with auto-resume always on (an empty or missing ledger starts fresh) and the
@@ -19,6 +20,10 @@
 //
 // --ballast-mib N adds a constant N MiB tensor (state_dict "ballast") to every checkpoint, so that
 // files exceed write_durably's 1 MiB block and kills land in its hashing/O_DIRECT writing threads.
+//
+// --crash-at K SIGKILLs the process just before its K-th durable operation, --count-ops FILE
+// writes them all, one "N OP PATH" line each, at a normal exit (tests/torture/crash_points.h;
+// tests/crash_steps_test.py enumerates them).
 //
 // --slow-ms N sleeps N ms after each train step, so that a kill at a random moment lands as often
 // in the background writer's work (temp write, rename, prune, ledger transaction) as in the
@@ -40,6 +45,7 @@
 #include "ckptledger/hook_config.h"
 #include "ckptledger/loops.h"
 #include "tools/train/scenario.h"
+#include "tests/torture/crash_points.h"
 #include "tools/train/sim_runner.h"
 
 namespace {
@@ -86,13 +92,13 @@ ckptledger::Metrics to_metrics(const std::vector<ckptledger::Metric>& in) {
 int usage(const char* msg) {
   std::fprintf(stderr,
                "torture_child: %s\nusage: torture_child SCENARIO.json --root DIR [--slow-ms N] "
-               "[--ballast-mib N]\n",
+               "[--ballast-mib N] [--crash-at K | --count-ops FILE]\n",
                msg);
   return 2;
 }
 
 int run(const std::string& scenario_path, const std::string& root_arg, int64_t slow_ms,
-        int64_t ballast_mib) {
+        int64_t ballast_mib, ckptledger::FileSystem* files) {
   fs::create_directories(root_arg);
   const std::string root = fs::canonical(root_arg).string();
   const ckptledger::Scenario scenario = ckptledger::load_scenario_file(scenario_path);
@@ -105,7 +111,7 @@ int run(const std::string& scenario_path, const std::string& root_arg, int64_t s
   config.sync = false;  // the async writer: kills land in background writes too
   ckptledger::CheckpointHook hook(config, [](ckptledger::LogLevel level, const std::string& msg) {
     std::fprintf(stderr, "[%s] %s\n", ckptledger::log_level_name(level), msg.c_str());
-  });
+  }, files);
 
   ckptledger::SimRunnerOptions ro;
   ro.work_dir = plan.work_dir;
@@ -143,7 +149,8 @@ int run(const std::string& scenario_path, const std::string& root_arg, int64_t s
 
 int main(int argc, char** argv) {
   std::string scenario_path, root;
-  int64_t slow_ms = 0, ballast_mib = 0;
+  int64_t slow_ms = 0, ballast_mib = 0, crash_at = 0;
+  std::string count_ops;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--root" && i + 1 < argc) {
@@ -158,6 +165,12 @@ int main(int argc, char** argv) {
       if (end == nullptr || *end != '\0' || ballast_mib < 0 || ballast_mib > 4096) {
         return usage("--ballast-mib takes N in 0..4096");
       }
+    } else if (a == "--crash-at" && i + 1 < argc) {
+      char* end = nullptr;
+      crash_at = std::strtoll(argv[++i], &end, 10);
+      if (end == nullptr || *end != '\0' || crash_at < 1) return usage("--crash-at takes K >= 1");
+    } else if (a == "--count-ops" && i + 1 < argc) {
+      count_ops = argv[++i];
     } else if (!a.empty() && a[0] != '-' && scenario_path.empty()) {
       scenario_path = a;
     } else {
@@ -165,8 +178,18 @@ int main(int argc, char** argv) {
     }
   }
   if (scenario_path.empty() || root.empty()) return usage("SCENARIO.json and --root are required");
+  crash_points::CrashPointFileSystem counted;
+  ckptledger::FileSystem* files = nullptr;
+  if (crash_at > 0 || !count_ops.empty()) {
+    crash_points::arm(crash_at);
+    if (!count_ops.empty()) crash_points::record_to(count_ops);
+    crash_points::install_sqlite_crash_points();
+    files = &counted;
+  }
   try {
-    return run(scenario_path, root, slow_ms, ballast_mib);
+    const int rc = run(scenario_path, root, slow_ms, ballast_mib, files);
+    crash_points::write_log();
+    return rc;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "torture_child: error: %s\n", e.what());
     return 1;

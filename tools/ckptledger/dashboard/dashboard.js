@@ -16,7 +16,7 @@
 (function () {
   const ALL_KINDS = ['run_started', 'save_begun', 'save_committed', 'save_failed', 'pruned',
     'best_updated', 'published', 'resumed', 'recovered', 'run_finished', 'validated',
-    'config_changed'];
+    'config_changed', 'save_prepared'];
   // What the page reads; `history` and `events` are asked for these only (a big ledger is mostly
   // save_begun/save_committed pairs). The same filter on both keeps the seq cursor exact.
   const SHOWN_KINDS = ['run_started', 'run_finished', 'save_committed', 'pruned', 'best_updated',
