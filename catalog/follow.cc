@@ -56,6 +56,11 @@ bool LedgerFollower::ready() {
   if (catalog_) return true;
   struct stat st {};
   if (::stat(ledger_path_.c_str(), &st) != 0) return false;
+  // A FIFO, a socket or a directory under the ledger's name is never a ledger being created.
+  if (!S_ISREG(st.st_mode)) {
+    throw_error(ErrorCode::kInvalidArgument,
+                fmt::format("ledger {}: not a regular file", ledger_path_));
+  }
   try {
     catalog_ = Catalog::open(ledger_path_);
     dev_ = st.st_dev;

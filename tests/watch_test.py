@@ -255,6 +255,16 @@ class OnAFinishedLedger(WatchTestBase):
         self.assertEqual(rc, 4, w.stderr())
         self.assertIn("ckptledger: error:", w.stderr())
 
+    def test_a_fifo_named_like_the_ledger_is_refused_at_once(self):
+        odd = os.path.join(self.tmp, "fifo")
+        os.mkdir(odd)
+        os.mkfifo(os.path.join(odd, "ckptledger.sqlite"))
+        t0 = time.monotonic()
+        rc, w = self.run_watch(odd, "--json", timeout=15)
+        self.assertEqual(rc, 2, w.stderr())
+        self.assertIn("not a regular file", w.stderr())
+        self.assertLess(time.monotonic() - t0, 3.0, "it waited for the FIFO to become a ledger")
+
     def test_missing_directory_exits_3(self):
         rc, w = self.run_watch(os.path.join(self.tmp, "no", "such", "dir"), "--json",
                                timeout=15)
