@@ -272,7 +272,10 @@ std::string Catalog::rerooted(const std::string& value) const {
   // run_started's own "work_dir" and "out_dir" stay as recorded: where that run was.
   std::string out = value;
   for (const MovedRoot& m : ledger_->moved_roots()) {
-    const std::string from = "\"" + m.from + "/", to = "\"" + m.to + "/";
+    // The roots as they appear in JSON text: quoted and escaped, up to their trailing '/'.
+    std::string from = ojson(m.from + "/").dump(), to = ojson(m.to + "/").dump();
+    from.pop_back();
+    to.pop_back();
     for (size_t at = out.find(from); at != std::string::npos; at = out.find(from, at + to.size())) {
       out.replace(at, from.size(), to);
     }

@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <map>
 #include <set>
 
@@ -128,46 +129,52 @@ bool Catalog::replaced_since(FileCheck& fc, int64_t seq) {
 LatestResult Catalog::latest() {
   LatestResult r;
   r.checkpoint = nullptr;
-  // Newest first along events_by_kind; the first file that verifies is the answer. The files are
-  // read after the read transaction, so that a mismatch can be checked against newer commits.
-  std::vector<std::string> columns;
-  std::vector<std::vector<ojson>> rows;
-  {
-    ReadTxn txn(*this);
-    for_each_row(
-        fmt::format("SELECT c.path AS path, c.step AS step, c.epoch AS epoch, c.iter AS iter, "
-                    "c.bytes AS bytes, c.digest AS sha256, "
-                    "strftime('%Y-%m-%dT%H:%M:%S', c.ts_us / 1000000, 'unixepoch') || "
-                    "printf('.%06dZ', c.ts_us % 1000000) AS committed_at, c.seq AS seq, "
-                    "c.run_id AS run_id FROM events c WHERE c.kind = 'save_committed' AND "
-                    "coalesce(nullif(json_extract(c.detail, '$.role'), ''), 'regular') = "
-                    "'regular' AND {} ORDER BY c.seq DESC",
-                    kStillLive),
-        {}, [&](const std::vector<std::string>& cols, const std::vector<ojson>& row) {
-          columns = cols;
-          rows.push_back(row);
-          return true;
-        });
-  }
-  for (const auto& row : rows) {
-    FileCheck fc;
-    fc.path = str(row[0]);
-    fc.expected_bytes = num(row[4]);
-    fc.expected_sha256 = str(row[5]);
-    check_file(fc, nullptr);
-    if (!fc.problem.empty() && !replaced_since(fc, num(row[7]))) {
-      r.rejected.push_back({fc.path, fc.problem});
-      continue;
+  // Newest first along events_by_kind, a page at a time; the first file that verifies is the
+  // answer. Each page's files are read after its read transaction, so that a mismatch can be
+  // checked against commits made since (replaced_since).
+  constexpr int64_t kPage = 8;
+  for (int64_t before_seq = std::numeric_limits<int64_t>::max();;) {
+    std::vector<std::string> columns;
+    std::vector<std::vector<ojson>> rows;
+    {
+      ReadTxn txn(*this);
+      for_each_row(
+          fmt::format("SELECT c.path AS path, c.step AS step, c.epoch AS epoch, c.iter AS iter, "
+                      "c.bytes AS bytes, c.digest AS sha256, "
+                      "strftime('%Y-%m-%dT%H:%M:%S', c.ts_us / 1000000, 'unixepoch') || "
+                      "printf('.%06dZ', c.ts_us % 1000000) AS committed_at, c.seq AS seq, "
+                      "c.run_id AS run_id FROM events c WHERE c.kind = 'save_committed' AND "
+                      "c.seq < ? AND "
+                      "coalesce(nullif(json_extract(c.detail, '$.role'), ''), 'regular') = "
+                      "'regular' AND {} ORDER BY c.seq DESC LIMIT {}",
+                      kStillLive, kPage),
+          {before_seq}, [&](const std::vector<std::string>& cols, const std::vector<ojson>& row) {
+            columns = cols;
+            rows.push_back(row);
+            return true;
+          });
     }
-    ojson o = ojson::object();
-    for (size_t i = 0; i < columns.size(); ++i) o[columns[i]] = row[i];
-    o["bytes"] = fc.expected_bytes;
-    o["sha256"] = fc.expected_sha256;
-    o["verified"] = true;
-    r.checkpoint = o;
-    break;
+    for (const auto& row : rows) {
+      FileCheck fc;
+      fc.path = str(row[0]);
+      fc.expected_bytes = num(row[4]);
+      fc.expected_sha256 = str(row[5]);
+      check_file(fc, nullptr);
+      if (!fc.problem.empty() && !replaced_since(fc, num(row[7]))) {
+        r.rejected.push_back({fc.path, fc.problem});
+        continue;
+      }
+      ojson o = ojson::object();
+      for (size_t i = 0; i < columns.size(); ++i) o[columns[i]] = row[i];
+      o["bytes"] = fc.expected_bytes;
+      o["sha256"] = fc.expected_sha256;
+      o["verified"] = true;
+      r.checkpoint = o;
+      return r;
+    }
+    if (static_cast<int64_t>(rows.size()) < kPage) return r;
+    before_seq = num(rows.back()[7]);
   }
-  return r;
 }
 
 VerifyResult Catalog::verify(const ProgressFn& progress) {
@@ -208,7 +215,9 @@ VerifyResult Catalog::verify(const ProgressFn& progress) {
     for (FileCheck& f : r.files) {
       if (f.problem != "missing") continue;
       ResultSet now = query(
-          "SELECT status FROM checkpoints WHERE path = ? ORDER BY seq DESC LIMIT 1", {f.path});
+          "SELECT status FROM checkpoints WHERE path IN (SELECT value FROM json_each(?)) "
+          "ORDER BY seq DESC LIMIT 1",
+          {recorded_forms(f.path)});
       if (!now.rows.empty() && now.rows[0][0] != "live") f.problem.clear();
     }
     r.files.erase(
@@ -228,6 +237,7 @@ ReconcileScope Catalog::reconcile_scope() {
   }
   if (scope.work_dir.empty()) scope.work_dir = work_dir();
   scope.writer_active = writer_active();
+  if (!ledger_->moved_roots().empty()) scope.confined_to = ledger_->moved_roots().front().to;
   return scope;
 }
 

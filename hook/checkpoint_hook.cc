@@ -197,6 +197,7 @@ struct CheckpointHook::Impl {
     scope.extra_dirs.insert(out_dir.empty() ? resolve_out_dir() : out_dir);
     scope.ledger = ledger.get();
     scope.ours = checkpoint_name_matcher(cfg.filename_tmpl);
+    if (!ledger->moved_roots().empty()) scope.confined_to = work_dir;
     ReconcilePlan plan;
     {
       std::lock_guard<std::mutex> lock(mu);
@@ -502,6 +503,23 @@ struct CheckpointHook::Impl {
             prepared.kind = EventKind::kSavePrepared;
             prepared.bytes = static_cast<int64_t>(w.bytes);
             prepared.digest = w.sha256;
+            PreparedPayload pp;
+            pp.commit = commit.front().detail;
+            for (size_t i = 1; i < commit.size(); ++i) {
+              const Event& x = commit[i];
+              PreparedEvent pe;
+              pe.kind = event_kind_name(x.kind);
+              pe.path = x.path;
+              pe.step = x.step.value_or(0);
+              pe.epoch = x.epoch.value_or(0);
+              pe.iter = x.iter.value_or(0);
+              pe.metric = x.metric;
+              pe.has_score = x.score.has_value();
+              pe.score = x.score.value_or(0);
+              pe.detail = x.detail;
+              pp.then.push_back(to_detail(pe));
+            }
+            prepared.detail = to_detail(pp);
             ledger->append(prepared);
           };
           WrittenFile w = write_durably(

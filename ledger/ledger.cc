@@ -332,12 +332,41 @@ void Ledger::find_moved_roots() {
               "WHERE kind = 'run_started' AND json_valid(json_extract(detail, '$.config')) AND "
               "json_type(json_extract(detail, '$.config'), '$.ledger_path') "
               "IS NOT 'text'");
+  auto under = [](const std::string& p, const std::string& root) {
+    return p.size() > root.size() && p.compare(0, root.size(), root) == 0 && p[root.size()] == '/';
+  };
+  std::vector<std::string> froms;
+  bool trained_here = false;  // a run already wrote this ledger here: it belongs to this dir
   while (s.step("read the runs' work_dirs")) {
     if (s.column_type(0) != SQLITE_TEXT) continue;
     std::string from = s.column_text(0);
     while (from.size() > 1 && from.back() == '/') from.pop_back();
+    trained_here = trained_here || from == dir;
     if (from.empty() || from == dir || from == "/") continue;
-    moved_.push_back({from, dir});
+    // Moved into its own subdirectory or its parent: a path under both roots would be ambiguous.
+    if (under(dir, from) || under(from, dir)) continue;
+    froms.push_back(from);
+  }
+  for (const std::string& from : froms) {
+    if (trained_here) {
+      moved_.push_back({from, dir});
+      continue;
+    }
+    // Not yet trained here: the directory moved with its files, or only the ledger was copied (a
+    // backup beside other files)? The newest files the run committed decide: moved when one is
+    // here, or when none is at the old place either.
+    Statement f(*db_,
+                "SELECT path FROM events WHERE kind = 'save_committed' AND "
+                "substr(path, 1, length(?1) + 1) = ?1 || '/' ORDER BY seq DESC LIMIT 16");
+    f.bind_text(1, from);
+    bool here = false, there = false;
+    while (f.step("read the run's files") && !here) {
+      const std::string p = f.column_text(0);
+      std::error_code ec;
+      here = fs::exists(dir + p.substr(from.size()), ec);
+      there = there || fs::exists(p, ec);
+    }
+    if (here || !there) moved_.push_back({from, dir});
   }
 }
 

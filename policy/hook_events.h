@@ -62,6 +62,34 @@ struct SavePayload {
   }
 };
 
+// save_prepared: a save about to replace a file under its name (docs/crash-safety.md). Holds the
+// whole commit the save will append, so that reconciliation can append it if the process dies
+// between the rename and the commit: the save_committed's payload, and the events committed with
+// it (pruned, best_updated).
+struct PreparedEvent {
+  std::string kind;  // event kind name
+  std::string path;
+  int64_t step = 0, epoch = 0, iter = 0;
+  std::string metric;
+  bool has_score = false;
+  double score = 0;
+  std::string detail;
+  template <class A>
+  void serialize(A& ar) {
+    ar(CEREAL_NVP(kind), CEREAL_NVP(path), CEREAL_NVP(step), CEREAL_NVP(epoch), CEREAL_NVP(iter),
+       CEREAL_NVP(metric), CEREAL_NVP(has_score), CEREAL_NVP(score), CEREAL_NVP(detail));
+  }
+};
+struct PreparedPayload {
+  uint32_t v = 1;
+  std::string commit;              // the save_committed's detail (a SavePayload)
+  std::vector<std::string> then;   // the rest of its transaction, in order: PreparedEvent JSON
+  template <class A>
+  void serialize(A& ar) {
+    ar(CEREAL_NVP(v), CEREAL_NVP(commit), CEREAL_NVP(then));
+  }
+};
+
 // pruned: a file was removed (after what supersedes it was committed).
 struct PrunePayload {
   uint32_t v = 1;

@@ -174,7 +174,12 @@ void HookStateFold::on_save_prepared(const Event& e) {
   b.prepared_detail = e.detail;
 }
 
-void HookStateFold::on_save_failed(const Event& e) { s_.in_flight.erase(e.path); }
+void HookStateFold::on_save_failed(const Event& e) {
+  // A save that failed after its save_prepared may have renamed its bytes into place (a failed
+  // directory fsync, a failed commit): reconciliation decides from the file, as after a crash.
+  auto it = s_.in_flight.find(e.path);
+  if (it != s_.in_flight.end() && it->second.prepared_bytes < 0) s_.in_flight.erase(it);
+}
 
 void HookStateFold::on_recovered(const Event& e) {
   auto p = from_detail<RecoveredPayload>(e.detail, e.seq);

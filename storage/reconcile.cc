@@ -66,6 +66,18 @@ int64_t size_or_minus_one(const std::string& path) {
   return ec ? -1 : static_cast<int64_t>(size);
 }
 
+// Whether a save_prepared's payload can be rolled forward (a payload this binary wrote).
+bool readable_prepared(const std::string& detail) {
+  try {
+    for (const std::string& text : from_detail<PreparedPayload>(detail, 0).then) {
+      from_detail<PreparedEvent>(text, 0);
+    }
+    return true;
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
 }  // namespace
 
 std::vector<std::string> ReconcilePlan::problems() const {
@@ -90,6 +102,7 @@ std::vector<Event> ReconcilePlan::events() const {
       c.digest = f.commit_digest;
       c.detail = f.commit_detail;
       out.push_back(std::move(c));
+      out.insert(out.end(), f.commit_then.begin(), f.commit_then.end());
     }
     Event e;
     e.kind = EventKind::kRecovered;
@@ -147,6 +160,8 @@ ReconcilePlan plan_reconcile(const HookState& state, const ReconcileScope& scope
   dirs.insert(scope.extra_dirs.begin(), scope.extra_dirs.end());
   std::set<std::string> in_flight_temps;
   std::set<std::string> replacing;  // committed files a save_prepared is replacing
+  std::vector<Finding> rolled;       // saves rolled forward
+  std::vector<std::string> rolled_prunes;
 
   // A save that began and never committed: the process died while writing it (or, with a live
   // writer, is writing it now).
@@ -160,7 +175,8 @@ ReconcilePlan plan_reconcile(const HookState& state, const ReconcileScope& scope
       uint64_t size = 0;
       if (scope.writer_active) {
         replacing.insert(path);
-      } else if (temp_bytes < 0 && Sha256::file_hex(path, &size) == begun.prepared_digest) {
+      } else if (temp_bytes < 0 && readable_prepared(begun.prepared_detail) &&
+                 Sha256::file_hex(path, &size) == begun.prepared_digest) {
         replacing.insert(path);
         Finding f{"rolled_forward", path, "committed",
                   "the file holds the bytes its save prepared; the process died before the commit"};
@@ -169,7 +185,24 @@ ReconcilePlan plan_reconcile(const HookState& state, const ReconcileScope& scope
         f.epoch = begun.epoch;
         f.iter = begun.iter;
         f.commit_digest = begun.prepared_digest;
-        f.commit_detail = begun.prepared_detail;
+        const auto pp = from_detail<PreparedPayload>(begun.prepared_detail, 0);
+        f.commit_detail = pp.commit;
+        for (const std::string& text : pp.then) {
+          const auto pe = from_detail<PreparedEvent>(text, 0);
+          Event e;
+          if (auto k = event_kind_from_name(pe.kind)) e.kind = *k;
+          e.path = pe.path;
+          e.step = pe.step;
+          e.epoch = pe.epoch;
+          e.iter = pe.iter;
+          e.metric = pe.metric;
+          if (pe.has_score) e.score = pe.score;
+          e.detail = pe.detail;
+          // The files this commit prunes are removed with it (what the save would have done).
+          if (e.kind == EventKind::kPruned && !e.path.empty()) rolled_prunes.push_back(e.path);
+          f.commit_then.push_back(std::move(e));
+        }
+        rolled.push_back(f);
         add(std::move(f));
         continue;
       }
@@ -201,8 +234,13 @@ ReconcilePlan plan_reconcile(const HookState& state, const ReconcileScope& scope
     }
     return it->second.count(p.filename().string()) > 0;
   };
-  for (const std::string& path : state.pruned_pending) {
-    if (state.live.count(path) || !listed(path)) continue;
+  std::set<std::string> pending(state.pruned_pending.begin(), state.pruned_pending.end());
+  pending.insert(rolled_prunes.begin(), rolled_prunes.end());
+  for (const std::string& path : pending) {
+    if ((state.live.count(path) && !std::count(rolled_prunes.begin(), rolled_prunes.end(), path)) ||
+        !listed(path)) {
+      continue;
+    }
     const int64_t bytes = size_or_minus_one(path);
     if (bytes < 0) continue;
     Finding f{"prune_completed", path, "removed"};
@@ -214,7 +252,10 @@ ReconcilePlan plan_reconcile(const HookState& state, const ReconcileScope& scope
   // a resume loads is checked when it is loaded (`ckptledger verify` hashes them all).
   for (const auto& [path, lf] : state.live) {
     dirs.insert(fs::path(path).parent_path().string());
-    if (replacing.count(path)) continue;
+    if (replacing.count(path) ||
+        std::count(rolled_prunes.begin(), rolled_prunes.end(), path)) {
+      continue;
+    }
     const int64_t size = size_or_minus_one(path);
     Finding f{"lost", path, "never chosen for resume"};
     f.problem = true;
@@ -274,7 +315,17 @@ ReconcilePlan plan_reconcile(const HookState& state, const ReconcileScope& scope
       }
     }
   }
-  // last_checkpoint names the ledger's last regular checkpoint (it may lag after a crash).
+  // last_checkpoint names the ledger's last regular checkpoint (it may lag after a crash), as it
+  // is once the saves rolled forward are committed.
+  std::string last_ckpt = state.last_ckpt;
+  if (!rolled.empty()) {
+    HookState after = state;
+    HookStateFold fold(after);
+    ReconcilePlan rolled_only;
+    rolled_only.findings = rolled;
+    for (const Event& e : rolled_only.events()) dispatch(e, fold);
+    last_ckpt = after.last_ckpt;
+  }
   plan.last_file = (fs::path(scope.work_dir) / "last_checkpoint").string();
   std::string last_content;
   if (std::ifstream in(plan.last_file); in) std::getline(in, last_content, '\0');
@@ -286,14 +337,27 @@ ReconcilePlan plan_reconcile(const HookState& state, const ReconcileScope& scope
           : last_content.substr(first, last_content.find_last_not_of(" \t\r\n") - first + 1);
   // last_checkpoint is rewritten only after its file's save_committed is durable: naming a file
   // this ledger never committed, it is ahead of the ledger.
-  if (look_behind && !last_content.empty() && last_content != state.last_ckpt &&
+  if (look_behind && !last_content.empty() && last_content != last_ckpt &&
       !scope.ledger->names(last_content, {EventKind::kSaveCommitted})) {
     plan.behind.push_back(fmt::format("{} names {}, which this ledger never committed",
                                       plan.last_file, last_content));
-  } else if (!state.last_ckpt.empty() && last_content != state.last_ckpt) {
-    plan.last_rewrite = state.last_ckpt;
+  } else if (!last_ckpt.empty() && last_content != last_ckpt) {
+    plan.last_rewrite = last_ckpt;
     add({"stale_last_checkpoint", plan.last_file, "rewritten",
-         fmt::format("named '{}', the ledger's last is '{}'", last_content, state.last_ckpt)});
+         fmt::format("named '{}', the ledger's last is '{}'", last_content, last_ckpt)});
+  }
+  // A moved work_dir: what lies outside it may be the original's, and is only reported.
+  if (!scope.confined_to.empty()) {
+    const std::string inside = scope.confined_to + "/";
+    for (Finding& f : plan.findings) {
+      if (!f.remove.empty() && f.remove.compare(0, inside.size(), inside) != 0) {
+        f.remove.clear();
+        f.action = "left alone (outside the moved work_dir " + scope.confined_to + ")";
+      }
+    }
+    if (!plan.last_rewrite.empty() && plan.last_file.compare(0, inside.size(), inside) != 0) {
+      plan.last_rewrite.clear();
+    }
   }
   return plan;
 }

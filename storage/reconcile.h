@@ -61,9 +61,11 @@ struct Finding {
   bool problem = false;  // refused by recovery=strict
   int64_t bytes = -1;    // size on disk (-1: no file)
   int64_t step = 0, epoch = 0, iter = 0;
-  // rolled_forward: the save_committed the repair appends before its `recovered` event.
+  // rolled_forward: the save's commit, appended before the finding's `recovered` event: its
+  // save_committed (this path, `bytes`, this digest and payload) and the events committed with it.
   std::string commit_digest;
   std::string commit_detail;
+  std::vector<Event> commit_then;
 };
 
 struct ReconcilePlan {
@@ -92,6 +94,10 @@ struct ReconcileScope {
   // names are this hook's checkpoints (checkpoint_name_matcher).
   const Ledger* ledger = nullptr;
   std::function<bool(const std::string& file_name)> ours;
+  // A moved or copied work_dir (Ledger::moved_roots): files outside this directory may be the
+  // original's, so nothing outside it is removed (such findings are reported, action "left
+  // alone"). Empty: no restriction.
+  std::string confined_to;
 };
 
 // Whether a file name is one that a hook with `filename_tmpl` writes a regular or best

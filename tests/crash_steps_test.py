@@ -296,11 +296,21 @@ def main():
               f"the reference's K-th: {' '.join(ops[r['k'] - 1])}), kept {r['dir']}")
         for d in r["diffs"]:
             print(f"    {d}")
-    if failures or args.keep:
+    # Not vacuous: every operation was a crash point, so some kill fell between a replacement's
+    # rename and its commit, and its restart rolled the save forward.
+    vacuous = []
+    prepared = tt.ledger_rows(job.work_dir(root_a),
+                              "SELECT count(*) FROM events WHERE kind = 'save_prepared'")[0][0]
+    if args.every == 1 and args.limit is None and prepared and not findings["rolled_forward"]:
+        vacuous.append(f"the reference replaced {prepared} file(s) under their names, yet no "
+                       f"restart rolled a save forward: no kill landed between a rename and its "
+                       f"commit")
+        print(f"FAIL {vacuous[-1]}")
+    if failures or vacuous or args.keep:
         print(f"  roots kept under {base}")
     else:
         shutil.rmtree(base, ignore_errors=True)
-    return 1 if failures else 0
+    return 1 if failures or vacuous else 0
 
 
 if __name__ == "__main__":

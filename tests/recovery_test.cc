@@ -303,6 +303,9 @@ class ReSaveKilledTest : public RecoveryTest {
     e.kind = EventKind::kSavePrepared;
     e.bytes = static_cast<int64_t>(size);
     e.digest = digest;
+    PreparedPayload pp;
+    pp.commit = e.detail;
+    e.detail = to_detail(pp);
     append_raw(e);
     new_digest_ = digest;
     fs::copy_file(replacement_, renamed ? p("epoch_2.pth") : p(".epoch_2.pth.ckptledger-tmp"),
@@ -333,6 +336,92 @@ TEST_F(ReSaveKilledTest, AfterItsRenameTheSaveIsRolledForwardNeverCorrupt) {
   for (const auto& [what, path] : f) EXPECT_NE(what, "corrupt") << path;
   EXPECT_EQ(committed_digest_of(p("epoch_2.pth")), new_digest_);
   EXPECT_EQ(Sha256::file_hex(p("epoch_2.pth")), new_digest_);
+}
+
+// A save whose bytes were renamed into place and whose commit then failed (a full disk, a failed
+// directory fsync): its save_failed does not discard the prepared record; the next start rolls it
+// forward from the file as after a crash.
+TEST_F(ReSaveKilledTest, AFailureAfterTheRenameIsRolledForwardAtTheNextStart) {
+  kill_a_re_save(/*renamed=*/true);
+  Event failed;
+  failed.kind = EventKind::kSaveFailed;
+  failed.path = p("epoch_2.pth");
+  SavePayload fp;
+  fp.error = "cannot append: disk full";
+  failed.detail = to_detail(fp);
+  append_raw(failed);
+  Runner1 r(work_);
+  EXPECT_EQ(reopen(R"({"interval": 1, "save_best": "acc"})", &r), p("epoch_2.pth"));
+  EXPECT_THAT(findings(), ::testing::Contains(std::make_pair(std::string("rolled_forward"),
+                                                             p("epoch_2.pth"))));
+  for (const auto& [what, path] : findings()) EXPECT_NE(what, "corrupt") << path;
+  EXPECT_EQ(committed_digest_of(p("epoch_2.pth")), new_digest_);
+}
+
+// A save over an existing file whose commit also prunes (rotation): rolled forward, the whole
+// commit is appended and the pruned file removed, as the save would have done.
+TEST_F(ReSaveKilledTest, ARolledForwardSaveAppendsItsWholeCommitAndRemovesWhatItPrunes) {
+  const char* config = R"({"interval": 1, "save_best": "acc", "max_keep_ckpts": 2})";
+  train(2, config);
+  const std::string mine = work_;
+  work_ = (dir_ / "other").string();
+  train(3, config);
+  const std::string replacement = p("epoch_3.pth");
+  work_ = mine;
+  // A torn earlier save left epoch_3.pth uncommitted; the retry replaces it.
+  std::ofstream(p("epoch_3.pth")) << "the torn save's bytes";
+  uint64_t size = 0;
+  const std::string digest = Sha256::file_hex(replacement, &size);
+  Event e;
+  e.kind = EventKind::kSaveBegun;
+  e.path = p("epoch_3.pth");
+  e.step = 3;
+  e.epoch = 3;
+  e.iter = 6;
+  SavePayload sp;
+  sp.role = "regular";
+  sp.keep_tracked = true;
+  sp.keep_ckpt_ids = {2, 3};
+  e.detail = to_detail(sp);
+  append_raw(e);
+  PreparedPayload pp;
+  pp.commit = e.detail;
+  PreparedEvent prune;
+  prune.kind = "pruned";
+  prune.path = p("epoch_1.pth");
+  prune.step = 1;
+  prune.epoch = 3;
+  prune.iter = 6;
+  PrunePayload pr;
+  pr.reason = "rotation";
+  pr.superseded_by = p("epoch_3.pth");
+  prune.detail = to_detail(pr);
+  pp.then.push_back(to_detail(prune));
+  e.kind = EventKind::kSavePrepared;
+  e.bytes = static_cast<int64_t>(size);
+  e.digest = digest;
+  e.detail = to_detail(pp);
+  append_raw(e);
+  fs::copy_file(replacement, p("epoch_3.pth"), fs::copy_options::overwrite_existing);
+  ASSERT_TRUE(fs::exists(p("epoch_1.pth")));
+  Runner1 r(work_);
+  EXPECT_EQ(reopen(config, &r), p("epoch_3.pth"));
+  EXPECT_EQ(r.epoch(), 3);
+  EXPECT_FALSE(fs::exists(p("epoch_1.pth")));
+  auto f = findings();
+  EXPECT_THAT(f, ::testing::Contains(std::make_pair(std::string("rolled_forward"),
+                                                    p("epoch_3.pth"))));
+  EXPECT_THAT(f, ::testing::Contains(std::make_pair(std::string("prune_completed"),
+                                                    p("epoch_1.pth"))));
+  EXPECT_EQ(slurp(p("last_checkpoint")), p("epoch_3.pth"));
+  LedgerOptions ro;
+  ro.mode = OpenMode::kReadOnly;
+  HookState state;
+  HookStateFold fold(state);
+  Ledger::open(ledger_path(), ro)->replay(fold);
+  EXPECT_EQ(state.keep_ckpt_ids, (std::vector<int64_t>{2, 3}));
+  EXPECT_EQ(state.live.count(p("epoch_1.pth")), 0u);
+  EXPECT_EQ(state.live.at(p("epoch_3.pth")).digest, digest);
 }
 
 TEST_F(ReSaveKilledTest, BeforeItsRenameTheSaveIsRolledBackAndTheCommittedFileKept) {

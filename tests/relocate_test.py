@@ -336,6 +336,38 @@ class CopiedWorkDir(RelocateTestBase):
         self.assertEqual(snapshot(a), before)
 
 
+class NotRelocated(RelocateTestBase):
+    def test_a_ledger_backed_up_alone_still_names_the_original_files(self):
+        """A ledger copied without its files (sqlite3 .backup into a directory of its own, under the
+        default name) is a backup of the original's history, not a moved work_dir: its verbs name
+        and verify the original's files."""
+        self.train_original()
+        backup = os.path.join(self.tmp, "backup")
+        os.mkdir(backup)
+        con = sqlite3.connect(os.path.join(self.a, LEDGER))
+        dst = sqlite3.connect(os.path.join(backup, LEDGER))
+        con.backup(dst)
+        dst.close()
+        con.close()
+        latest, _ = ck_json(self, "latest", backup)
+        self.assertEqual(latest["path"], os.path.join(self.a, "iter_%d.pth" % ITERS), latest)
+        rc, out, err = ck("verify", backup)
+        self.assertEqual(rc, 0, out + err)
+
+    def test_a_work_dir_moved_into_its_own_subdirectory_is_not_rerooted_twice(self):
+        """Moved into a subdirectory of itself, every recorded path is under both the old and the
+        new root: no move is inferred, so no path is doubled (x/old/old/...)."""
+        self.train_original()
+        sub = os.path.join(self.a, "old")
+        os.mkdir(sub)
+        for name in os.listdir(self.a):
+            if name != "old":
+                os.rename(os.path.join(self.a, name), os.path.join(sub, name))
+        rc, out, err = ck("history", sub, "--json")
+        self.assertEqual(rc, 0, err)
+        self.assertNotIn("/old/old/", out)
+
+
 class ResumedAfterRelocation(RelocateTestBase):
     def test_moved_work_dir_resumes_from_its_own_files(self):
         a, c = self.a, self.c
