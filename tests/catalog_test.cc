@@ -7,6 +7,7 @@
 // --gtest_filter=CatalogWriter.Run and CKPT_WRITER_* set, as a writer whose append latency it
 // measures while Python holds a read transaction open. Without CKPT_WRITER_LEDGER it skips.
 #include <sqlite3.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -1164,6 +1165,25 @@ TEST_F(CatalogTest, SimulateOnAReadOnlyRootSaysItCannotWriteThere) {
   Cli r = cli("simulate " + scenario + " --root " + (dir_ / "a_file").string());
   EXPECT_EQ(r.rc, 2) << r.err;
   EXPECT_THAT(r.err, HasSubstr("is not a directory"));
+}
+
+// A FIFO named like the ledger: every verb refuses it at once, naming it (an open without
+// O_NONBLOCK waits forever for a writer that never comes); no verb at all is a usage error.
+TEST_F(CatalogTest, CliRefusesAFifoNamedLikeTheLedgerAtOnceAndWantsAVerb) {
+  const std::string odd = (dir_ / "fifo").string();
+  fs::create_directories(odd);
+  ASSERT_EQ(::mkfifo((odd + "/ckptledger.sqlite").c_str(), 0644), 0);
+  for (const char* verb : {"best", "latest", "history", "runs", "state", "verify", "gc", "export"}) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const char* bin = std::getenv("CKPT_BIN");
+    ASSERT_NE(bin, nullptr);
+    Cli r = cli("20 " + std::string(bin) + " " + verb + " " + odd, "timeout");
+    EXPECT_EQ(r.rc, 2) << verb << ": " << r.err;
+    EXPECT_THAT(r.err, HasSubstr("not a regular file")) << verb;
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(10)) << verb;
+  }
+  Cli none = cli("");
+  EXPECT_EQ(none.rc, 2) << none.out << none.err;
 }
 
 TEST_F(CatalogTest, CliErrorsHaveDistinctExitCodes) {
