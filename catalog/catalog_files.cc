@@ -7,8 +7,8 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
-#include <limits>
 #include <map>
+#include <optional>
 #include <set>
 
 #include <fmt/format.h>
@@ -129,52 +129,59 @@ bool Catalog::replaced_since(FileCheck& fc, int64_t seq) {
 LatestResult Catalog::latest() {
   LatestResult r;
   r.checkpoint = nullptr;
-  // Newest first along events_by_kind, a page at a time; the first file that verifies is the
-  // answer. Each page's files are read after its read transaction, so that a mismatch can be
-  // checked against commits made since (replaced_since).
-  constexpr int64_t kPage = 8;
-  for (int64_t before_seq = std::numeric_limits<int64_t>::max();;) {
-    std::vector<std::string> columns;
-    std::vector<std::vector<ojson>> rows;
-    {
-      ReadTxn txn(*this);
-      for_each_row(
-          fmt::format("SELECT c.path AS path, c.step AS step, c.epoch AS epoch, c.iter AS iter, "
-                      "c.bytes AS bytes, c.digest AS sha256, "
-                      "strftime('%Y-%m-%dT%H:%M:%S', c.ts_us / 1000000, 'unixepoch') || "
-                      "printf('.%06dZ', c.ts_us % 1000000) AS committed_at, c.seq AS seq, "
-                      "c.run_id AS run_id FROM events c WHERE c.kind = 'save_committed' AND "
-                      "c.seq < ? AND "
-                      "coalesce(nullif(json_extract(c.detail, '$.role'), ''), 'regular') = "
-                      "'regular' AND {} ORDER BY c.seq DESC LIMIT {}",
-                      kStillLive, kPage),
-          {before_seq}, [&](const std::vector<std::string>& cols, const std::vector<ojson>& row) {
-            columns = cols;
-            rows.push_back(row);
-            return true;
-          });
-    }
-    for (const auto& row : rows) {
-      FileCheck fc;
-      fc.path = str(row[0]);
-      fc.expected_bytes = num(row[4]);
-      fc.expected_sha256 = str(row[5]);
-      check_file(fc, nullptr);
-      if (!fc.problem.empty() && !replaced_since(fc, num(row[7]))) {
-        r.rejected.push_back({fc.path, fc.problem});
-        continue;
-      }
-      ojson o = ojson::object();
-      for (size_t i = 0; i < columns.size(); ++i) o[columns[i]] = row[i];
-      o["bytes"] = fc.expected_bytes;
-      o["sha256"] = fc.expected_sha256;
-      o["verified"] = true;
-      r.checkpoint = o;
-      return r;
-    }
-    if (static_cast<int64_t>(rows.size()) < kPage) return r;
-    before_seq = num(rows.back()[7]);
+  // Newest first along events_by_kind, streamed: the scan stops at the first file that verifies
+  // (a long run has pruned almost every file it committed). Newer files that did not verify are
+  // checked again after the read transaction against what was committed since (replaced_since):
+  // one of them may be a file a running save replaced under its name.
+  struct Candidate {
+    std::vector<ojson> row;
+    FileCheck fc;
+  };
+  std::vector<std::string> columns;
+  std::vector<Candidate> newer;  // did not verify, newest first
+  std::optional<Candidate> found;
+  {
+    ReadTxn txn(*this);
+    for_each_row(
+        fmt::format("SELECT c.path AS path, c.step AS step, c.epoch AS epoch, c.iter AS iter, "
+                    "c.bytes AS bytes, c.digest AS sha256, "
+                    "strftime('%Y-%m-%dT%H:%M:%S', c.ts_us / 1000000, 'unixepoch') || "
+                    "printf('.%06dZ', c.ts_us % 1000000) AS committed_at, c.seq AS seq, "
+                    "c.run_id AS run_id FROM events c WHERE c.kind = 'save_committed' AND "
+                    "coalesce(nullif(json_extract(c.detail, '$.role'), ''), 'regular') = "
+                    "'regular' AND {} ORDER BY c.seq DESC",
+                    kStillLive),
+        {}, [&](const std::vector<std::string>& cols, const std::vector<ojson>& row) {
+          columns = cols;
+          Candidate c{row, FileCheck{}};
+          c.fc.path = str(row[0]);
+          c.fc.expected_bytes = num(row[4]);
+          c.fc.expected_sha256 = str(row[5]);
+          check_file(c.fc, nullptr);
+          if (c.fc.problem.empty()) {
+            found = std::move(c);
+            return false;
+          }
+          newer.push_back(std::move(c));
+          return true;
+        });
   }
+  for (Candidate& c : newer) {
+    if (!replaced_since(c.fc, num(c.row[7]))) {
+      r.rejected.push_back({c.fc.path, c.fc.problem});
+      continue;
+    }
+    found = std::move(c);
+    break;
+  }
+  if (!found) return r;
+  ojson o = ojson::object();
+  for (size_t i = 0; i < columns.size(); ++i) o[columns[i]] = found->row[i];
+  o["bytes"] = found->fc.expected_bytes;
+  o["sha256"] = found->fc.expected_sha256;
+  o["verified"] = true;
+  r.checkpoint = o;
+  return r;
 }
 
 VerifyResult Catalog::verify(const ProgressFn& progress) {
