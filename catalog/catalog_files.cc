@@ -72,7 +72,7 @@ void check_file(FileCheck& fc, const std::function<void(int64_t)>& on_bytes,
   }
   ::close(fd);
   fc.actual_sha256 = sha.hex_digest();
-  fc.problem = fc.actual_bytes != fc.expected_bytes ? "size differs"
+  fc.problem = fc.actual_bytes != fc.expected_bytes     ? "size differs"
                : fc.actual_sha256 != fc.expected_sha256 ? "sha256 differs"
                                                         : "";
 }

@@ -82,8 +82,8 @@ struct PreparedEvent {
 };
 struct PreparedPayload {
   uint32_t v = 1;
-  std::string commit;              // the save_committed's detail (a SavePayload)
-  std::vector<std::string> then;   // the rest of its transaction, in order: PreparedEvent JSON
+  std::string commit;             // the save_committed's detail (a SavePayload)
+  std::vector<std::string> then;  // the rest of its transaction, in order: PreparedEvent JSON
   template <class A>
   void serialize(A& ar) {
     ar(CEREAL_NVP(v), CEREAL_NVP(commit), CEREAL_NVP(then));

@@ -91,19 +91,7 @@ std::vector<std::string> ReconcilePlan::problems() const {
 std::vector<Event> ReconcilePlan::events() const {
   std::vector<Event> out;
   for (const Finding& f : findings) {
-    if (f.finding == "rolled_forward") {
-      Event c;
-      c.kind = EventKind::kSaveCommitted;
-      c.path = f.path;
-      c.step = f.step;
-      c.epoch = f.epoch;
-      c.iter = f.iter;
-      c.bytes = f.bytes;
-      c.digest = f.commit_digest;
-      c.detail = f.commit_detail;
-      out.push_back(std::move(c));
-      out.insert(out.end(), f.commit_then.begin(), f.commit_then.end());
-    }
+    out.insert(out.end(), f.commit.begin(), f.commit.end());
     Event e;
     e.kind = EventKind::kRecovered;
     e.path = f.path;
@@ -160,7 +148,7 @@ ReconcilePlan plan_reconcile(const HookState& state, const ReconcileScope& scope
   dirs.insert(scope.extra_dirs.begin(), scope.extra_dirs.end());
   std::set<std::string> in_flight_temps;
   std::set<std::string> replacing;  // committed files a save_prepared is replacing
-  std::vector<Finding> rolled;       // saves rolled forward
+  std::vector<Finding> rolled;      // saves rolled forward
   std::vector<std::string> rolled_prunes;
 
   // A save that began and never committed: the process died while writing it (or, with a live
@@ -184,9 +172,17 @@ ReconcilePlan plan_reconcile(const HookState& state, const ReconcileScope& scope
         f.step = begun.step;
         f.epoch = begun.epoch;
         f.iter = begun.iter;
-        f.commit_digest = begun.prepared_digest;
         const auto pp = from_detail<PreparedPayload>(begun.prepared_detail, 0);
-        f.commit_detail = pp.commit;
+        Event committed;
+        committed.kind = EventKind::kSaveCommitted;
+        committed.path = path;
+        committed.step = begun.step;
+        committed.epoch = begun.epoch;
+        committed.iter = begun.iter;
+        committed.bytes = begun.prepared_bytes;
+        committed.digest = begun.prepared_digest;
+        committed.detail = pp.commit;
+        f.commit.push_back(std::move(committed));
         for (const std::string& text : pp.then) {
           const auto pe = from_detail<PreparedEvent>(text, 0);
           Event e;
@@ -200,7 +196,7 @@ ReconcilePlan plan_reconcile(const HookState& state, const ReconcileScope& scope
           e.detail = pe.detail;
           // The files this commit prunes are removed with it (what the save would have done).
           if (e.kind == EventKind::kPruned && !e.path.empty()) rolled_prunes.push_back(e.path);
-          f.commit_then.push_back(std::move(e));
+          f.commit.push_back(std::move(e));
         }
         rolled.push_back(f);
         add(std::move(f));
@@ -252,8 +248,7 @@ ReconcilePlan plan_reconcile(const HookState& state, const ReconcileScope& scope
   // a resume loads is checked when it is loaded (`ckptledger verify` hashes them all).
   for (const auto& [path, lf] : state.live) {
     dirs.insert(fs::path(path).parent_path().string());
-    if (replacing.count(path) ||
-        std::count(rolled_prunes.begin(), rolled_prunes.end(), path)) {
+    if (replacing.count(path) || std::count(rolled_prunes.begin(), rolled_prunes.end(), path)) {
       continue;
     }
     const int64_t size = size_or_minus_one(path);

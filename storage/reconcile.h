@@ -62,10 +62,8 @@ struct Finding {
   int64_t bytes = -1;    // size on disk (-1: no file)
   int64_t step = 0, epoch = 0, iter = 0;
   // rolled_forward: the save's commit, appended before the finding's `recovered` event: its
-  // save_committed (this path, `bytes`, this digest and payload) and the events committed with it.
-  std::string commit_digest;
-  std::string commit_detail;
-  std::vector<Event> commit_then;
+  // save_committed and the events committed with it.
+  std::vector<Event> commit;
 };
 
 struct ReconcilePlan {
@@ -79,8 +77,8 @@ struct ReconcilePlan {
 
   bool empty() const { return findings.empty() && behind.empty(); }
   std::vector<std::string> problems() const;  // one line per problem finding
-  std::vector<Event> events() const;  // what the repair appends: `recovered` events (a roll
-                                      // forward's save_committed before its own)
+  std::vector<Event> events() const;          // what the repair appends: `recovered` events (a roll
+                                              // forward's save_committed before its own)
 };
 
 struct ReconcileScope {

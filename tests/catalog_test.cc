@@ -1107,6 +1107,25 @@ TEST_F(CatalogTest, ReadingAFinishedLedgerCreatesNothingBesideIt) {
   EXPECT_EQ(live->query("SELECT max(seq) FROM events").rows[0][0].get<int64_t>(), before + 1);
 }
 
+// `dir` bind-mounted read-only at `at` while this object lives; `mounted` is false where this
+// process cannot mount (not root, or no mount namespace rights).
+struct ReadOnlyMount {
+  ReadOnlyMount(const std::string& dir, std::string at_) : at(std::move(at_)) {
+    fs::create_directories(at);
+    const std::string mount = "mount --bind " + dir + " " + at + " 2>/dev/null && mount -o " +
+                              "remount,ro,bind " + at + " 2>/dev/null";
+    mounted = std::system(mount.c_str()) == 0;
+    if (!mounted) (void)!std::system(("umount " + at + " 2>/dev/null").c_str());
+  }
+  ~ReadOnlyMount() {
+    if (mounted) (void)!std::system(("umount " + at + " || umount -l " + at).c_str());
+  }
+  ReadOnlyMount(const ReadOnlyMount&) = delete;
+  ReadOnlyMount& operator=(const ReadOnlyMount&) = delete;
+  std::string at;
+  bool mounted = false;
+};
+
 // Read-only storage: the work_dir of a finished run bind-mounted read-only. Every verb that only
 // reads works there (it used to fail with "unable to open database file"). Skipped where this
 // process cannot mount (not root, or no mount namespace rights).
@@ -1114,17 +1133,8 @@ TEST_F(CatalogTest, CliVerbsReadAFinishedRunOnAReadOnlyMount) {
   story();
   crash();
   const std::string mnt = (dir_ / "ro").string();
-  fs::create_directories(mnt);
-  const std::string mount = "mount --bind " + work_ + " " + mnt + " 2>/dev/null && mount -o " +
-                            "remount,ro,bind " + mnt + " 2>/dev/null";
-  if (std::system(mount.c_str()) != 0) {
-    (void)!std::system(("umount " + mnt + " 2>/dev/null").c_str());
-    GTEST_SKIP() << "cannot bind-mount read-only here";
-  }
-  struct Unmount {
-    std::string at;
-    ~Unmount() { (void)!std::system(("umount " + at + " || umount -l " + at).c_str()); }
-  } unmount{mnt};
+  ReadOnlyMount ro(work_, mnt);
+  if (!ro.mounted) GTEST_SKIP() << "cannot bind-mount read-only here";
   ASSERT_NE(::access((mnt + "/ckptledger.sqlite").c_str(), W_OK), 0) << "the mount is writable";
   for (const char* verb : {"best", "latest", "history", "runs", "state", "verify", "gc"}) {
     Cli r = cli(std::string(verb) + " " + mnt + " --json");
@@ -1140,18 +1150,9 @@ TEST_F(CatalogTest, CliVerbsReadAFinishedRunOnAReadOnlyMount) {
 // directory" (it was exit 4 with that message). Skipped where this process cannot mount.
 TEST_F(CatalogTest, SimulateOnAReadOnlyRootSaysItCannotWriteThere) {
   const std::string mnt = (dir_ / "ro").string();
-  fs::create_directories(mnt);
   fs::create_directories(dir_ / "empty");
-  const std::string mount = "mount --bind " + (dir_ / "empty").string() + " " + mnt +
-                            " 2>/dev/null && mount -o remount,ro,bind " + mnt + " 2>/dev/null";
-  if (std::system(mount.c_str()) != 0) {
-    (void)!std::system(("umount " + mnt + " 2>/dev/null").c_str());
-    GTEST_SKIP() << "cannot bind-mount read-only here";
-  }
-  struct Unmount {
-    std::string at;
-    ~Unmount() { (void)!std::system(("umount " + at + " || umount -l " + at).c_str()); }
-  } unmount{mnt};
+  ReadOnlyMount ro((dir_ / "empty").string(), mnt);
+  if (!ro.mounted) GTEST_SKIP() << "cannot bind-mount read-only here";
   const std::string scenario = (dir_ / "scenario.json").string();
   spit(scenario, R"({"hook": {"interval": 1}, "loop": "epoch", "max_epochs": 1})");
   for (const std::string& root : {mnt, mnt + "/sub"}) {
@@ -1173,7 +1174,8 @@ TEST_F(CatalogTest, CliRefusesAFifoNamedLikeTheLedgerAtOnceAndWantsAVerb) {
   const std::string odd = (dir_ / "fifo").string();
   fs::create_directories(odd);
   ASSERT_EQ(::mkfifo((odd + "/ckptledger.sqlite").c_str(), 0644), 0);
-  for (const char* verb : {"best", "latest", "history", "runs", "state", "verify", "gc", "export"}) {
+  for (const char* verb :
+       {"best", "latest", "history", "runs", "state", "verify", "gc", "export"}) {
     const auto t0 = std::chrono::steady_clock::now();
     const char* bin = std::getenv("CKPT_BIN");
     ASSERT_NE(bin, nullptr);

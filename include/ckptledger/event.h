@@ -34,8 +34,9 @@ enum class EventKind : int32_t {
   kRunFinished = 10,    // the process finished training normally
   kValidated = 11,      // a validation ran; the metrics dict is in detail
   kConfigChanged = 12,  // the hook config differs from the previous run's (diff in detail)
-  kSavePrepared = 13,   // a save is about to replace an existing file under its name: the new
-                        // bytes (bytes, digest) are durable under the temp name (docs/crash-safety.md)
+  // A save is about to replace an existing file under its name: the new bytes (bytes, digest)
+  // are durable under the temp name (docs/crash-safety.md).
+  kSavePrepared = 13,
 };
 
 inline constexpr int32_t kMaxEventKind = 13;
