@@ -17,10 +17,13 @@
 #include "ckptledger/hook_state.h"
 #include "ckptledger/ledger.h"
 #include "hook/checkpoint_format.h"
+#include "hook/coordinator.h"
+#include "hook/layouts.h"
 #include "hook/stager.h"
 #include "hook/writer_pool.h"
 #include "ledger/sha256.h"
 #include "policy/hook_events.h"
+#include "policy/parts.h"
 #include "policy/save_planner.h"
 #include "storage/dir_lock.h"
 #include "storage/durable_file.h"
@@ -35,7 +38,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string join(const std::string& dir, const std::string& name) {
+std::string join_path(const std::string& dir, const std::string& name) {
   if (dir.empty() || dir.back() == '/') return dir + name;
   return dir + "/" + name;
 }
@@ -125,6 +128,15 @@ struct CheckpointHook::Impl {
   // written by the training thread while the pool is idle (open, after_run) and by the strand.
   std::atomic<int64_t> snapshot_seq{0};
   FileSystem* files = nullptr;  // not owned
+  // A job of several ranks (CheckpointHook::join; docs/distributed.md): the hook's own group.
+  // Rank 0 is the ledger's only writer; every rank holds the same state, decides the same saves
+  // and takes part in each save's exchange.
+  std::unique_ptr<Coordinator> coord;
+  int rank = 0;
+  int world = 1;
+  bool shared_open = false;          // the state came from rank 0 (or was handed to the others)
+  int64_t saves_in_run = 0;          // numbers the parts of this run's saves (policy/parts.h)
+  std::vector<int64_t> exchange_us;  // rank 0: each commit's coordination cost (guarded by mu)
   // Last member: destroyed (drained, joined) first, while everything its jobs touch is alive.
   std::unique_ptr<WriterPool> pool;
 
@@ -142,10 +154,55 @@ struct CheckpointHook::Impl {
 
   std::string ledger_file() const {
     return cfg.options.ledger_path ? absolute_normal(*cfg.options.ledger_path)
-                                   : join(work_dir, kDefaultLedgerName);
+                                   : join_path(work_dir, kDefaultLedgerName);
   }
 
+  bool multi() const { return coord != nullptr; }
+  bool writes_ledger() const { return rank == 0; }
+
   void open_ledger(Runner& runner) {
+    if (multi()) {
+      open_shared(runner);
+      return;
+    }
+    open_ledger_alone(runner);
+  }
+
+  // Rank 0 opens the ledger (lock, replay, reconciliation) and hands the state, or its error, to
+  // every other rank: all ranks start from the same state.
+  void open_shared(Runner& runner) {
+    if (shared_open) return;
+    if (rank == 0) {
+      std::string state_bytes;
+      try {
+        open_ledger_alone(runner);
+        std::lock_guard<std::mutex> lock(mu);
+        state_bytes = "S" + serialize_state(state);
+      } catch (const std::exception& ex) {
+        coord->broadcast(std::string("E") + ex.what());
+        throw;
+      }
+      coord->broadcast(state_bytes);
+    } else {
+      work_dir = strip_trailing_slash(absolute_normal(runner.work_dir()));
+      const std::string msg = coord->broadcast("");
+      if (msg.empty() || msg[0] != 'S') {
+        throw_error(ErrorCode::kIOError,
+                    fmt::format("rank {}: rank 0 cannot open the ledger: {}", rank,
+                                msg.empty() ? "(no reason)" : msg.substr(1)));
+      }
+      std::optional<HookState> s = deserialize_state(msg.substr(1));
+      if (!s) {
+        throw_error(ErrorCode::kCorruption,
+                    fmt::format("rank {}: the hook state rank 0 sent does not read", rank));
+      }
+      std::lock_guard<std::mutex> lock(mu);
+      state = std::move(*s);
+    }
+    shared_open = true;
+  }
+
+  void open_ledger_alone(Runner& runner) {
     if (ledger) return;
     work_dir = strip_trailing_slash(absolute_normal(runner.work_dir()));
     std::error_code ec;
@@ -185,7 +242,7 @@ struct CheckpointHook::Impl {
   std::string resolve_out_dir() const {
     if (!cfg.options.out_dir) return work_dir;
     std::string given = strip_trailing_slash(absolute_normal(*cfg.options.out_dir));
-    return given == work_dir ? given : join(given, fs::path(work_dir).filename().string());
+    return given == work_dir ? given : join_path(given, fs::path(work_dir).filename().string());
   }
 
   // Checks the ledger against the disk before anything else happens (storage/reconcile.h), repairs
@@ -350,7 +407,29 @@ struct CheckpointHook::Impl {
       it->second.bytes = e.bytes.value_or(0);
       it->second.digest = e.digest;
       it->second.seq = e.seq;
+      if (e.kind == EventKind::kSaveCommitted && multi()) {
+        const SavePayload p = from_detail<SavePayload>(e.detail, e.seq);
+        it->second.layout = p.layout;
+        it->second.world_size = p.world_size;
+        it->second.part_paths = p.part_paths;
+        it->second.part_bytes = p.part_bytes;
+        it->second.part_sha256 = p.part_sha256;
+      }
     }
+  }
+
+  // `paths` and the other ranks' parts of each (read before the decision that forgets them).
+  std::vector<std::string> with_parts(std::vector<std::string> paths) const {
+    std::lock_guard<std::mutex> lock(mu);
+    const size_t n = paths.size();
+    for (size_t i = 0; i < n; ++i) {
+      auto it = state.live.find(paths[i]);
+      if (it == state.live.end()) continue;
+      for (size_t r = 1; r < it->second.part_paths.size(); ++r) {
+        paths.push_back(it->second.part_paths[r]);
+      }
+    }
+    return paths;
   }
 
   HookState snapshot() const {
@@ -362,7 +441,9 @@ struct CheckpointHook::Impl {
   // the pool in order with the saves; `remove_after` files go once they are recorded.
   void record(std::vector<Event> events, std::vector<std::string> remove_after = {}) {
     if (events.empty()) return;
+    remove_after = with_parts(std::move(remove_after));
     decide(events);
+    if (!writes_ledger()) return;  // rank 0 appends; every rank holds the same state
     pool->post(
         [this, events = std::move(events), remove_after = std::move(remove_after)]() mutable {
           ledger->append_batch(events);
@@ -379,7 +460,7 @@ struct CheckpointHook::Impl {
     std::exception_ptr e = pool->take_error();
     if (!e) return;
     pool->drain();
-    rebuild_state();
+    if (ledger) rebuild_state();  // the other ranks of a job stop (on_error=raise): nothing to redo
     // The failure keeps its own code (a full disk is kIOError, a state the writer cannot encode
     // kInvalidArgument, ...); only errors from outside ckptledger become kIOError.
     std::string what = "checkpoint write failed";
@@ -458,6 +539,16 @@ struct CheckpointHook::Impl {
   // rewrites last_checkpoint (docs/crash-safety.md: durable before referenced, delete after
   // successor, off the critical path).
   void save(Runner& runner, PlannedSave plan) {
+    // What the save supersedes goes with the parts other ranks wrote of it, and a save under a
+    // name already live (the re-save after a best) replaces that file's parts too.
+    plan.remove_after = with_parts(std::move(plan.remove_after));
+    for (const std::string& p : with_parts({plan.path})) {
+      if (p != plan.path) plan.remove_after.push_back(p);
+    }
+    if (multi()) {
+      save_shared(runner, std::move(plan));
+      return;
+    }
     const std::string path = plan.path;
     std::vector<Event> commit = std::move(plan.commit);
     std::vector<std::string> remove_after = std::move(plan.remove_after);
@@ -483,7 +574,7 @@ struct CheckpointHook::Impl {
     sp.stall_us = stall_us;
     commit.front().detail = to_detail(sp);
     stage_saves.push_back(path);
-    const std::string last_file = join(work_dir, "last_checkpoint");
+    const std::string last_file = join_path(work_dir, "last_checkpoint");
     pool->post(
         [this, path, staged, ckpt, commit = std::move(commit),
          remove_after = std::move(remove_after), moves_last_checkpoint, last_file]() mutable {
@@ -496,32 +587,7 @@ struct CheckpointHook::Impl {
           // Replacing a file under its name (the re-save after a best): its new size and SHA-256
           // are durable in the ledger before the rename, so a crash between the rename and the
           // commit leaves bytes the ledger knows (reconciliation rolls the save forward).
-          auto prepare = [&](const WrittenFile& w) {
-            std::error_code ec;
-            if (!fs::exists(path, ec)) return;
-            Event prepared = commit.front();
-            prepared.kind = EventKind::kSavePrepared;
-            prepared.bytes = static_cast<int64_t>(w.bytes);
-            prepared.digest = w.sha256;
-            PreparedPayload pp;
-            pp.commit = commit.front().detail;
-            for (size_t i = 1; i < commit.size(); ++i) {
-              const Event& x = commit[i];
-              PreparedEvent pe;
-              pe.kind = event_kind_name(x.kind);
-              pe.path = x.path;
-              pe.step = x.step.value_or(0);
-              pe.epoch = x.epoch.value_or(0);
-              pe.iter = x.iter.value_or(0);
-              pe.metric = x.metric;
-              pe.has_score = x.score.has_value();
-              pe.score = x.score.value_or(0);
-              pe.detail = x.detail;
-              pp.then.push_back(to_detail(pe));
-            }
-            prepared.detail = to_detail(pp);
-            ledger->append(prepared);
-          };
+          auto prepare = [&](const WrittenFile& w) { prepare_replacement(path, w, commit); };
           WrittenFile w = write_durably(
               path, [&](const ByteSink& sink) { write_checkpoint(body, sink); }, *files, prepare);
           staged.reset();  // the buffer set is free for the next save
@@ -533,30 +599,13 @@ struct CheckpointHook::Impl {
           if (moves_last_checkpoint) write_text_durably(last_file, path, *files);
           maybe_snapshot(kSnapshotEvery);
         },
-        [this, path](std::exception_ptr e) {
-          Event failed;
-          failed.kind = EventKind::kSaveFailed;
-          failed.path = path;
-          SavePayload fp;
-          try {
-            std::rethrow_exception(e);
-          } catch (const std::exception& ex) {
-            fp.error = ex.what();
-          }
-          failed.detail = to_detail(fp);
-          try {
-            ledger->append(failed);
-          } catch (const std::exception& ex) {
-            // The ledger itself is failing: the original error stays the sticky one.
-            emit(LogLevel::kError, std::string("cannot record save_failed: ") + ex.what());
-          }
-        });
+        [this, path](std::exception_ptr e) { record_save_failed(path, e); });
   }
 
   // max_inflight_bytes counts staged snapshot bytes; 0 means a validation's burst in flight: the
   // regular save, a best save per key and the regular re-save after a best (back to back, so that
   // a normal validation never waits for the writer).
-  void size_budget(const c10::impl::GenericDict& ckpt) {
+  void size_budget(const c10::IValue& ckpt) {
     budget_sized = true;
     const int64_t budget = cfg.options.max_inflight_bytes;
     size_t sets = cfg.best.empty() ? 1 : 2 + cfg.best.size();
@@ -571,7 +620,7 @@ struct CheckpointHook::Impl {
           for (const auto& x : v.toListRef()) walk(x);
         }
       };
-      walk(c10::IValue(ckpt));
+      walk(ckpt);
       sets = std::max<uint64_t>(1, static_cast<uint64_t>(budget) / std::max<uint64_t>(1, bytes));
     }
     stager = std::make_unique<Stager>(sets);
@@ -593,6 +642,7 @@ struct CheckpointHook::Impl {
       Impl* impl;
       Event e;
       ~AppendAtEnd() {
+        if (!impl->writes_ledger()) return;
         impl->pool->post([impl = impl, e = e]() mutable {
           std::vector<Event> v{e};
           impl->ledger->append_batch(v);
@@ -611,8 +661,409 @@ struct CheckpointHook::Impl {
     }
   }
 
+  // ---- a job of several ranks (docs/distributed.md) -------------------------------------------
+
+  // What a rank decided for one exchange, in words: every rank's must equal rank 0's.
+  static std::string describe_decision(const std::string& path, const std::vector<Event>& commit,
+                                       const std::vector<std::string>& remove_after) {
+    std::string out = "save " + path + ", commit [";
+    for (size_t i = 0; i < commit.size(); ++i) {
+      const Event& e = commit[i];
+      out += fmt::format("{}{} {}", i ? ", " : "", event_kind_name(e.kind), e.path);
+      if (!e.metric.empty()) out += " " + e.metric;
+      if (e.score) out += fmt::format("={}", *e.score);
+    }
+    out += "], then remove [";
+    for (size_t i = 0; i < remove_after.size(); ++i) {
+      out += (i ? ", " : "") + remove_after[i];
+    }
+    return out + "]";
+  }
+
+  // The checkpoint `path` as one dictionary: a "spread" checkpoint's parts assembled. Each part's
+  // SHA-256 is checked when `verify`: nullopt and `*why` when one differs.
+  std::optional<c10::IValue> read_parts(const std::string& path, const LiveFile& lf, bool verify,
+                                        std::string* why) {
+    auto read_one = [&](const std::string& p,
+                        const std::string& digest) -> std::optional<c10::IValue> {
+      if (!verify) return read_checkpoint(p);
+      VerifiedCheckpoint v = read_checkpoint_verified(p, digest);
+      if (v.matches) return std::move(v.value);
+      if (why) *why = "SHA-256 mismatch of " + p;
+      return std::nullopt;
+    };
+    if (lf.layout == "sharded" && lf.part_paths.size() > 1) {
+      // Each rank's own part (rank 0: the file itself).
+      if (rank == 0) return read_one(path, lf.digest);
+      return read_one(lf.part_paths.at(static_cast<size_t>(rank)),
+                      lf.part_sha256.at(static_cast<size_t>(rank)));
+    }
+    std::optional<c10::IValue> part0 = read_one(path, lf.digest);
+    if (!part0 || lf.layout != "spread" || lf.part_paths.size() <= 1) return part0;
+    std::vector<c10::IValue> others;
+    for (size_t r = 1; r < lf.part_paths.size(); ++r) {
+      std::optional<c10::IValue> part = read_one(lf.part_paths[r], lf.part_sha256.at(r));
+      if (!part) return std::nullopt;
+      others.push_back(std::move(*part));
+    }
+    return assemble_spread(*part0, others);
+  }
+
+  c10::IValue read_whole(const std::string& path) {
+    LiveFile lf;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      auto it = state.live.find(path);
+      if (it != state.live.end()) lf = it->second;
+    }
+    return *read_parts(path, lf, /*verify=*/false, nullptr);
+  }
+
+  // A "sharded" checkpoint is each rank's own state: it resumes only at the world size that
+  // wrote it.
+  void check_world_size(const std::string& path, const LiveFile& lf) const {
+    if (lf.layout != "sharded" || lf.world_size == world) return;
+    throw_error(ErrorCode::kInvalidArgument,
+                fmt::format("cannot resume from {}: it was saved with save_layout \"sharded\" by "
+                            "{} ranks, and this job has {}; a sharded checkpoint holds each "
+                            "rank's own state and resumes only at the world size that wrote it "
+                            "(\"main\" and \"spread\" resume at any world size)",
+                            path, lf.world_size, world));
+  }
+
+  // The exchange that ends every save of a job (and the run's end): each rank reports its part
+  // (or its failure) and what it decided; rank 0 commits only when every part is durable and
+  // every decision equals its own, and tells every rank the outcome.
+  struct Report {
+    bool ok = true;
+    std::string error;
+    std::string path;  // "" = this rank wrote nothing
+    int64_t bytes = 0;
+    std::string sha256;
+    int64_t stall_us = 0;
+    std::string decision;
+    int64_t arrive_us = 0;  // CLOCK_MONOTONIC when the rank entered the exchange
+    std::string json() const {
+      return nlohmann::json{{"ok", ok},
+                            {"error", error},
+                            {"path", path},
+                            {"bytes", bytes},
+                            {"sha256", sha256},
+                            {"stall_us", stall_us},
+                            {"decision", decision},
+                            {"arrive_us", arrive_us}}
+          .dump();
+    }
+    static Report parse(const std::string& text) {
+      const nlohmann::json j = nlohmann::json::parse(text);
+      Report r;
+      r.ok = j.at("ok");
+      r.error = j.at("error");
+      r.path = j.at("path");
+      r.bytes = j.at("bytes");
+      r.sha256 = j.at("sha256");
+      r.stall_us = j.at("stall_us");
+      r.decision = j.at("decision");
+      r.arrive_us = j.at("arrive_us");
+      return r;
+    }
+  };
+
+  // Rank 0: the gathered reports checked; the save's payload completed with its parts. Throws
+  // (every rank then raises it) on a failed part or a decision that is not rank 0's.
+  // `*last_arrival_us`: when the last rank entered the exchange.
+  void check_reports(const std::vector<std::string>& texts, const Report& mine, int64_t step,
+                     std::vector<Event>& commit, int64_t* last_arrival_us = nullptr) {
+    std::vector<Report> reports;
+    for (const std::string& t : texts) reports.push_back(Report::parse(t));
+    reports.at(0) = mine;
+    if (last_arrival_us) {
+      for (const Report& r : reports) *last_arrival_us = std::max(*last_arrival_us, r.arrive_us);
+    }
+    for (size_t r = 1; r < reports.size(); ++r) {
+      if (reports[r].decision != mine.decision) {
+        throw_error(ErrorCode::kInvalidArgument,
+                    fmt::format("the ranks decided differently at step {}: rank 0 decided \"{}\"; "
+                                "rank {} decided \"{}\" (are the metrics all-reduced, and the "
+                                "hook configs equal?); nothing was committed",
+                                step, mine.decision, r, reports[r].decision));
+      }
+    }
+    std::string failed;
+    for (size_t r = 0; r < reports.size(); ++r) {
+      if (!reports[r].ok)
+        failed += fmt::format("{}rank {}: {}", failed.empty() ? "" : "; ", r, reports[r].error);
+    }
+    if (!failed.empty()) {
+      throw_error(ErrorCode::kIOError, fmt::format("step {}: not committed: {}", step, failed));
+    }
+    if (commit.empty()) return;
+    SavePayload sp = from_detail<SavePayload>(commit.front().detail, 0);
+    sp.part_paths.clear();
+    for (size_t r = 0; r < (sp.layout != "main" ? reports.size() : 1); ++r) {
+      sp.part_paths.push_back(reports[r].path);
+      sp.part_bytes.push_back(reports[r].bytes);
+      sp.part_sha256.push_back(reports[r].sha256);
+      sp.part_stall_us.push_back(reports[r].stall_us);
+    }
+    commit.front().detail = to_detail(sp);
+  }
+
+  // The job a save of a job posts on every rank (and, with no save, the run's final check).
+  // Rank 0: save_begun, its own part up to the rename, the exchange, save_prepared when it
+  // replaces a file, the rename, the commit (every part listed), the outcome to every rank, then
+  // the removals. Rank r > 0: its part written durably (or its failure), the exchange, the
+  // outcome. A rank that dies makes every other rank's exchange fail.
+  void shared_job(const std::string& path, const std::string& my_path,
+                  std::shared_ptr<Staged> staged, const c10::IValue& body, Report mine,
+                  int64_t step, std::vector<Event> commit,
+                  const std::vector<std::string>& remove_after, bool moves_last_checkpoint) {
+    using Clock = std::chrono::steady_clock;
+    auto produce = [&](const ByteSink& sink) {
+      write_checkpoint(staged ? staged->content() : body, sink);
+    };
+    auto monotonic_us = []() {
+      timespec ts{};
+      clock_gettime(CLOCK_MONOTONIC, &ts);
+      return static_cast<int64_t>(ts.tv_sec) * 1000000 + ts.tv_nsec / 1000;
+    };
+    if (rank != 0) {
+      if (!my_path.empty()) {
+        try {
+          if (staged) staged->wait_ready();
+          WrittenFile w = write_durably(my_path, produce, *files);
+          mine.bytes = static_cast<int64_t>(w.bytes);
+          mine.sha256 = w.sha256;
+        } catch (const std::exception& ex) {
+          mine.ok = false;
+          mine.error = ex.what();
+        }
+        staged.reset();
+      }
+      mine.arrive_us = monotonic_us();
+      coord->gather(mine.json());
+      const nlohmann::json outcome = nlohmann::json::parse(coord->broadcast(""));
+      if (!outcome.at("ok").get<bool>()) {
+        throw_error(static_cast<ErrorCode>(outcome.at("code").get<int>()),
+                    outcome.at("error").get<std::string>());
+      }
+      if (!commit.empty()) {
+        commit.front().bytes = outcome.at("bytes").get<int64_t>();
+        commit.front().digest = outcome.at("digest").get<std::string>();
+        commit.front().detail = outcome.at("detail").get<std::string>();
+        commit.front().seq = outcome.at("seq").get<int64_t>();
+        patch_committed({commit.front()});
+      }
+      return;
+    }
+    bool exchanged = false, told = false;
+    // The coordination's own cost: from the last rank's arrival at the exchange (the ranks share
+    // CLOCK_MONOTONIC on one host; on several hosts the clocks differ and only the commit counts)
+    // to the end of the gather, plus the commit transaction. No part's write is in it.
+    int64_t coord_us = 0;
+    auto exchange = [&]() {
+      mine.arrive_us = monotonic_us();
+      std::vector<std::string> texts = coord->gather(mine.json());
+      exchanged = true;
+      int64_t last = 0;
+      check_reports(texts, mine, step, commit, &last);
+      coord_us += std::max<int64_t>(0, monotonic_us() - std::max(last, mine.arrive_us));
+    };
+    try {
+      if (commit.empty()) {
+        exchange();
+      } else {
+        Event begun = commit.front();
+        begun.kind = EventKind::kSaveBegun;
+        begun.bytes.reset();
+        ledger->append(begun);
+        if (staged) staged->wait_ready();
+        WrittenFile w = write_durably(path, produce, *files, [&](const WrittenFile& written) {
+          mine.bytes = static_cast<int64_t>(written.bytes);
+          mine.sha256 = written.sha256;
+          exchange();
+          prepare_replacement(path, written, commit);
+        });
+        staged.reset();
+        commit.front().bytes = static_cast<int64_t>(w.bytes);
+        commit.front().digest = w.sha256;
+        // The commit's own time cannot be in the record it writes: coord_us is the exchange's;
+        // CheckpointHook::exchange_timings() has both.
+        SavePayload sp = from_detail<SavePayload>(commit.front().detail, 0);
+        sp.coord_us = coord_us;
+        commit.front().detail = to_detail(sp);
+        const auto t0 = Clock::now();
+        ledger->append_batch(commit);
+        coord_us +=
+            std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0).count();
+        {
+          std::lock_guard<std::mutex> lock(mu);
+          exchange_us.push_back(coord_us);
+        }
+      }
+      nlohmann::json outcome{{"ok", true}};
+      if (!commit.empty()) {
+        outcome["bytes"] = commit.front().bytes.value_or(0);
+        outcome["digest"] = commit.front().digest;
+        outcome["detail"] = commit.front().detail;
+        outcome["seq"] = commit.front().seq;
+      }
+      coord->broadcast(outcome.dump());
+      told = true;
+      if (commit.empty()) return;
+      patch_committed(commit);
+      for (const std::string& p : remove_after) remove_durably(p, *files);
+      if (moves_last_checkpoint)
+        write_text_durably(join_path(work_dir, "last_checkpoint"), path, *files);
+      maybe_snapshot(kSnapshotEvery);
+    } catch (const std::exception& ex) {
+      if (told) throw;
+      std::string message = ex.what();
+      ErrorCode code = ErrorCode::kIOError;
+      if (const auto* e = dynamic_cast<const Error*>(&ex)) code = e->code();
+      try {
+        if (!exchanged) {
+          // Rank 0's own part failed before the exchange: the others wait in it.
+          mine.ok = false;
+          mine.error = message;
+          std::vector<std::string> texts = coord->gather(mine.json());
+          try {
+            check_reports(texts, mine, step, commit);
+          } catch (const Error& all) {
+            message = all.what();
+            code = all.code();
+          }
+        }
+        coord->broadcast(
+            nlohmann::json{{"ok", false}, {"error", message}, {"code", static_cast<int>(code)}}
+                .dump());
+      } catch (const std::exception&) {
+        // The exchange itself failed (a rank died): the others see that on their own.
+      }
+      throw_error(code, message);
+    }
+  }
+
+  // Replacing a file under its name: its new size and SHA-256, and the commit that follows, are
+  // durable in the ledger before the rename (docs/crash-safety.md: save_prepared).
+  void prepare_replacement(const std::string& path, const WrittenFile& w,
+                           const std::vector<Event>& commit) {
+    std::error_code ec;
+    if (!fs::exists(path, ec)) return;
+    Event prepared = commit.front();
+    prepared.kind = EventKind::kSavePrepared;
+    prepared.bytes = static_cast<int64_t>(w.bytes);
+    prepared.digest = w.sha256;
+    PreparedPayload pp;
+    pp.commit = commit.front().detail;
+    for (size_t i = 1; i < commit.size(); ++i) {
+      const Event& x = commit[i];
+      PreparedEvent pe;
+      pe.kind = event_kind_name(x.kind);
+      pe.path = x.path;
+      pe.step = x.step.value_or(0);
+      pe.epoch = x.epoch.value_or(0);
+      pe.iter = x.iter.value_or(0);
+      pe.metric = x.metric;
+      pe.has_score = x.score.has_value();
+      pe.score = x.score.value_or(0);
+      pe.detail = x.detail;
+      pp.then.push_back(to_detail(pe));
+    }
+    prepared.detail = to_detail(pp);
+    ledger->append(prepared);
+  }
+
+  // One checkpoint of a job: every rank decides it (the same decision), builds and stages what
+  // its layout gives it to write, and posts the exchange (shared_job).
+  void save_shared(Runner& runner, PlannedSave plan) {
+    const std::string path = plan.path;
+    std::vector<Event> commit = std::move(plan.commit);
+    const std::vector<std::string> remove_after = std::move(plan.remove_after);
+    const bool moves_last_checkpoint = plan.moves_last_checkpoint;
+    const int64_t step = commit.front().step.value_or(0);
+    Report mine;
+    mine.decision = describe_decision(path, commit, remove_after);
+    const std::string& layout = cfg.options.save_layout;
+    const int64_t save_no = ++saves_in_run;
+    int64_t run = 0;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      run = state.runs;
+    }
+    // The parts' names are known now (policy/parts.h), so that a later decision (a prune, a
+    // re-save) finds them before this save is committed; sizes and digests come with the commit.
+    SavePayload sp = from_detail<SavePayload>(commit.front().detail, 0);
+    sp.v = 2;
+    sp.layout = layout;
+    sp.world_size = world;
+    sp.part_paths = {path};
+    for (int r = 1; layout != "main" && r < world; ++r) {
+      sp.part_paths.push_back(part_path(path, r, run, save_no));
+    }
+    commit.front().detail = to_detail(sp);
+    decide(commit);
+    c10::IValue body;
+    if (rank == 0 || layout != "main") {
+      c10::IValue ckpt(content(runner, plan.meta_epoch, plan.meta_iter, plan.with_optimizer,
+                               plan.with_schedulers, snapshot()));
+      body = layout == "spread" ? spread_body(ckpt, rank, world) : ckpt;
+      mine.path = sp.part_paths.at(static_cast<size_t>(rank));
+    }
+    std::shared_ptr<Staged> staged;
+    if (!mine.path.empty() && !pool->synchronous()) {
+      std::chrono::nanoseconds stall{0};
+      if (!budget_sized) size_budget(body);
+      staged = stager->stage(body, &stall);
+      mine.stall_us = std::chrono::duration_cast<std::chrono::microseconds>(stall).count();
+      body = c10::IValue();  // the staged copy is written
+    }
+    sp.stall_us = mine.stall_us;
+    commit.front().detail = to_detail(sp);
+    stage_saves.push_back(path);
+    const std::string my_path = mine.path;
+    pool->post(
+        [this, path, my_path, staged, body, mine, step, commit, remove_after,
+         moves_last_checkpoint]() mutable {
+          shared_job(path, my_path, std::move(staged), body, std::move(mine), step,
+                     std::move(commit), remove_after, moves_last_checkpoint);
+        },
+        rank != 0 ? std::function<void(std::exception_ptr)>()
+                  : [this, path](std::exception_ptr e) { record_save_failed(path, e); });
+  }
+
+  // The run's end: one more exchange, so that a rank that made more or fewer saves than rank 0
+  // is told, not left waiting.
+  void finish_shared(Runner& runner) {
+    Report mine;
+    mine.decision =
+        fmt::format("finish the run at epoch {}, iter {}", runner.epoch(), runner.iter());
+    pool->post([this, mine]() mutable {
+      shared_job("", "", nullptr, c10::IValue(), std::move(mine), 0, {}, {}, false);
+    });
+  }
+
+  void record_save_failed(const std::string& path, std::exception_ptr e) {
+    Event failed;
+    failed.kind = EventKind::kSaveFailed;
+    failed.path = path;
+    SavePayload fp;
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& ex) {
+      fp.error = ex.what();
+    }
+    failed.detail = to_detail(fp);
+    try {
+      ledger->append(failed);
+    } catch (const std::exception& ex) {
+      // The ledger itself is failing: the original error stays the sticky one.
+      emit(LogLevel::kError, std::string("cannot record save_failed: ") + ex.what());
+    }
+  }
+
   void publish(const std::string& src) {
-    c10::IValue loaded = read_checkpoint(src);
+    c10::IValue loaded = read_whole(src);
     c10::impl::GenericDict in = loaded.toGenericDict();
     c10::impl::GenericDict out(in.keyType(), in.valueType());
     const std::vector<std::string>& wanted = *cfg.published_keys;
@@ -698,12 +1149,41 @@ std::optional<std::string> CheckpointHook::resume(Runner& runner, bool resume,
     for (auto it = m.state.regular_order.rbegin(); it != m.state.regular_order.rend(); ++it) {
       auto live = m.state.live.find(*it);
       if (live == m.state.live.end()) continue;
+      m.check_world_size(*it, live->second);
+      if (m.multi()) {
+        // Every rank verifies what it loads; one exchange decides (docs/distributed.md).
+        std::string why;
+        std::optional<c10::IValue> mine;
+        try {
+          mine = m.read_parts(*it, live->second, /*verify=*/true, &why);
+        } catch (const std::exception& ex) {
+          why = ex.what();
+        }
+        if (m.coord->max(mine ? 0 : 1) == 0) {
+          path = *it;
+          ckpt = std::move(*mine);
+          break;
+        }
+        std::string all;
+        std::vector<std::string> whys = m.coord->gather(why);
+        for (size_t r = 0; r < whys.size(); ++r) {
+          if (!whys[r].empty())
+            all += fmt::format("{}rank {}: {}", all.empty() ? "" : "; ", r, whys[r]);
+        }
+        why = m.coord->broadcast(all);
+        rp.rejected += (rp.rejected.empty() ? "" : "; ") + *it + ": " + why;
+        m.corrupt_on_resume.push_back({*it, why});
+        m.emit(
+            LogLevel::kWarning,
+            fmt::format("checkpoint {} does not verify ({}); trying the previous one", *it, why));
+        continue;
+      }
       std::string why;
       try {
-        VerifiedCheckpoint v = read_checkpoint_verified(*it, live->second.digest);
-        if (v.matches) {
+        std::optional<c10::IValue> v = m.read_parts(*it, live->second, /*verify=*/true, &why);
+        if (v) {
           path = *it;
-          ckpt = std::move(v.value);
+          ckpt = std::move(*v);
           break;
         }
         why = "SHA-256 mismatch";
@@ -874,6 +1354,7 @@ void CheckpointHook::after_train(Runner& /*runner*/) {
   // Publishing reads what was saved: everything in flight lands first.
   m.pool->drain();
   m.check_error();
+  if (!m.writes_ledger()) return;  // rank 0 publishes, from the committed parts
   if (m.cfg.options.save_last && !m.state.last_ckpt.empty()) m.publish(m.state.last_ckpt);
   for (const std::string& indicator : m.cfg.key_indicators()) {
     std::string key = indicator == "auto" ? m.state.auto_key : indicator;
@@ -889,10 +1370,15 @@ void CheckpointHook::after_train(Runner& /*runner*/) {
   }
 }
 
-void CheckpointHook::after_run(Runner& /*runner*/) {
+void CheckpointHook::after_run(Runner& runner) {
   Impl& m = *impl_;
   m.begin_stage();
   m.check_error();
+  if (m.multi()) {
+    m.finish_shared(runner);
+    m.pool->drain();
+    m.check_error();
+  }
   if (!m.ledger) return;
   Event e;
   e.kind = EventKind::kRunFinished;
@@ -904,6 +1390,34 @@ void CheckpointHook::after_run(Runner& /*runner*/) {
 }
 
 void CheckpointHook::wait_idle() { impl_->pool->drain(); }
+
+void CheckpointHook::join(const c10::intrusive_ptr<c10d::ProcessGroup>& group,
+                          const c10::intrusive_ptr<c10d::Store>& store,
+                          std::chrono::milliseconds timeout) {
+  Impl& m = *impl_;
+  if (m.ledger || m.shared_open || m.coord) {
+    throw_error(ErrorCode::kInvalidArgument,
+                "CheckpointHook::join: call it once, before resume() and before_train()");
+  }
+  if (m.cfg.options.on_error == OnError::kWarn) {
+    throw_error(ErrorCode::kInvalidArgument,
+                "CheckpointHook::join: on_error \"warn\" is not supported with a process group: "
+                "a failed save stops every rank (on_error \"raise\"), and torchrun restarts the "
+                "job from the last committed checkpoint");
+  }
+  auto coord = std::make_unique<Coordinator>(group, store, timeout);
+  if (coord->size() == 1) return;  // one rank: exactly a process alone
+  m.rank = coord->rank();
+  m.world = coord->size();
+  m.coord = std::move(coord);
+}
+
+int CheckpointHook::rank() const { return impl_->rank; }
+std::vector<int64_t> CheckpointHook::exchange_timings() const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  return impl_->exchange_us;
+}
+int CheckpointHook::world_size() const { return impl_->world; }
 
 nlohmann::json CheckpointHook::hub_info() const { return impl_->hub(impl_->state); }
 const std::string& CheckpointHook::out_dir() const { return impl_->out_dir; }

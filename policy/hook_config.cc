@@ -100,7 +100,9 @@ std::optional<std::string> get_optional_string(const std::string& name, const js
 
 // "by_epoch, interval, ...": every key to_json() writes, which is every key from_json() reads.
 std::string known_options() {
-  const json defaults = HookConfig{}.to_json();  // a named object: items() does not extend lifetime
+  HookConfig all;
+  all.save_layout = "spread";           // to_json() writes it only when it is not the default
+  const json defaults = all.to_json();  // a named object: items() does not extend lifetime
   std::string out;
   for (const auto& item : defaults.items()) {
     if (!out.empty()) out += ", ";
@@ -624,6 +626,9 @@ HookConfig HookConfig::from_json(const json& j) {
       c.recovery = parse_recovery(v);
     } else if (k == "ledger_path") {
       c.ledger_path = get_optional_string(k, v);
+    } else if (k == "save_layout") {
+      if (!v.is_string()) fail(fmt::format("\"save_layout\" must be a str, got {}", describe(v)));
+      c.save_layout = v.get<std::string>();
     } else {
       // MMEngine keeps unknown kwargs and fails at the first regular save; we fail now.
       fail(fmt::format("unknown option {} (value {}); known options: {}", quoted(k), describe(v),
@@ -659,6 +664,8 @@ json HookConfig::to_json() const {
   j["max_inflight_bytes"] = max_inflight_bytes;
   j["recovery"] = recovery_mode_name(recovery);
   j["ledger_path"] = optional_string_json(ledger_path);
+  // Written only when set: the config recorded by runs of one process stays what it was.
+  if (save_layout != "main") j["save_layout"] = save_layout;
   return j;
 }
 
@@ -673,7 +680,7 @@ bool operator==(const HookConfig& a, const HookConfig& b) {
          a.save_begin == b.save_begin && a.sync == b.sync && a.on_error == b.on_error &&
          a.writer_threads == b.writer_threads && a.writer_nice == b.writer_nice &&
          a.max_inflight_bytes == b.max_inflight_bytes && a.recovery == b.recovery &&
-         a.ledger_path == b.ledger_path;
+         a.ledger_path == b.ledger_path && a.save_layout == b.save_layout;
 }
 
 // ---- rules ----------------------------------------------------------------------------------
@@ -899,6 +906,10 @@ ValidatedConfig validate(const HookConfig& c) {
   }
   if (c.ledger_path && c.ledger_path->empty()) {
     fail("\"ledger_path\" must be a non-empty path or None, got str \"\"");
+  }
+  if (c.save_layout != "main" && c.save_layout != "spread" && c.save_layout != "sharded") {
+    fail(fmt::format("\"save_layout\" must be \"main\", \"spread\" or \"sharded\", got \"{}\"",
+                     c.save_layout));
   }
   return v;
 }

@@ -55,10 +55,24 @@ struct SavePayload {
   std::string error;  // save_failed
   // Microseconds the training thread waited for a free staging buffer set (back-pressure).
   int64_t stall_us = 0;
+  // v2: a save of a job of several ranks (docs/distributed.md). Written only there: a save of one
+  // process stays v1. The part lists are in rank order (part 0 is the event's path; "main" has
+  // that one part).
+  std::string layout;  // "main" | "spread" | "sharded"
+  int64_t world_size = 1;
+  std::vector<std::string> part_paths;
+  std::vector<int64_t> part_bytes;
+  std::vector<std::string> part_sha256;
+  std::vector<int64_t> part_stall_us;  // each rank's training-thread stall for its part
+  int64_t coord_us = 0;                // rank 0: the exchange and the commit (no writes), in us
   template <class A>
   void serialize(A& ar) {
     ar(CEREAL_NVP(v), CEREAL_NVP(role), CEREAL_NVP(key), CEREAL_NVP(keep_tracked),
        CEREAL_NVP(keep_ckpt_ids), CEREAL_NVP(error), CEREAL_NVP(stall_us));
+    if (v >= 2) {
+      ar(CEREAL_NVP(layout), CEREAL_NVP(world_size), CEREAL_NVP(part_paths), CEREAL_NVP(part_bytes),
+         CEREAL_NVP(part_sha256), CEREAL_NVP(part_stall_us), CEREAL_NVP(coord_us));
+    }
   }
 };
 

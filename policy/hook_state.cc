@@ -22,7 +22,8 @@ void serialize(A& ar, BestState& b) {
 }
 template <class A>
 void serialize(A& ar, LiveFile& f) {
-  ar(f.role, f.step, f.epoch, f.iter, f.bytes, f.digest, f.seq);
+  ar(f.role, f.step, f.epoch, f.iter, f.bytes, f.digest, f.seq, f.layout, f.world_size,
+     f.part_paths, f.part_bytes, f.part_sha256);
 }
 template <class A>
 void serialize(A& ar, HookState::Begun& b) {
@@ -97,7 +98,9 @@ bool operator==(const HookState& a, const HookState& b) {
            std::equal(x.begin(), x.end(), y.begin(), [](const auto& p, const auto& q) {
              return p.first == q.first && p.second.role == q.second.role &&
                     p.second.step == q.second.step && p.second.digest == q.second.digest &&
-                    p.second.bytes == q.second.bytes;
+                    p.second.bytes == q.second.bytes &&
+                    p.second.part_paths == q.second.part_paths &&
+                    p.second.part_sha256 == q.second.part_sha256;
            });
   };
   return best_eq(a.best, b.best) && a.auto_key == b.auto_key && a.keep_tracked == b.keep_tracked &&
@@ -123,6 +126,9 @@ void reroot_paths(HookState& s, const std::function<std::string(const std::strin
     in = std::move(out);
   };
   keys(s.live);
+  for (auto& [path, lf] : s.live) {
+    for (std::string& part : lf.part_paths) part = f(part);
+  }
   keys(s.in_flight);
   for (auto& [step, path] : s.regular_path_by_step) path = f(path);
   for (std::string& p : s.regular_order) p = f(p);
@@ -211,6 +217,11 @@ void HookStateFold::on_save_committed(const Event& e) {
              e.bytes.value_or(0),
              e.digest,
              e.seq};
+  f.layout = p.layout;
+  f.world_size = p.world_size;
+  f.part_paths = p.part_paths;
+  f.part_bytes = p.part_bytes;
+  f.part_sha256 = p.part_sha256;
   s_.live[e.path] = f;
   if (p.role == "regular") {
     s_.last_ckpt = e.path;

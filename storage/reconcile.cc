@@ -1,5 +1,7 @@
 #include "storage/reconcile.h"
 
+#include "policy/parts.h"
+
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
@@ -265,7 +267,27 @@ ReconcilePlan plan_reconcile(const HookState& state, const ReconcileScope& scope
       f.detail = fmt::format("{} bytes on disk, {} committed", size, lf.bytes);
       f.bytes = size;
       add(std::move(f));
+    } else {
+      // The other ranks' parts (policy/parts.h): the checkpoint is whole only with every one.
+      for (size_t r = 1; r < lf.part_paths.size() && r < lf.part_bytes.size(); ++r) {
+        const int64_t part_size = size_or_minus_one(lf.part_paths[r]);
+        if (part_size == lf.part_bytes[r]) continue;
+        if (part_size < 0) {
+          f.detail = fmt::format("its part {} ({}) is missing", r, lf.part_paths[r]);
+        } else {
+          f.finding = "corrupt";
+          f.detail = fmt::format("its part {} ({}) has {} bytes on disk, {} committed", r,
+                                 lf.part_paths[r], part_size, lf.part_bytes[r]);
+        }
+        add(std::move(f));
+        break;
+      }
     }
+  }
+  // The parts live checkpoints list; any other part file is an orphan.
+  std::set<std::string> live_parts;
+  for (const auto& [path, lf] : state.live) {
+    for (size_t r = 1; r < lf.part_paths.size(); ++r) live_parts.insert(lf.part_paths[r]);
   }
   // Temp files no in-flight save accounts for, and checkpoint files the ledger never wrote.
   for (const std::string& dir : dirs) {
@@ -292,6 +314,19 @@ ReconcilePlan plan_reconcile(const HookState& state, const ReconcileScope& scope
         }
         Finding f{"stray_temp", path, "removed"};
         f.remove = path;
+        f.bytes = bytes;
+        add(std::move(f));
+      } else if (is_part_name(name)) {
+        // A part of a save that never committed (a rank died, or its exchange failed), or of a
+        // checkpoint pruned or replaced since: no checkpoint lists it.
+        if (live_parts.count(path)) continue;
+        Finding f{"orphan_part", path, "removed", "a part no committed checkpoint lists"};
+        if (scope.writer_active) {
+          f = Finding{"in_flight", path, "none (a writer holds the ledger)",
+                      "a part no committed checkpoint lists yet"};
+        } else {
+          f.remove = path;
+        }
         f.bytes = bytes;
         add(std::move(f));
       } else if (entry.path().extension() == ".pth" && !state.live.count(path) &&

@@ -10,6 +10,8 @@
 //   prune_completed        a prune was recorded but the file is still there: it is removed
 //   lost / corrupt         a live file is missing / has another size: never chosen for resume
 //   stray_temp             a temp file no save accounts for: removed
+//   orphan_part            a part file (policy/parts.h) no committed checkpoint lists: a save of
+//                          several ranks that never committed, or a pruned one's: removed
 //   unknown_file           a *.pth the ledger never wrote: left alone, reported once
 //   stale_last_checkpoint  `last_checkpoint` lags the ledger (crash before its rename): rewritten
 //   in_flight              (gc while a writer holds the ledger) a save being made: left alone

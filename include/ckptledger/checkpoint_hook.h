@@ -10,6 +10,7 @@
 // bytes are written per `sync`.
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <optional>
 #include <string>
@@ -20,6 +21,11 @@
 #include "ckptledger/hook_config.h"
 #include "ckptledger/hook_state.h"
 #include "ckptledger/runner.h"
+
+namespace c10d {
+class ProcessGroup;
+class Store;
+}  // namespace c10d
 
 namespace ckptledger {
 
@@ -32,6 +38,25 @@ class CheckpointHook {
   ~CheckpointHook();
   CheckpointHook(const CheckpointHook&) = delete;
   CheckpointHook& operator=(const CheckpointHook&) = delete;
+
+  // A job of several ranks (docs/distributed.md): call on every rank, before resume() and
+  // before_train(), with the job's process group and the store it was built on
+  // (ckptledger/distributed.h: join_from_env gives both under torchrun). The hook builds its own
+  // Gloo group over `store` (a rendezvous: every rank must call join) for its exchanges, which
+  // never interleave with the job's collectives. Rank 0 is the ledger's only writer; every rank
+  // makes the same decisions; config.save_layout says what each rank writes. A group of one
+  // rank changes nothing. Error(kInvalidArgument) after resume()/before_train(), or with
+  // on_error "warn"; Error(kIOError) when the group cannot be built. `timeout`: how long an
+  // exchange waits for a rank that neither answers nor dies.
+  void join(const c10::intrusive_ptr<c10d::ProcessGroup>& group,
+            const c10::intrusive_ptr<c10d::Store>& store,
+            std::chrono::milliseconds timeout = std::chrono::milliseconds(300000));
+  int rank() const;        // 0 without join
+  int world_size() const;  // 1 without join
+  // Rank 0 of a job: each committed save's coordination cost in microseconds, in commit order:
+  // from the last rank's arrival at the exchange to the end of the commit transaction (no
+  // writes). Empty on other ranks and without join.
+  std::vector<int64_t> exchange_timings() const;
 
   // Before before_train. resume && !load_from: auto-resume from the newest committed regular
   // checkpoint in the ledger of runner.work_dir() whose digest verifies (falls back to the previous

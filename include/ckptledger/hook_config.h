@@ -77,6 +77,11 @@ struct HookConfig {
   int64_t max_inflight_bytes = 0;
   RecoveryMode recovery = RecoveryMode::kRepair;  // JSON: "repair" | "strict"
   std::optional<std::string> ledger_path;  // nullopt: <work_dir>/ckptledger.sqlite; else non-empty
+  // With a process group (CheckpointHook::join; docs/distributed.md): what each rank writes.
+  // "main": rank 0 writes one file of the replicated state; "spread": the replicated state's
+  // tensors are divided among the ranks, each writes its share as a part; "sharded": each rank
+  // writes its own state as its part. Alone (no process group) every layout is one file.
+  std::string save_layout = "main";
 
   // Parses the `hook` object of a scenario or an MMEngine dict(type='CheckpointHook', ...) as JSON.
   // `type`, if present, must be "CheckpointHook". Rejects unknown keys (MMEngine would forward them

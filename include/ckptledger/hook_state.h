@@ -34,6 +34,13 @@ struct LiveFile {
   int64_t bytes = 0;
   std::string digest;
   int64_t seq = 0;  // the save_committed / published event
+  // A checkpoint of a job of several ranks (docs/distributed.md): its layout, the world size that
+  // wrote it, and its parts in rank order (part 0 is the file itself). Empty for one process.
+  std::string layout;
+  int64_t world_size = 1;
+  std::vector<std::string> part_paths;
+  std::vector<int64_t> part_bytes;
+  std::vector<std::string> part_sha256;
 };
 
 struct HookState {
@@ -76,7 +83,7 @@ struct HookState {
 // Snapshots of a HookState (Ledger::put_snapshot / latest_snapshot): every field, cereal binary,
 // behind the SHA-256 of those bytes. kHookStateFormat names the layout: change it whenever a field
 // is added, removed or changes meaning (an old snapshot is then ignored, never misread).
-inline constexpr const char* kHookStateFormat = "hook_state/2 cereal-binary-le sha256";
+inline constexpr const char* kHookStateFormat = "hook_state/3 cereal-binary-le sha256";
 std::string serialize_state(const HookState& state);
 // nullopt when the blob is not one serialize_state wrote (damaged, truncated, another layout).
 std::optional<HookState> deserialize_state(const std::string& blob);

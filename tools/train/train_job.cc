@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "ckptledger/checkpoint_hook.h"
+#include "ckptledger/distributed.h"
 #include "ckptledger/error.h"
 #include "ckptledger/hook_config.h"
 #include "ckptledger/torch_runner.h"
@@ -166,15 +167,36 @@ int train_job(const TrainJobOptions& o) {
   runner.meta().insert("seed", o.seed);
   runner.meta().insert("experiment_name", std::string("ckptledger-train-") + o.optimizer);
   CheckpointHook hook(HookConfig::from_json(config), log);
+  // Under torchrun: one rank of a data-parallel job (docs/distributed.md). Every rank starts from
+  // the same weights (same seed), draws the same batch order and trains on its rows of each batch
+  // (rank r: rows r, r + N, ...); the gradients are summed over the ranks, so each step is the
+  // whole batch's.
+  std::optional<JobGroup> job = join_from_env();
+  const int rank = job ? job->rank : 0, world = job ? job->world_size : 1;
+  if (job) hook.join(job->group, job->store);
 
   auto train_step = [&](int64_t /*data_idx*/) {
     torch::Tensor idx = loader.batch(runner.iter());
+    const int64_t batch = idx.size(0);
+    if (job) idx = idx.slice(0, rank, batch, world);
     model->train();
     torch::Tensor x = data.x_train.index_select(0, idx), y = data.y_train.index_select(0, idx);
     optimizer->step([&] {
       optimizer->zero_grad();
-      torch::Tensor loss = torch::nn::functional::cross_entropy(model->forward(x), y);
+      torch::Tensor loss;
+      if (!job) {
+        loss = torch::nn::functional::cross_entropy(model->forward(x), y);
+        loss.backward();
+        return loss;
+      }
+      loss = torch::nn::functional::cross_entropy(
+                 model->forward(x), y,
+                 torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum)) /
+             static_cast<double>(batch);
       loss.backward();
+      std::vector<torch::Tensor> grads;
+      for (const torch::Tensor& p : model->parameters()) grads.push_back(p.grad());
+      allreduce_sum(*job, grads);
       return loss;
     });
     if (scheduler) scheduler->step();
@@ -193,10 +215,26 @@ int train_job(const TrainJobOptions& o) {
   loop.validate = [&](int64_t) {
     torch::NoGradGuard no_grad;
     model->eval();
-    torch::Tensor logits = model->forward(data.x_val);
-    const double loss = torch::nn::functional::cross_entropy(logits, data.y_val).item<double>();
-    const double acc = logits.argmax(1).eq(data.y_val).to(torch::kFloat64).mean().item<double>();
-    return Metrics{{"acc", acc}, {"loss", loss}};
+    if (!job) {
+      torch::Tensor logits = model->forward(data.x_val);
+      const double loss = torch::nn::functional::cross_entropy(logits, data.y_val).item<double>();
+      const double acc = logits.argmax(1).eq(data.y_val).to(torch::kFloat64).mean().item<double>();
+      return Metrics{{"acc", acc}, {"loss", loss}};
+    }
+    // Each rank its rows of the validation split; the sums all-reduced: every rank gets the same
+    // metrics, so every rank makes the same best decisions.
+    const int64_t n = data.x_val.size(0);
+    torch::Tensor xv = data.x_val.slice(0, rank, n, world),
+                  yv = data.y_val.slice(0, rank, n, world);
+    torch::Tensor logits = model->forward(xv);
+    std::vector<torch::Tensor> sums{torch::stack(
+        {torch::nn::functional::cross_entropy(
+             logits, yv, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
+             .to(torch::kFloat64),
+         logits.argmax(1).eq(yv).sum().to(torch::kFloat64)})};
+    allreduce_sum(*job, sums);
+    return Metrics{{"acc", sums[0][1].item<double>() / static_cast<double>(n)},
+                   {"loss", sums[0][0].item<double>() / static_cast<double>(n)}};
   };
   IterLoop(runner, hook, o.iters, loader.per_epoch(), train_step, loop).run();
   return 0;

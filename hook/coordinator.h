@@ -1,0 +1,51 @@
+// Coordinator: the hook's own collectives in a job of several ranks (docs/distributed.md).
+//
+// They run on a Gloo group of the hook's own, built over the job's store under the prefix
+// "ckptledger/" (as torch.distributed.checkpoint's async_save builds a separate Gloo group), so
+// that the exchanges the writer pool makes never interleave with the training's collectives on
+// the job's group. Every rank must make the same calls in the same order; a peer that died makes
+// the call throw (Gloo: connection reset) or time out.
+// Thread safety: one thread at a time (the writer pool's strand, or the training thread while the
+// pool is idle). No c10d type appears here: the Gloo headers stay in coordinator.cc.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <c10/util/intrusive_ptr.h>
+
+namespace c10d {
+class ProcessGroup;
+class Store;
+}  // namespace c10d
+
+namespace ckptledger {
+
+class Coordinator {
+ public:
+  // Builds the hook's group: a rendezvous, so every rank of `job` calls it. `store` is the store
+  // the job's group was built on.
+  Coordinator(const c10::intrusive_ptr<c10d::ProcessGroup>& job,
+              const c10::intrusive_ptr<c10d::Store>& store, std::chrono::milliseconds timeout);
+  ~Coordinator();
+  Coordinator(const Coordinator&) = delete;
+  Coordinator& operator=(const Coordinator&) = delete;
+
+  int rank() const;
+  int size() const;
+  // Rank 0 receives every rank's bytes, in rank order; the other ranks receive nothing.
+  std::vector<std::string> gather(const std::string& mine);
+  // Every rank receives rank 0's `value` (the others' argument is ignored).
+  std::string broadcast(const std::string& value);
+  // The largest of every rank's `value`, on every rank.
+  int64_t max(int64_t value);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ckptledger
