@@ -1,6 +1,6 @@
 // The catalog: read-only queries over one ledger, for the CLI verbs (runs, history, best, latest,
-// show, verify, state, export, gc) and for other tools through the SQL views of migration 0003
-// (checkpoints, best, runs, history).
+// show, verify, state, export, gc) and for other tools through the SQL views of migrations 0003
+// (checkpoints, best, runs, history) and 0006 (checkpoint_parts).
 //
 // Contract:
 //  - A Catalog opens its ledger read-only (Ledger::open with OpenMode::kReadOnly): it never takes
@@ -89,15 +89,19 @@ struct HistoryFilter {
                       // batch); not combined with `limit`
 };
 
-// `latest`: the newest committed regular checkpoint still live in the ledger whose file exists
-// with the recorded size and SHA-256 (what an automatic resume loads).
+// `latest`: the newest committed regular checkpoint still live in the ledger whose file, and each
+// of its parts when several ranks wrote it, exists with the recorded size and SHA-256 (what an
+// automatic resume loads).
 struct LatestResult {
-  nlohmann::ordered_json checkpoint;  // null when none verifies; else path, step, epoch, iter, ...
+  // null when none verifies; else path, step, epoch, iter, ..., and `parts` ([{rank, path, bytes,
+  // sha256}], rank order) when the checkpoint has more than one part.
+  nlohmann::ordered_json checkpoint;
   struct Rejected {
     std::string path;
     std::string reason;
   };
-  std::vector<Rejected> rejected;  // newer candidates that failed verification, newest first
+  // Newer candidates that failed verification, newest first. A failed part: "part R PATH: why".
+  std::vector<Rejected> rejected;
 };
 
 // `state --as-of`: the hook state replayed with HookStateFold up to a seq.
@@ -108,10 +112,13 @@ struct StateResult {
   nlohmann::ordered_json hub;  // the message hub values (best_score*, best_ckpt*, ...)
 };
 
-// One live file checked by `verify`.
+// One live file checked by `verify`: a checkpoint's file, or a part of a checkpoint written by
+// several ranks (its part 0 is the checkpoint's own file, checked as such).
 struct FileCheck {
   std::string path;
-  std::string kind;  // regular | best | published
+  std::string kind;        // regular | best | published (a part: its checkpoint's)
+  std::string checkpoint;  // a part: the checkpoint it belongs to; "" for a checkpoint's file
+  int64_t rank = 0;        // a part: its index in the save's part lists
   int64_t expected_bytes = 0;
   std::string expected_sha256;
   int64_t actual_bytes = -1;  // -1: missing
@@ -167,7 +174,7 @@ class Catalog {
   // The seq a point designates (clamped to [0, last seq]).
   int64_t resolve_point(const Point& p);
   StateResult state_as_of(const std::optional<Point>& as_of);
-  // Hash chain + each live file's size and SHA-256.
+  // Hash chain + each live file's size and SHA-256, and each of its parts' (after the file).
   VerifyResult verify(const ProgressFn& progress = nullptr);
   // What reconciliation (storage/reconcile.h) would find and do if a training process started now;
   // reads the disk, changes nothing. While a writer holds the ledger, its in-flight saves are
@@ -180,7 +187,9 @@ class Catalog {
   bool writer_active() const;
 
  private:
-  bool replaced_since(FileCheck& fc, int64_t seq);
+  // On a match, `*detail` (when given) is the matching record's SavePayload (a save_prepared's
+  // `commit`), which lists the parts of that version.
+  bool replaced_since(FileCheck& fc, int64_t seq, std::string* detail = nullptr);
   // The forms under which `path` may be recorded (Ledger::recorded_as) as a JSON array, for
   // `path IN (SELECT value FROM json_each(?))`.
   std::string recorded_forms(const std::string& path) const;

@@ -80,6 +80,55 @@ void check_file(FileCheck& fc, const std::function<void(int64_t)>& on_bytes,
 std::string str(const ojson& v) { return v.is_string() ? v.get<std::string>() : std::string(); }
 int64_t num(const ojson& v) { return v.is_number() ? v.get<int64_t>() : 0; }
 
+// The parts a save's payload lists (SavePayload v2: part_paths, part_bytes, part_sha256, in rank
+// order; policy/hook_events.h) as unchecked FileChecks of the checkpoint `of`, part 0 included.
+// Empty when it lists fewer than two: the checkpoint is its one file. The payload's paths are as
+// the catalog reads them (re-rooted in a moved work_dir).
+std::vector<FileCheck> parts_of(const std::string& detail, const FileCheck& of) {
+  std::vector<FileCheck> out;
+  const ojson d = ojson::parse(detail, nullptr, false);
+  if (!d.is_object() || !d.contains("part_paths") || !d["part_paths"].is_array() ||
+      d["part_paths"].size() < 2) {
+    return out;
+  }
+  auto item = [&](const char* list, size_t i) -> ojson {
+    return d.contains(list) && d[list].is_array() && i < d[list].size() ? d[list][i] : ojson();
+  };
+  for (size_t i = 0; i < d["part_paths"].size(); ++i) {
+    FileCheck fc;
+    fc.path = str(d["part_paths"][i]);
+    fc.kind = of.kind;
+    fc.checkpoint = of.path;
+    fc.rank = static_cast<int64_t>(i);
+    fc.expected_bytes = num(item("part_bytes", i));
+    fc.expected_sha256 = str(item("part_sha256", i));
+    out.push_back(std::move(fc));
+  }
+  return out;
+}
+
+// Checks parts 1.. of a checkpoint (part 0 is its own file, checked as the checkpoint), stopping
+// at the first that fails. Returns "" or why: "part R PATH: problem".
+std::string check_parts(std::vector<FileCheck>& parts) {
+  for (FileCheck& p : parts) {
+    if (p.rank == 0) continue;
+    check_file(p, nullptr);
+    if (!p.problem.empty()) return fmt::format("part {} {}: {}", p.rank, p.path, p.problem);
+  }
+  return "";
+}
+
+ojson parts_json(const std::vector<FileCheck>& parts) {
+  ojson a = ojson::array();
+  for (const FileCheck& p : parts) {
+    a.push_back({{"rank", p.rank},
+                 {"path", p.path},
+                 {"bytes", p.expected_bytes},
+                 {"sha256", p.expected_sha256}});
+  }
+  return a;
+}
+
 }  // namespace
 
 bool VerifyResult::ok() const {
@@ -96,14 +145,14 @@ bool Catalog::writer_active() const { return writer_lock_held(ledger_->path()); 
 // (save_prepared, rename, save_committed: docs/crash-safety.md): the file is fine when its bytes
 // are those of a newer save_prepared or save_committed of the same path, read in a new read
 // transaction. On a match `fc` is updated to that record and true returned.
-bool Catalog::replaced_since(FileCheck& fc, int64_t seq) {
+bool Catalog::replaced_since(FileCheck& fc, int64_t seq, std::string* detail) {
   if (fc.actual_bytes < 0) return false;
   ResultSet newer;
   {
     ReadTxn txn(*this);
     for (const std::string& recorded : ledger_->recorded_as(fc.path)) {
       ResultSet rs = query(
-          "SELECT bytes, digest FROM events WHERE path = ? AND seq > ? AND kind IN "
+          "SELECT bytes, digest, kind, detail FROM events WHERE path = ? AND seq > ? AND kind IN "
           "('save_prepared', 'save_committed') ORDER BY seq DESC",
           {recorded, seq});
       newer.rows.insert(newer.rows.end(), rs.rows.begin(), rs.rows.end());
@@ -121,6 +170,13 @@ bool Catalog::replaced_since(FileCheck& fc, int64_t seq) {
     fc.expected_bytes = num(row[0]);
     fc.expected_sha256 = str(row[1]);
     fc.problem.clear();
+    if (detail) {
+      *detail = str(row[3]);
+      if (str(row[2]) == "save_prepared") {
+        const ojson p = ojson::parse(*detail, nullptr, false);
+        *detail = p.is_object() && p.contains("commit") ? str(p["commit"]) : std::string();
+      }
+    }
     return true;
   }
   return false;
@@ -129,13 +185,16 @@ bool Catalog::replaced_since(FileCheck& fc, int64_t seq) {
 LatestResult Catalog::latest() {
   LatestResult r;
   r.checkpoint = nullptr;
-  // Newest first along events_by_kind, streamed: the scan stops at the first file that verifies
-  // (a long run has pruned almost every file it committed). Newer files that did not verify are
-  // checked again after the read transaction against what was committed since (replaced_since):
-  // one of them may be a file a running save replaced under its name.
+  // Newest first along events_by_kind, streamed: the scan stops at the first checkpoint whose file
+  // and parts verify (a long run has pruned almost every file it committed). Newer ones that did
+  // not verify are checked again after the read transaction against what was committed since
+  // (replaced_since): one of them may be a file a running save replaced under its name, whose
+  // parts are then those of the newer record.
   struct Candidate {
     std::vector<ojson> row;
     FileCheck fc;
+    std::vector<FileCheck> parts;  // several ranks wrote it: every part, rank order
+    std::string why;               // "" when it verifies
   };
   std::vector<std::string> columns;
   std::vector<Candidate> newer;  // did not verify, newest first
@@ -147,18 +206,25 @@ LatestResult Catalog::latest() {
                     "c.bytes AS bytes, c.digest AS sha256, "
                     "strftime('%Y-%m-%dT%H:%M:%S', c.ts_us / 1000000, 'unixepoch') || "
                     "printf('.%06dZ', c.ts_us % 1000000) AS committed_at, c.seq AS seq, "
-                    "c.run_id AS run_id FROM events c WHERE c.kind = 'save_committed' AND "
+                    "c.run_id AS run_id, c.detail AS detail FROM events c "
+                    "WHERE c.kind = 'save_committed' AND "
                     "coalesce(nullif(json_extract(c.detail, '$.role'), ''), 'regular') = "
                     "'regular' AND {} ORDER BY c.seq DESC",
                     kStillLive),
         {}, [&](const std::vector<std::string>& cols, const std::vector<ojson>& row) {
           columns = cols;
-          Candidate c{row, FileCheck{}};
+          Candidate c{row, FileCheck{}, {}, {}};
           c.fc.path = str(row[0]);
+          c.fc.kind = "regular";
           c.fc.expected_bytes = num(row[4]);
           c.fc.expected_sha256 = str(row[5]);
           check_file(c.fc, nullptr);
-          if (c.fc.problem.empty()) {
+          c.why = c.fc.problem;
+          if (c.why.empty()) {
+            c.parts = parts_of(str(row[9]), c.fc);
+            c.why = check_parts(c.parts);
+          }
+          if (c.why.empty()) {
             found = std::move(c);
             return false;
           }
@@ -167,19 +233,24 @@ LatestResult Catalog::latest() {
         });
   }
   for (Candidate& c : newer) {
-    if (!replaced_since(c.fc, num(c.row[7]))) {
-      r.rejected.push_back({c.fc.path, c.fc.problem});
-      continue;
+    std::string detail;
+    if (replaced_since(c.fc, num(c.row[7]), &detail)) {
+      c.parts = parts_of(detail, c.fc);
+      c.why = check_parts(c.parts);
+      if (c.why.empty()) {
+        found = std::move(c);
+        break;
+      }
     }
-    found = std::move(c);
-    break;
+    r.rejected.push_back({c.fc.path, c.why});
   }
   if (!found) return r;
   ojson o = ojson::object();
-  for (size_t i = 0; i < columns.size(); ++i) o[columns[i]] = found->row[i];
+  for (size_t i = 0; i + 1 < columns.size(); ++i) o[columns[i]] = found->row[i];  // not detail
   o["bytes"] = found->fc.expected_bytes;
   o["sha256"] = found->fc.expected_sha256;
   o["verified"] = true;
+  if (!found->parts.empty()) o["parts"] = parts_json(found->parts);
   r.checkpoint = o;
   return r;
 }
@@ -191,36 +262,81 @@ VerifyResult Catalog::verify(const ProgressFn& progress) {
     ReadTxn txn(*this);
     r.chain = ledger_->verify();
     live = query(
-        "SELECT path, kind, bytes, sha256, seq FROM checkpoints WHERE status = 'live' ORDER BY "
-        "seq");
+        "SELECT path, kind, bytes, sha256, seq, (SELECT detail FROM events e WHERE e.seq = k.seq) "
+        "FROM checkpoints k WHERE status = 'live' ORDER BY seq");
   }
-  int64_t total = 0;
-  for (const auto& row : live.rows) total += num(row[2]);
-  int64_t before = 0;
-  for (size_t i = 0; i < live.rows.size(); ++i) {
-    const auto& row = live.rows[i];
+  // Each live file, then its parts 1.. when several ranks wrote it.
+  struct Item {
     FileCheck fc;
-    fc.path = str(row[0]);
-    fc.kind = str(row[1]);
-    fc.expected_bytes = num(row[2]);
-    fc.expected_sha256 = str(row[3]);
-    if (progress) progress(before, total, i, live.rows.size());
+    std::vector<FileCheck> parts;
+  };
+  std::vector<Item> items;
+  int64_t total = 0;
+  size_t count = 0;
+  auto add_parts = [&](std::vector<FileCheck> parts, int sign) {
+    for (const FileCheck& p : parts) {
+      if (p.rank == 0) continue;
+      total += sign * p.expected_bytes;
+      count = sign > 0 ? count + 1 : count - 1;
+    }
+    return parts;
+  };
+  for (const auto& row : live.rows) {
+    Item it;
+    it.fc.path = str(row[0]);
+    it.fc.kind = str(row[1]);
+    it.fc.expected_bytes = num(row[2]);
+    it.fc.expected_sha256 = str(row[3]);
+    total += it.fc.expected_bytes;
+    ++count;
+    it.parts = add_parts(parts_of(str(row[5]), it.fc), 1);
+    items.push_back(std::move(it));
+  }
+  int64_t before = 0;
+  size_t index = 0;
+  auto check = [&](FileCheck& fc) {
+    if (progress) progress(before, total, index, count);
     check_file(fc, [&](int64_t done) {
-      if (progress) progress(before + done, total, i, live.rows.size());
+      if (progress) progress(before + done, total, index, count);
     });
     before += fc.expected_bytes;
-    if (!fc.problem.empty() && fc.problem != "missing") replaced_since(fc, num(row[4]));
+    ++index;
+  };
+  for (size_t i = 0; i < items.size(); ++i) {
+    FileCheck& fc = items[i].fc;
+    check(fc);
+    std::string detail;
+    if (!fc.problem.empty() && fc.problem != "missing" &&
+        replaced_since(fc, num(live.rows[i][4]), &detail)) {
+      // A newer version of the file: its parts are those of the newer record.
+      add_parts(std::move(items[i].parts), -1);
+      items[i].parts = add_parts(parts_of(detail, fc), 1);
+    }
     r.files.push_back(fc);
+    for (FileCheck& part : items[i].parts) {
+      if (part.rank == 0) continue;
+      check(part);
+      r.files.push_back(part);
+    }
   }
-  if (progress) progress(total, total, live.rows.size(), live.rows.size());
+  if (progress) progress(total, total, count, count);
   // A training process may prune a file while we hash the others: a file that is no longer live
-  // in the newest state is not a problem.
+  // in the newest state is not a problem, nor a part that no live checkpoint lists any more (its
+  // checkpoint pruned, or saved again under its name with new parts).
   bool recheck = false;
   for (const FileCheck& f : r.files) recheck = recheck || f.problem == "missing";
   if (recheck) {
     ReadTxn txn(*this);
     for (FileCheck& f : r.files) {
       if (f.problem != "missing") continue;
+      if (!f.checkpoint.empty()) {
+        ResultSet listed = query(
+            "SELECT 1 FROM checkpoint_parts WHERE part_path IN (SELECT value FROM json_each(?)) "
+            "AND status = 'live' LIMIT 1",
+            {recorded_forms(f.path)});
+        if (listed.rows.empty()) f.problem.clear();
+        continue;
+      }
       ResultSet now = query(
           "SELECT status FROM checkpoints WHERE path IN (SELECT value FROM json_each(?)) "
           "ORDER BY seq DESC LIMIT 1",

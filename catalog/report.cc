@@ -19,6 +19,29 @@ ojson led_by_ledger(const Catalog& cat, const ojson& o) {
   return w;
 }
 
+// `path` on disk against a record: {exists, bytes, sha256, matches_ledger}; the SHA-256 is computed
+// only when the size is the recorded one, and neither it nor matches_ledger is given without a
+// recorded SHA-256.
+ojson disk_state(const std::string& path, int64_t expected_bytes,
+                 const std::string& expected_sha256) {
+  ojson disk = {{"exists", false}};
+  std::error_code ec;
+  if (!fs::exists(path, ec)) return disk;
+  disk["exists"] = true;
+  disk["bytes"] = static_cast<int64_t>(fs::file_size(path, ec));
+  if (expected_sha256.empty()) return disk;
+  uint64_t size = 0;
+  try {
+    std::string sha =
+        disk["bytes"] == expected_bytes ? Sha256::file_hex(path, &size) : std::string();
+    disk["sha256"] = null_if_empty(sha);
+    disk["matches_ledger"] = sha == expected_sha256;
+  } catch (const Error& e) {
+    disk["error"] = e.what();
+  }
+  return disk;
+}
+
 }  // namespace
 
 std::string render(const ojson& doc) { return doc.dump(2) + "\n"; }
@@ -70,7 +93,6 @@ ojson show(Catalog& cat, const std::string& path) {
   ResultSet events = cat.events_about(resolved);
   if (rows.rows.empty() && events.rows.empty()) return nullptr;
   // The disk, against the newest record.
-  ojson disk = {{"exists", false}};
   std::string expected_sha256;
   int64_t expected_bytes = -1;
   if (!rows.rows.empty()) {
@@ -79,25 +101,29 @@ ojson show(Catalog& cat, const std::string& path) {
     expected_bytes = b.is_number() ? b.get<int64_t>() : -1;
     expected_sha256 = cell_text(rows.at(last, "sha256"));
   }
-  std::error_code ec;
-  if (fs::exists(resolved, ec)) {
-    disk["exists"] = true;
-    disk["bytes"] = static_cast<int64_t>(fs::file_size(resolved, ec));
-    if (!rows.rows.empty() && !expected_sha256.empty()) {
-      uint64_t size = 0;
-      try {
-        std::string sha =
-            disk["bytes"] == expected_bytes ? Sha256::file_hex(resolved, &size) : std::string();
-        disk["sha256"] = null_if_empty(sha);
-        disk["matches_ledger"] = sha == expected_sha256;
-      } catch (const Error& e) {
-        disk["error"] = e.what();
-      }
-    }
-  }
   ojson o = {{"path", resolved}, {"ledger", cat.ledger_path()}};
   o["checkpoints"] = rows.to_json();
-  o["on_disk"] = disk;
+  o["on_disk"] = disk_state(resolved, expected_bytes, expected_sha256);
+  // The parts of the newest committed write, when several ranks wrote it (one file: no key).
+  for (size_t i = rows.rows.size(); i-- > 0;) {
+    if (rows.at(i, "bytes").is_null()) continue;  // a failed write
+    ResultSet parts = cat.query(
+        "SELECT rank, part_path, bytes, sha256 FROM checkpoint_parts WHERE seq = ? ORDER BY rank",
+        {rows.at(i, "seq")});
+    if (parts.rows.size() > 1) {
+      ojson a = ojson::array();
+      for (const auto& p : parts.rows) {
+        const int64_t bytes = p[2].is_number() ? p[2].get<int64_t>() : -1;
+        a.push_back({{"rank", p[0]},
+                     {"path", p[1]},
+                     {"bytes", p[2]},
+                     {"sha256", p[3]},
+                     {"on_disk", disk_state(cell_text(p[1]), bytes, cell_text(p[3]))}});
+      }
+      o["parts"] = a;
+    }
+    break;
+  }
   o["events"] = history_rows(events);
   return o;
 }
@@ -106,13 +132,18 @@ ojson verify(Catalog& cat, const VerifyResult& r) {
   ojson files = ojson::array();
   for (const auto& f : r.files) {
     if (f.problem.empty()) continue;
-    files.push_back({{"path", f.path},
-                     {"kind", f.kind},
-                     {"problem", f.problem},
-                     {"expected_bytes", f.expected_bytes},
-                     {"actual_bytes", f.actual_bytes < 0 ? ojson(nullptr) : ojson(f.actual_bytes)},
-                     {"expected_sha256", f.expected_sha256},
-                     {"actual_sha256", null_if_empty(f.actual_sha256)}});
+    ojson o = {{"path", f.path},
+               {"kind", f.kind},
+               {"problem", f.problem},
+               {"expected_bytes", f.expected_bytes},
+               {"actual_bytes", f.actual_bytes < 0 ? ojson(nullptr) : ojson(f.actual_bytes)},
+               {"expected_sha256", f.expected_sha256},
+               {"actual_sha256", null_if_empty(f.actual_sha256)}};
+    if (!f.checkpoint.empty()) {  // a part: its checkpoint and rank
+      o["checkpoint"] = f.checkpoint;
+      o["rank"] = f.rank;
+    }
+    files.push_back(std::move(o));
   }
   return {{"ledger", cat.ledger_path()},
           {"ok", r.ok()},

@@ -35,11 +35,12 @@ ojson runs(Catalog& cat);
 // The rows of `best --json` for one ledger; with `root`, each led by work_dir and ledger.
 ojson best_rows(Catalog& cat, const std::optional<std::string>& metric, bool root);
 
-// The object of `latest --json` (null when none verifies); `rejected` lists newer candidates that
-// failed. With `root`, led by work_dir and ledger.
+// The object of `latest --json` (null when none verifies); `parts` as LatestResult has it,
+// `rejected` lists newer candidates that failed. With `root`, led by work_dir and ledger.
 ojson latest(Catalog& cat, const LatestResult& r, bool root);
 
-// `show PATH --json`; null when the ledger knows no such file.
+// `show PATH --json`; null when the ledger knows no such file. `parts` only for a checkpoint whose
+// newest committed write has more than one part.
 ojson show(Catalog& cat, const std::string& path);
 
 // `verify --json`.

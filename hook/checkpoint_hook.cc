@@ -329,6 +329,12 @@ struct CheckpointHook::Impl {
     }
     HookStateFold fold(s);
     const int64_t n = ledger->replay_range(fold, after);
+    if (!ledger->moved_roots().empty()) {
+      // The replay re-roots each event's path; the parts a payload lists are re-rooted here.
+      for (auto& [path, lf] : s.live) {
+        for (std::string& part : lf.part_paths) part = ledger->reroot(part);
+      }
+    }
     if (from_seq) *from_seq = after;
     if (to_seq) *to_seq = after + n;
     return s;
@@ -404,16 +410,23 @@ struct CheckpointHook::Impl {
       if (e.kind != EventKind::kSaveCommitted && e.kind != EventKind::kPublished) continue;
       auto it = state.live.find(e.path);
       if (it == state.live.end()) continue;
+      std::optional<SavePayload> p;
+      if (e.kind == EventKind::kSaveCommitted && multi()) {
+        p = from_detail<SavePayload>(e.detail, e.seq);
+        // A later save under the same name (the re-save after a best) was decided since: the
+        // live entry is that save's, with its parts; its own commit patches it. Patching it with
+        // this one's parts would make the next decision remove the wrong parts, at a moment that
+        // differs per rank (the ranks then decide differently).
+        if (it->second.part_paths != p->part_paths) continue;
+      }
       it->second.bytes = e.bytes.value_or(0);
       it->second.digest = e.digest;
       it->second.seq = e.seq;
-      if (e.kind == EventKind::kSaveCommitted && multi()) {
-        const SavePayload p = from_detail<SavePayload>(e.detail, e.seq);
-        it->second.layout = p.layout;
-        it->second.world_size = p.world_size;
-        it->second.part_paths = p.part_paths;
-        it->second.part_bytes = p.part_bytes;
-        it->second.part_sha256 = p.part_sha256;
+      if (p) {
+        it->second.layout = p->layout;
+        it->second.world_size = p->world_size;
+        it->second.part_bytes = p->part_bytes;
+        it->second.part_sha256 = p->part_sha256;
       }
     }
   }
@@ -1062,7 +1075,27 @@ struct CheckpointHook::Impl {
     }
   }
 
-  void publish(const std::string& src) {
+  // MMEngine's after_train: the last checkpoint and each best one, published. Returns the events
+  // recorded.
+  std::vector<Event> publish_all() {
+    std::vector<Event> out;
+    if (cfg.options.save_last && !state.last_ckpt.empty()) out.push_back(publish(state.last_ckpt));
+    for (const std::string& indicator : cfg.key_indicators()) {
+      std::string key = indicator == "auto" ? state.auto_key : indicator;
+      auto it = state.best.find(key);
+      if (it != state.best.end()) {
+        out.push_back(publish(it->second.path));
+      } else if (!cfg.single_indicator()) {
+        // MMEngine fails here with a TypeError on the None path; we skip and say so
+        // (docs/behaviour.md: publishing).
+        emit(LogLevel::kWarning,
+             fmt::format("best checkpoint for '{}' was never saved: nothing to publish", key));
+      }
+    }
+    return out;
+  }
+
+  Event publish(const std::string& src) {
     c10::IValue loaded = read_whole(src);
     c10::impl::GenericDict in = loaded.toGenericDict();
     c10::impl::GenericDict out(in.keyType(), in.valueType());
@@ -1110,6 +1143,7 @@ struct CheckpointHook::Impl {
     record({e});
     published.push_back(dst);
     emit(LogLevel::kInfo, fmt::format("The checkpoint ({}) is published to {}.", src, dst));
+    return e;
   }
 };
 
@@ -1354,20 +1388,44 @@ void CheckpointHook::after_train(Runner& /*runner*/) {
   // Publishing reads what was saved: everything in flight lands first.
   m.pool->drain();
   m.check_error();
-  if (!m.writes_ledger()) return;  // rank 0 publishes, from the committed parts
-  if (m.cfg.options.save_last && !m.state.last_ckpt.empty()) m.publish(m.state.last_ckpt);
-  for (const std::string& indicator : m.cfg.key_indicators()) {
-    std::string key = indicator == "auto" ? m.state.auto_key : indicator;
-    auto it = m.state.best.find(key);
-    if (it != m.state.best.end()) {
-      m.publish(it->second.path);
-    } else if (!m.cfg.single_indicator()) {
-      // MMEngine fails here with a TypeError on the None path; we skip and say so
-      // (docs/behaviour.md: publishing).
-      m.emit(LogLevel::kWarning,
-             fmt::format("best checkpoint for '{}' was never saved: nothing to publish", key));
-    }
+  if (!m.multi()) {
+    m.publish_all();
+    return;
   }
+  // A job: rank 0 publishes (from the committed parts) and hands every rank what it recorded,
+  // so that every rank's state stays the same (the pools are idle: the exchange is free).
+  if (m.rank == 0) {
+    nlohmann::json events = nlohmann::json::array();
+    try {
+      for (const Event& e : m.publish_all()) {
+        events.push_back({{"path", e.path}, {"bytes", e.bytes.value_or(0)}, {"digest", e.digest},
+                          {"detail", e.detail}});
+      }
+    } catch (const std::exception& ex) {
+      m.coord->broadcast(std::string("E") + ex.what());
+      throw;
+    }
+    m.coord->broadcast("P" + events.dump());
+    return;
+  }
+  const std::string msg = m.coord->broadcast("");
+  if (msg.empty() || msg[0] != 'P') {
+    throw_error(ErrorCode::kIOError,
+                fmt::format("rank {}: rank 0 could not publish: {}", m.rank,
+                            msg.empty() ? "(no reason)" : msg.substr(1)));
+  }
+  std::vector<Event> events;
+  for (const nlohmann::json& j : nlohmann::json::parse(msg.substr(1))) {
+    Event e;
+    e.kind = EventKind::kPublished;
+    e.path = j.at("path");
+    e.bytes = j.at("bytes").get<int64_t>();
+    e.digest = j.at("digest");
+    e.detail = j.at("detail");
+    m.published.push_back(e.path);
+    events.push_back(std::move(e));
+  }
+  m.record(std::move(events));
 }
 
 void CheckpointHook::after_run(Runner& runner) {

@@ -284,9 +284,19 @@ ReconcilePlan plan_reconcile(const HookState& state, const ReconcileScope& scope
       }
     }
   }
-  // The parts live checkpoints list; any other part file is an orphan.
-  std::set<std::string> live_parts;
+  // The parts live checkpoints list; any other part file is an orphan. A save rolled forward
+  // lists its own parts in place of those of the file it replaced, and a file its commit prunes
+  // lists none.
+  std::set<std::string> live_parts, rolled_paths;
+  for (const Finding& f : rolled) {
+    rolled_paths.insert(f.path);
+    const auto sp = from_detail<SavePayload>(f.commit.front().detail, 0);
+    for (size_t r = 1; r < sp.part_paths.size(); ++r) live_parts.insert(sp.part_paths[r]);
+  }
   for (const auto& [path, lf] : state.live) {
+    if (rolled_paths.count(path) || std::count(rolled_prunes.begin(), rolled_prunes.end(), path)) {
+      continue;
+    }
     for (size_t r = 1; r < lf.part_paths.size(); ++r) live_parts.insert(lf.part_paths[r]);
   }
   // Temp files no in-flight save accounts for, and checkpoint files the ledger never wrote.

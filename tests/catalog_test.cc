@@ -29,6 +29,7 @@
 #include "ckptledger/ledger.h"
 #include "ledger/sha256.h"
 #include "policy/hook_events.h"
+#include "policy/parts.h"
 
 namespace ckptledger {
 namespace {
@@ -249,6 +250,60 @@ class CatalogTest : public ::testing::Test {
     Event e;
     e.kind = EventKind::kRunFinished;
     return append(e);
+  }
+
+  // A save of a job of `world` ranks, as rank 0 commits it (SavePayload v2): part 0 is
+  // epoch_<epoch>.pth, part r > 0 the file policy/parts.h names for save `save_no` of run 1 (one
+  // part for "main"). save_begun, every part's file, then [save_committed, pruned...]; the pruned
+  // checkpoints' files and `prune_parts` are then removed, as the hook removes them.
+  struct PartsSave {
+    int64_t seq = 0;
+    std::string path;
+    std::vector<std::string> parts;  // rank order, part 0 = path
+    SavePayload payload;
+    Event commit;
+  };
+  PartsSave parts_save(int64_t epoch, int world, const std::string& layout, int64_t save_no,
+                       std::vector<int64_t> keep = {}, const std::vector<std::string>& prune = {},
+                       const std::vector<std::string>& prune_parts = {}, bool commit = true) {
+    PartsSave ps;
+    ps.path = file(fmt::format("epoch_{}.pth", epoch));
+    begun(ps.path, epoch, "regular");
+    SavePayload& sp = ps.payload;
+    sp.v = 2;
+    sp.role = "regular";
+    sp.keep_tracked = !keep.empty();
+    sp.keep_ckpt_ids = std::move(keep);
+    sp.layout = layout;
+    sp.world_size = world;
+    sp.coord_us = 700;
+    for (int r = 0; r < (layout == "main" ? 1 : world); ++r) {
+      const std::string p = r == 0 ? ps.path : part_path(ps.path, r, 1, save_no);
+      const std::string c = content(p, static_cast<int>(save_no)) + std::string(r * 7, 'x');
+      spit(p, c);
+      ps.parts.push_back(p);
+      sp.part_paths.push_back(p);
+      sp.part_bytes.push_back(static_cast<int64_t>(c.size()));
+      sp.part_sha256.push_back(Sha256::hex(c));
+      sp.part_stall_us.push_back(100 + r);
+    }
+    sp.stall_us = 100;
+    ps.commit = make(EventKind::kSaveCommitted, ps.path, epoch);
+    ps.commit.bytes = sp.part_bytes[0];
+    ps.commit.digest = sp.part_sha256[0];
+    ps.commit.detail = to_detail(sp);
+    if (!commit) return ps;
+    std::vector<Event> batch{ps.commit};
+    for (const std::string& p : prune) batch.push_back(pruned(p, epoch, "rotation", ps.path));
+    ps.seq = append_batch(batch)[0];
+    for (const std::string& p : prune) fs::remove(p);
+    for (const std::string& p : prune_parts) fs::remove(p);
+    return ps;
+  }
+  static void flip_first_byte(const std::string& path) {
+    std::string c = slurp(path);
+    c[0] ^= 1;
+    spit(path, c);
   }
 
   // The story every view test reads: three processes (a crash, a finish, one still open).
@@ -507,6 +562,7 @@ TEST_F(CatalogTest, OldLedgerGetsTheViewsWithoutBeingWritten) {
     EXPECT_EQ(c->query("SELECT count(*) FROM checkpoints WHERE status = 'live'").rows[0][0], 2);
     EXPECT_EQ(c->runs().rows.size(), 1u);
     EXPECT_EQ(c->latest().checkpoint["path"], file("epoch_1.pth"));
+    EXPECT_EQ(c->query("SELECT count(*) FROM checkpoint_parts").rows[0][0], 0);  // 0006, TEMP
   }
   EXPECT_TRUE(slurp(ledger_path_) == before) << "the catalog wrote to an old ledger";
 }
@@ -640,6 +696,310 @@ TEST_F(CatalogTest, VerifyChecksTheChainAndEveryLiveFile) {
                                                           {file("epoch_4.pth"), "size differs"}}));
   ASSERT_FALSE(progress.empty());
   EXPECT_EQ(progress.back().first, progress.back().second);
+}
+
+// ---- checkpoints of several ranks (SavePayload v2 parts) ------------------------------------
+
+TEST_F(CatalogTest, PartsViewListsEachPartOfEveryMultiRankSave) {
+  run_started(false);
+  save_regular(1, {1}, {});  // one process (v1): no parts
+  PartsSave e2 = parts_save(2, 3, "spread", 1, {1, 2});
+  PartsSave e3 = parts_save(3, 2, "main", 2, {2, 3}, {file("epoch_1.pth")});
+  PartsSave e4 = parts_save(4, 2, "sharded", 3, {3, 4}, {e2.path}, {e2.parts[1], e2.parts[2]});
+  crash();
+  auto c = catalog();
+  EXPECT_THAT(
+      column_names(*c, "checkpoint_parts"),
+      ElementsAre("seq", "checkpoint", "kind", "step", "epoch", "iter", "status", "layout",
+                  "world_size", "rank", "part_path", "bytes", "sha256", "stall_us", "run_id"));
+  ResultSet rs = c->query(
+      "SELECT seq, checkpoint, kind, step, status, layout, world_size, rank, part_path, bytes, "
+      "sha256, stall_us FROM checkpoint_parts ORDER BY seq, rank");
+  std::vector<ojson> got;
+  for (size_t i = 0; i < rs.rows.size(); ++i) got.push_back(rs.row_object(i));
+  auto row = [&](const PartsSave& ps, int rank, const char* status) {
+    return ojson{{"seq", ps.seq},
+                 {"checkpoint", ps.path},
+                 {"kind", "regular"},
+                 {"step", ps.commit.step.value()},
+                 {"status", status},
+                 {"layout", ps.payload.layout},
+                 {"world_size", ps.payload.world_size},
+                 {"rank", rank},
+                 {"part_path", ps.parts[rank]},
+                 {"bytes", ps.payload.part_bytes[rank]},
+                 {"sha256", ps.payload.part_sha256[rank]},
+                 {"stall_us", 100 + rank}};
+  };
+  // epoch_2 (3 parts) pruned by epoch_4; "main" lists its one file; epoch_1 (v1) has no row.
+  EXPECT_THAT(got, ElementsAre(row(e2, 0, "pruned"), row(e2, 1, "pruned"), row(e2, 2, "pruned"),
+                               row(e3, 0, "live"), row(e4, 0, "live"), row(e4, 1, "live")));
+  EXPECT_EQ(e2.parts[1], file("epoch_2.part1-r1s1.pth"));
+  // The live parts are the files every rank's part should still be on disk.
+  EXPECT_EQ(c->query("SELECT count(*) FROM checkpoint_parts WHERE status = 'live' AND rank > 0")
+                .rows[0][0],
+            1);
+}
+
+TEST_F(CatalogTest, ShowAndLatestListTheParts) {
+  run_started(false);
+  PartsSave e1 = parts_save(1, 2, "spread", 1, {1});
+  PartsSave e2 = parts_save(2, 3, "sharded", 2, {1, 2});
+  crash();
+  auto parts_of = [](const PartsSave& ps) {
+    ojson a = ojson::array();
+    for (size_t r = 0; r < ps.parts.size(); ++r) {
+      a.push_back({{"rank", r},
+                   {"path", ps.parts[r]},
+                   {"bytes", ps.payload.part_bytes[r]},
+                   {"sha256", ps.payload.part_sha256[r]}});
+    }
+    return a;
+  };
+  LatestResult l = catalog()->latest();
+  EXPECT_EQ(l.checkpoint["path"], e2.path);
+  EXPECT_EQ(l.checkpoint["parts"], parts_of(e2));
+  EXPECT_FALSE(l.checkpoint.contains("detail"));
+
+  Cli r = cli("latest --json " + work_);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(r.json()["parts"], parts_of(e2));
+  EXPECT_EQ(r.json()["sha256"], e2.payload.part_sha256[0]);
+  r = cli("latest " + work_);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr(fmt::format("part 2       {} ({} bytes, sha256 {})", e2.parts[2],
+                                           e2.payload.part_bytes[2],
+                                           e2.payload.part_sha256[2].substr(0, 12))));
+
+  r = cli("show epoch_1.pth --json " + work_);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  ojson show = r.json();
+  ASSERT_EQ(show["parts"].size(), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    ojson p = show["parts"][i];
+    EXPECT_EQ(p["on_disk"]["matches_ledger"], true) << p;
+    p.erase("on_disk");
+    EXPECT_EQ(p, parts_of(e1)[i]);
+  }
+  flip_first_byte(e1.parts[1]);
+  fs::remove(e2.parts[2]);
+  r = cli("show epoch_1.pth --json " + work_);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(r.json()["parts"][1]["on_disk"]["matches_ledger"], false);
+  r = cli("show epoch_2.pth " + work_);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr(fmt::format("rank 1: epoch_2.part1-r1s2.pth, {} bytes, sha256 {}, "
+                                           "on disk: matches the ledger",
+                                           e2.payload.part_bytes[1],
+                                           e2.payload.part_sha256[1].substr(0, 12))));
+  EXPECT_THAT(r.out, HasSubstr("rank 2: epoch_2.part2-r1s2.pth"));
+  EXPECT_THAT(r.out, HasSubstr("on disk: MISSING"));
+
+  r = cli("export --format csv --view checkpoint_parts " + work_);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(r.out.substr(0, r.out.find('\r')),
+            "seq,checkpoint,kind,step,epoch,iter,status,layout,world_size,rank,part_path,bytes,"
+            "sha256,stall_us,run_id");
+  EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 6);  // header + 2 + 3 parts
+}
+
+TEST_F(CatalogTest, SingleFileCheckpointsHaveNoPartsKey) {
+  run_started(false);
+  save_regular(1, {1}, {});
+  parts_save(2, 2, "main", 1, {1, 2});  // a job's "main" save: one file
+  crash();
+  for (const char* name : {"epoch_1.pth", "epoch_2.pth"}) {
+    Cli r = cli(fmt::format("show {} --json {}", name, work_));
+    ASSERT_EQ(r.rc, 0) << r.err;
+    EXPECT_FALSE(r.json().contains("parts")) << name;
+  }
+  Cli r = cli("latest --json " + work_);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(r.json()["path"], file("epoch_2.pth"));
+  EXPECT_FALSE(r.json().contains("parts"));
+  EXPECT_EQ(r.json()["rejected"], ojson::array());
+}
+
+TEST_F(CatalogTest, VerifyChecksEveryPartOfEveryLiveCheckpoint) {
+  run_started(false);
+  PartsSave e1 = parts_save(1, 3, "spread", 1, {1});
+  PartsSave e2 = parts_save(2, 3, "spread", 2, {1, 2});
+  PartsSave e3 = parts_save(3, 3, "spread", 3, {2, 3}, {e1.path}, {e1.parts[1], e1.parts[2]});
+  crash();
+  {
+    VerifyResult v = catalog()->verify();
+    EXPECT_TRUE(v.ok());
+    EXPECT_EQ(v.files.size(), 6u);  // epoch_2, epoch_3 and their parts 1 and 2 (epoch_1 pruned)
+    Cli r = cli("verify " + work_);
+    EXPECT_EQ(r.rc, 0) << r.out;
+    EXPECT_THAT(r.out, HasSubstr("6 live files checked"));
+  }
+  flip_first_byte(e2.parts[1]);  // same size, one byte changed
+  fs::remove(e3.parts[2]);
+  std::vector<std::pair<int64_t, int64_t>> progress;
+  VerifyResult v =
+      catalog()->verify([&](int64_t d, int64_t t, size_t, size_t) { progress.emplace_back(d, t); });
+  EXPECT_FALSE(v.ok());
+  std::vector<std::string> problems;
+  for (const FileCheck& f : v.files) {
+    if (!f.problem.empty()) {
+      problems.push_back(fmt::format("{} part {} of {}: {}", fs::path(f.path).filename().string(),
+                                     f.rank, fs::path(f.checkpoint).filename().string(),
+                                     f.problem));
+    }
+  }
+  EXPECT_THAT(problems, ElementsAre("epoch_2.part1-r1s2.pth part 1 of epoch_2.pth: sha256 differs",
+                                    "epoch_3.part2-r1s3.pth part 2 of epoch_3.pth: missing"));
+  ASSERT_FALSE(progress.empty());
+  EXPECT_EQ(progress.back().first, progress.back().second);
+
+  Cli r = cli("verify " + work_);
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_THAT(r.out,
+              HasSubstr(fmt::format("regular {} part 1 {}: sha256 differs", e2.path, e2.parts[1])));
+  EXPECT_THAT(r.out, HasSubstr(fmt::format("regular {} part 2 {}: missing", e3.path, e3.parts[2])));
+  r = cli("verify --json " + work_);
+  EXPECT_EQ(r.rc, 1);
+  ojson fp = r.json()["file_problems"];
+  ASSERT_EQ(fp.size(), 2u);
+  EXPECT_EQ(fp[0]["path"], e2.parts[1]);
+  EXPECT_EQ(fp[0]["checkpoint"], e2.path);
+  EXPECT_EQ(fp[0]["rank"], 1);
+  EXPECT_EQ(fp[0]["expected_sha256"], e2.payload.part_sha256[1]);
+  EXPECT_EQ(fp[1]["path"], e3.parts[2]);
+  EXPECT_EQ(fp[1]["problem"], "missing");
+  EXPECT_EQ(r.json()["live_files_checked"], 6);
+}
+
+// A training process prunes or saves again while verify runs (here: from its progress callback,
+// after a checkpoint's file was checked and before its parts are): parts that no live checkpoint
+// lists any more are not problems.
+TEST_F(CatalogTest, VerifyIgnoresPartsThatTheirCheckpointStoppedListingWhileItRan) {
+  run_started(false);
+  PartsSave e1 = parts_save(1, 3, "spread", 1, {1});
+  PartsSave e2 = parts_save(2, 3, "spread", 2, {1, 2});
+  auto verify_while = [&](const std::function<void()>& writer_step) {
+    bool done = false;
+    VerifyResult v = catalog()->verify([&](int64_t, int64_t, size_t index, size_t) {
+      if (index != 1 || done) return;  // the first checkpoint's file is checked, its parts not
+      done = true;
+      writer_step();
+    });
+    EXPECT_TRUE(done);
+    return v;
+  };
+  // epoch_3's save prunes epoch_1 and its parts.
+  VerifyResult v = verify_while([&] {
+    parts_save(3, 3, "spread", 3, {2, 3}, {e1.path}, {e1.parts[1], e1.parts[2]});
+  });
+  EXPECT_TRUE(v.ok());
+  std::vector<std::string> checked;
+  for (const FileCheck& f : v.files) checked.push_back(fs::path(f.path).filename().string());
+  EXPECT_THAT(checked, ElementsAre("epoch_1.pth", "epoch_2.pth", "epoch_2.part1-r1s2.pth",
+                                   "epoch_2.part2-r1s2.pth"));
+  // epoch_2 saved again under its name: new parts, the old ones removed after the commit.
+  v = verify_while([&] {
+    parts_save(2, 3, "spread", 4, {2, 3});
+    fs::remove(e2.parts[1]);
+    fs::remove(e2.parts[2]);
+  });
+  EXPECT_TRUE(v.ok());
+  for (const FileCheck& f : v.files) EXPECT_EQ(f.problem, "") << f.path;
+  // A part that a live checkpoint still lists is reported.
+  fs::remove(file("epoch_3.part1-r1s3.pth"));
+  v = catalog()->verify();
+  ASSERT_FALSE(v.ok());
+}
+
+TEST_F(CatalogTest, LatestSkipsACheckpointWhosePartDoesNotVerify) {
+  run_started(false);
+  PartsSave e1 = parts_save(1, 2, "spread", 1, {1});
+  PartsSave e2 = parts_save(2, 2, "spread", 2, {1, 2});
+  crash();
+  flip_first_byte(e2.parts[1]);  // its file verifies; its part 1 does not
+  LatestResult l = catalog()->latest();
+  EXPECT_EQ(l.checkpoint["path"], e1.path);
+  EXPECT_EQ(l.checkpoint["parts"][1]["path"], e1.parts[1]);
+  ASSERT_EQ(l.rejected.size(), 1u);
+  EXPECT_EQ(l.rejected[0].path, e2.path);
+  EXPECT_EQ(l.rejected[0].reason, fmt::format("part 1 {}: sha256 differs", e2.parts[1]));
+  Cli r = cli("latest --json " + work_);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(r.json()["path"], e1.path);
+  EXPECT_EQ(r.json()["rejected"][0]["reason"], l.rejected[0].reason);
+  EXPECT_THAT(r.err, HasSubstr("skipped " + e2.path + ": part 1"));
+  // No checkpoint whose every part verifies: none.
+  fs::remove(e1.parts[1]);
+  r = cli("latest --json " + work_);
+  EXPECT_EQ(r.rc, 8);
+  EXPECT_EQ(r.json(), ojson(nullptr));
+  EXPECT_THAT(r.err,
+              HasSubstr(fmt::format("skipped {}: part 1 {}: missing", e1.path, e1.parts[1])));
+}
+
+// A save over an existing name (the re-save after a best) records its new parts in save_prepared
+// before the rename: a reader between the rename and the commit checks those parts, not the old.
+TEST_F(CatalogTest, AReplacedCheckpointIsCheckedWithTheNewerRecordsParts) {
+  run_started(false);
+  parts_save(1, 2, "spread", 1, {1});
+  PartsSave old2 = parts_save(2, 2, "spread", 2, {1, 2});
+  PartsSave new2 = parts_save(2, 2, "spread", 3, {1, 2}, {}, {}, /*commit=*/false);
+  Event prepared = make(EventKind::kSavePrepared, new2.path, 2);
+  prepared.bytes = new2.commit.bytes;
+  prepared.digest = new2.commit.digest;
+  PreparedPayload pp;
+  pp.commit = new2.commit.detail;
+  prepared.detail = to_detail(pp);
+  append(prepared);
+  fs::remove(old2.parts[1]);  // not listed by the newer record
+  LatestResult l = catalog()->latest();
+  EXPECT_EQ(l.checkpoint["path"], new2.path);
+  EXPECT_EQ(l.checkpoint["sha256"], new2.payload.part_sha256[0]);
+  EXPECT_EQ(l.checkpoint["parts"][1]["path"], new2.parts[1]);
+  EXPECT_TRUE(l.rejected.empty());
+  EXPECT_TRUE(catalog()->verify().ok());
+  flip_first_byte(new2.parts[1]);
+  l = catalog()->latest();
+  EXPECT_EQ(l.checkpoint["path"], file("epoch_1.pth"));
+  ASSERT_EQ(l.rejected.size(), 1u);
+  EXPECT_EQ(l.rejected[0].reason, fmt::format("part 1 {}: sha256 differs", new2.parts[1]));
+  VerifyResult v = catalog()->verify();
+  EXPECT_FALSE(v.ok());
+  for (const FileCheck& f : v.files) {
+    EXPECT_EQ(f.problem, f.path == new2.parts[1] ? "sha256 differs" : "") << f.path;
+  }
+}
+
+// The part paths are in the payload: a moved work_dir's parts are read where they are now.
+TEST_F(CatalogTest, PartsOfAMovedWorkDirAreReadWhereTheyAreNow) {
+  run_started(false);
+  parts_save(1, 2, "spread", 1, {1});
+  PartsSave e2 = parts_save(2, 3, "sharded", 2, {1, 2});
+  crash();
+  const std::string moved = (dir_ / "moved").string();
+  fs::rename(work_, moved);
+  const std::string part2 = moved + "/" + fs::path(e2.parts[2]).filename().string();
+  auto c = Catalog::open(moved);
+  ASSERT_FALSE(c->ledger().moved_roots().empty());
+  EXPECT_EQ(c->query("SELECT part_path FROM checkpoint_parts WHERE seq = ? AND rank = 2", {e2.seq})
+                .rows.at(0)
+                .at(0),
+            part2);
+  LatestResult l = c->latest();
+  EXPECT_EQ(l.checkpoint["path"], moved + "/epoch_2.pth");
+  EXPECT_EQ(l.checkpoint["parts"][2]["path"], part2);
+  EXPECT_TRUE(c->verify().ok());
+  Cli r = cli(fmt::format("show epoch_2.pth --json {}", moved));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(r.json()["parts"][2]["path"], part2);
+  EXPECT_EQ(r.json()["parts"][2]["on_disk"]["matches_ledger"], true);
+  flip_first_byte(part2);
+  r = cli("verify --json " + moved);
+  EXPECT_EQ(r.rc, 1);
+  ASSERT_EQ(r.json()["file_problems"].size(), 1u);
+  EXPECT_EQ(r.json()["file_problems"][0]["path"], part2);
+  EXPECT_EQ(r.json()["file_problems"][0]["checkpoint"], moved + "/epoch_2.pth");
+  EXPECT_EQ(c->latest().rejected.at(0).reason, fmt::format("part 2 {}: sha256 differs", part2));
 }
 
 std::vector<std::string> findings_of(const ckptledger::ReconcilePlan& plan) {

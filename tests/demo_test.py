@@ -8,7 +8,8 @@ summary names exist, `ckptledger verify` passes on both ledgers, the killed + re
 same best checkpoints and scores (and bitwise-equal weights) as the uninterrupted reference, the
 ledger tells the story (a crashed run, then a resumed one), a second `demo` on the same work_dir
 only prints the summary (no new run_started), and a demo SIGKILLed from outside at a random moment
-finishes the job when run again, with the same best scores as the first demo.
+finishes the job when run again, with the same best scores as the first demo. `demo --ranks 2`:
+the killed-and-restarted torchrun job ends as the uninterrupted one, and both ledgers verify.
 CKPT_DEMO_KILL_AT=SECONDS fixes the moment of the external kill (it is printed on failure).
 """
 
@@ -190,6 +191,33 @@ class DemoTest(unittest.TestCase):
             p = subprocess.run([BIN, "verify", d], stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, timeout=TIMEOUT_S)
             self.assertEqual(p.returncode, 0, f"{note}\n{p.stdout}")
+
+
+class DemoRanksTest(unittest.TestCase):
+    """`ckptledger demo --ranks 2`: two ranks under torchrun, one SIGKILLed during a save."""
+
+    def test_a_rank_killed_during_a_save_resumes_to_the_uninterrupted_result(self):
+        tmp = tempfile.mkdtemp(prefix="ckptledger-demo-ranks-test-")
+        try:
+            d = os.path.join(tmp, "demo")
+            p = subprocess.run([BIN, "demo", "--ranks", "2", "--work-dir", d],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               timeout=TIMEOUT_S)
+            self.assertEqual(p.returncode, 0, p.stdout[-6000:])
+            self.assertIn("6/6 tensors bitwise equal", p.stdout)
+            self.assertIn("the killed and resumed job matches the uninterrupted one", p.stdout)
+            ledger = os.path.join(d, "killed", "ckptledger.sqlite")
+            # The kill happened: torchrun started the group again, which resumed from the ledger.
+            self.assertGreaterEqual(kinds(ledger, "run_started"), 2, p.stdout)
+            self.assertEqual(kinds(ledger, "resumed"), 1, p.stdout)
+            self.assertEqual(kinds(os.path.join(d, "reference", "ckptledger.sqlite"),
+                                   "run_started"), 1, p.stdout)
+            for w in ("killed", "reference"):
+                v = subprocess.run([BIN, "verify", os.path.join(d, w)], stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True, timeout=TIMEOUT_S)
+                self.assertEqual(v.returncode, 0, v.stdout)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

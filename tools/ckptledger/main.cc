@@ -202,6 +202,11 @@ int run_latest(const Common& c, const std::string& root) {
            {"path", "step", "epoch", "iter", "bytes", "sha256", "committed_at", "seq", "run_id"}) {
         text += fmt::format("{}{:<13}{}\n", root.empty() ? "" : "  ", k, cell_text(o[k]));
       }
+      for (const ojson& p : o.value("parts", ojson::array())) {
+        text += fmt::format("{}{:<13}{} ({} bytes, sha256 {:.12})\n", root.empty() ? "" : "  ",
+                            "part " + cell_text(p["rank"]), cell_text(p["path"]),
+                            cell_text(p["bytes"]), cell_text(p["sha256"]));
+      }
     }
     print_text(text);
   }
@@ -248,6 +253,19 @@ int run_show(const Common& c, const std::string& path) {
                        !disk.contains("matches_ledger")     ? ""
                        : disk["matches_ledger"].get<bool>() ? ", sha256 matches the ledger"
                                                             : ", DIFFERS from the ledger");
+  }
+  if (doc.contains("parts")) {
+    out += "  parts of the newest write:\n";
+    for (const ojson& p : doc["parts"]) {
+      const ojson& d = p["on_disk"];
+      out += fmt::format("    rank {}: {}, {} bytes, sha256 {:.12}, on disk: {}\n",
+                         cell_text(p["rank"]), rel(p["path"], cat->work_dir()),
+                         cell_text(p["bytes"]), cell_text(p["sha256"]),
+                         !d["exists"].get<bool>() ? "MISSING"
+                         : d.value("matches_ledger", false)
+                             ? "matches the ledger"
+                             : cell_text(d["bytes"]) + " bytes, DIFFERS from the ledger");
+    }
   }
   print_text(out + "\n");
   print_history(events, cat->work_dir(), false);
@@ -311,7 +329,11 @@ int run_verify(const Common& c) {
       what += fmt::format(" ({} on disk, {} recorded)", f.actual_sha256.substr(0, 12),
                           f.expected_sha256.substr(0, 12));
     }
-    fmt::print("  {} {}: {}\n", f.kind, f.path, what);
+    if (f.checkpoint.empty()) {
+      fmt::print("  {} {}: {}\n", f.kind, f.path, what);
+    } else {
+      fmt::print("  {} {} part {} {}: {}\n", f.kind, f.checkpoint, f.rank, f.path, what);
+    }
   }
   fmt::print("{}: {} live files checked (size and SHA-256), {} with problems\n", cat->ledger_path(),
              r.files.size(), bad);
@@ -373,7 +395,9 @@ int run_export(const Common& c, std::string format, const std::string& view,
   const std::string sql = view == "events" ? "SELECT * FROM events ORDER BY seq"
                           : view == "best" ? "SELECT * FROM best ORDER BY metric"
                           : view == "runs" ? "SELECT * FROM runs ORDER BY started_seq"
-                                           : fmt::format("SELECT * FROM {} ORDER BY seq", view);
+                          : view == "checkpoint_parts"
+                              ? "SELECT * FROM checkpoint_parts ORDER BY seq, rank"
+                              : fmt::format("SELECT * FROM {} ORDER BY seq", view);
   bool first = true;
   if (format == "json") out << "[";
   std::vector<std::string> header;
@@ -472,6 +496,19 @@ bool is_train_verb(const char* arg) {
   return false;
 }
 
+// `export` names two verbs: the catalog's table dump (CSV/JSON, below), and the export of a
+// checkpoint as one torch.load-able file, which reads checkpoints and so lives in
+// `ckptledger-train`. An argument ending in ".pth" (the output, or the checkpoint) selects the
+// latter.
+bool is_checkpoint_export(int argc, char** argv) {
+  if (argc < 2 || std::strcmp(argv[1], "export") != 0) return false;
+  for (int i = 2; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a.size() > 4 && a.compare(a.size() - 4, 4, ".pth") == 0) return true;
+  }
+  return false;
+}
+
 // Replaces this process with `ckptledger-train` from this binary's directory, same arguments.
 int hand_over(int argc, char** argv) {
   const fs::path train =
@@ -558,7 +595,9 @@ CLI::App* verb(CLI::App& app, const char* name, const char* help, Common& c) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc > 1 && is_train_verb(argv[1])) return hand_over(argc, argv);
+  if (argc > 1 && (is_train_verb(argv[1]) || is_checkpoint_export(argc, argv))) {
+    return hand_over(argc, argv);
+  }
   CLI::App app{"ckptledger: MMEngine's CheckpointHook on an append-only SQLite ledger"};
   app.set_version_flag("--version", std::string("ckptledger ") + CKPTLEDGER_VERSION);
   app.require_subcommand(0, 1);
@@ -607,11 +646,18 @@ int main(int argc, char** argv) {
   state->add_option("--as-of", as_of, "SEQ, TIME (ISO-8601), epoch:N or iter:N (default: now)");
 
   std::string exp_format = "csv", exp_view = "events", exp_output;
-  auto* exportv = verb(app, "export", "Dump a table or view as CSV or JSON", c);
+  auto* exportv =
+      verb(app, "export",
+           "Dump a table or view as CSV or JSON; with an argument ending in .pth, write "
+           "a checkpoint as one torch.load-able file (ckptledger-train export)",
+           c);
   exportv->add_option("--format", exp_format, "csv (default) or json")
       ->check(CLI::IsMember({"csv", "json"}));
-  exportv->add_option("--view", exp_view, "events (default), checkpoints, best, runs or history")
-      ->check(CLI::IsMember({"events", "checkpoints", "best", "runs", "history"}));
+  exportv
+      ->add_option("--view", exp_view,
+                   "events (default), checkpoints, checkpoint_parts, best, runs or history")
+      ->check(
+          CLI::IsMember({"events", "checkpoints", "checkpoint_parts", "best", "runs", "history"}));
   exportv->add_option("-o,--output", exp_output, "file to write (default: stdout)");
 
   bool gc_apply = false;

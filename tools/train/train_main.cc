@@ -3,16 +3,22 @@
 // (tools/ckptledger/main.cc); the hidden verbs are the child processes these start (one per run).
 //   simulate SCENARIO --root DIR [-o TRACE]    docs/behaviour.md (simulate traces)
 //   demo [--work-dir DIR] [--size small|full]  train, SIGKILL, resume, compare, show
+//   demo --ranks N [--work-dir DIR]             the same with N ranks under torchrun
+//                                               (tools/train/demo_ranks.h)
 //   train --work-dir DIR [--config HOOK.json] [--iters N] [--optimizer ...] ...
 //                                              tools/train/train_job.h
+//   export WORK_DIR|CHECKPOINT -o FILE.pth       one torch.load-able file (tools/train/export.h)
 // Exit codes as `ckptledger` (tools/cli.h, docs/cli.md).
 #include <cstdio>
 #include <string>
 
+#include <fmt/format.h>
 #include <CLI/CLI.hpp>
 
 #include "tools/cli.h"
 #include "tools/train/demo.h"
+#include "tools/train/demo_ranks.h"
+#include "tools/train/export.h"
 #include "tools/train/simulate.h"
 #include "tools/train/train_job.h"
 
@@ -51,6 +57,11 @@ int main(int argc, char** argv) {
   demo->add_option("--size", demo_size, "full (default, < 1 min) or small (CI)")
       ->check(CLI::IsMember({"small", "full"}));
   demo->add_flag("--no-kill", demo_opts.no_kill, "train without the injected SIGKILL");
+  int demo_ranks = 1;
+  demo->add_option("--ranks", demo_ranks,
+                   "1 (default): one process; N >= 2: N ranks under torchrun, a random rank "
+                   "SIGKILLed during a save, compared with an uninterrupted N-rank run")
+      ->check(CLI::Range(1, 8));
   ckptledger::DemoTrainOptions train_opts;
   auto* demo_train = app.add_subcommand("demo-train", "");
   demo_train->group("");
@@ -84,6 +95,23 @@ int main(int argc, char** argv) {
   train->add_option("--iter-delay-ms", job.iter_delay_ms,
                     "sleep this long after each iteration (a slower job, for following it live)");
 
+  ckptledger::ExportOptions exp;
+  std::string exp_ledger;
+  auto* exportv = app.add_subcommand(
+      "export",
+      "Write a checkpoint of any layout (the newest that verifies, or the one named) as one "
+      "MMEngine-layout file that torch.load opens");
+  exportv
+      ->add_option("source", exp.source,
+                   "work_dir or ledger (its newest committed regular checkpoint that verifies), "
+                   "or a checkpoint file")
+      ->required();
+  exportv->add_option("-o,--output", exp.output, "the file to write (FILE.pth)")->required();
+  exportv->add_option(
+      "--ledger", exp_ledger,
+      "the ledger (or work_dir) that lists the checkpoint (default: its directory's)");
+  exportv->add_flag("--force", exp.force, "replace an existing output file");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -103,6 +131,14 @@ int main(int argc, char** argv) {
     if (*simulate_run) {
       return ckptledger::simulate_run(run_scenario, run_root, run_index, run_out);
     }
+    if (*demo && demo_ranks > 1) {
+      ckptledger::DemoRanksOptions o;
+      if (!demo_dir.empty()) o.work_dir = demo_dir;
+      o.ranks = demo_ranks;
+      o.no_kill = demo_opts.no_kill;
+      o.self_exe = cli::self_exe(argv[0]);
+      return ckptledger::demo_ranks(o);
+    }
     if (*demo) {
       if (!demo_dir.empty()) demo_opts.work_dir = demo_dir;
       if (!demo_size.empty()) demo_opts.size = demo_size;
@@ -114,6 +150,23 @@ int main(int argc, char** argv) {
       if (!job_resume_from.empty()) job.resume_from = job_resume_from;
       if (!job_load_from.empty()) job.load_from = job_load_from;
       return ckptledger::train_job(job);
+    }
+    if (*exportv) {
+      if (!exp_ledger.empty()) exp.ledger = exp_ledger;
+      const ckptledger::ExportResult r = ckptledger::export_checkpoint(exp);
+      for (const auto& [path, why] : r.skipped) fmt::print(stderr, "skipped {}: {}\n", path, why);
+      if (r.checkpoint.empty()) {
+        fmt::print(stderr,
+                   "ckptledger: no committed regular checkpoint of {} verifies; nothing "
+                   "written\n",
+                   r.ledger);
+        return cli::kExitNothing;
+      }
+      fmt::print("exported {}{} to {}: {} bytes, sha256 {}\n", r.checkpoint,
+                 r.layout.empty() ? std::string()
+                                  : fmt::format(" (layout {}, {} part(s))", r.layout, r.parts),
+                 ckptledger::absolute_normal(exp.output), r.bytes, r.sha256);
+      return cli::kExitOk;
     }
     return ckptledger::demo_train(train_opts);
   });

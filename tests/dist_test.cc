@@ -1,0 +1,815 @@
+// A job of several ranks (docs/distributed.md), run as threads of one process on loopback Gloo:
+// identical decisions on every rank, a mismatch reported, a failed part never committed, resume at
+// another world size, and parts pruned only after the successor's commit.
+//
+// Each rank is a thread with its own job group (ProcessGroupGloo over one HashStore), its own
+// CheckpointHook joined to that group and its own Runner; they share one work_dir. A rank that
+// throws makes the others' exchanges fail within the join timeout (kTimeout), and a watchdog ends
+// the process if a run still hangs.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+#include <torch/csrc/distributed/c10d/HashStore.hpp>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+
+#include "ckptledger/checkpoint_hook.h"
+#include "ckptledger/error.h"
+#include "ckptledger/hook_state.h"
+#include "ckptledger/ledger.h"
+#include "ckptledger/loops.h"
+#include "hook/checkpoint_format.h"
+#include "ledger/sha256.h"
+#include "policy/hook_events.h"
+#include "policy/parts.h"
+#include "storage/durable_file.h"
+
+namespace ckptledger {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+
+// How long an exchange or a rendezvous waits for a rank that neither answers nor dies.
+constexpr std::chrono::milliseconds kTimeout{20000};
+// A run of ranks that takes longer than this hangs: the process ends, naming the test.
+constexpr std::chrono::seconds kWatchdog{90};
+
+// The replicated state of data parallelism (equal on every rank); with `own_shard`, a tensor of
+// the rank's own ("sharded": each rank saves its own state).
+class DistRunner : public LoopRunner {
+ public:
+  DistRunner(std::string work_dir, int rank, bool own_shard)
+      : work_dir_(std::move(work_dir)), own_shard_(own_shard) {
+    // Sizes that differ, so that "spread" gives each rank a share.
+    weights_["conv.weight"] = torch::arange(0, 4096, torch::kFloat).reshape({64, 64}) * 0.001;
+    weights_["conv.bias"] = torch::arange(0, 64, torch::kFloat);
+    weights_["fc.weight"] = torch::arange(0, 2048, torch::kFloat).reshape({32, 64}) * 0.01;
+    weights_["fc.bias"] = torch::zeros({32});
+    momentum_ = torch::ones({4096});
+    shard_ = torch::full({16}, static_cast<float>(rank));
+  }
+  std::string work_dir() const override { return work_dir_; }
+  Dict checkpoint_state(bool with_optimizer, bool) override {
+    Dict d = make_dict();
+    Dict sd = make_dict();
+    for (const auto& [name, t] : weights_) sd.insert(name, t);
+    d.insert("state_dict", sd);
+    if (with_optimizer) {
+      Dict opt = make_dict();
+      opt.insert("momentum", momentum_);
+      opt.insert("lr", 0.1);
+      d.insert("optimizer", opt);
+    }
+    if (own_shard_) d.insert("shard", shard_);
+    return d;
+  }
+  bool has_param_schedulers() const override { return false; }
+  void load_checkpoint(const Dict& ckpt, bool resume) override {
+    const Dict sd = ckpt.at("state_dict").toGenericDict();
+    for (auto& [name, t] : weights_) t = sd.at(name).toTensor().clone();
+    if (resume && ckpt.contains("optimizer")) {
+      momentum_ = ckpt.at("optimizer").toGenericDict().at("momentum").toTensor().clone();
+    }
+    if (ckpt.contains("shard")) shard_ = ckpt.at("shard").toTensor().clone();
+    if (resume) restore_counters(ckpt);
+  }
+  // One optimizer step: the same on every rank.
+  void step() {
+    for (auto& [name, t] : weights_) t.add_(1);
+    momentum_.mul_(0.5);
+    shard_.add_(10);
+  }
+
+  std::map<std::string, torch::Tensor> weights_;
+  torch::Tensor momentum_;
+  torch::Tensor shard_;
+
+ private:
+  std::string work_dir_;
+  bool own_shard_;
+};
+
+bool equal_weights(const DistRunner& a, const DistRunner& b) {
+  for (const auto& [name, t] : a.weights_) {
+    if (!torch::equal(t, b.weights_.at(name))) return false;
+  }
+  return torch::equal(a.momentum_, b.momentum_);
+}
+
+// Records what one rank writes, renames and removes through the hook's FileSystem seam,
+// and injects ENOSPC into the `enospc_at`-th file opened for writing whose path contains
+// `enospc_target` (0: none).
+class RecordingFileSystem : public FileSystem {
+ public:
+  std::string enospc_target;
+  int enospc_at = 0;
+  // Called before each unlink, with the path.
+  std::function<void(const std::string&)> on_unlink;
+
+  int open(const char* path, int flags, mode_t mode) override {
+    const int fd = FileSystem::open(path, flags, mode);
+    const bool writes = (flags & (O_WRONLY | O_RDWR | O_CREAT)) != 0;
+    std::lock_guard<std::mutex> lock(mu_);
+    if (fd >= 0 && writes) {
+      written_.push_back(path);
+      if (enospc_at > 0 && std::string(path).find(enospc_target) != std::string::npos &&
+          ++target_opens_ == enospc_at) {
+        faulty_.insert(fd);
+      }
+    }
+    return fd;
+  }
+  ssize_t write(int fd, const void* data, size_t size) override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (faulty_.count(fd)) {
+        errno = ENOSPC;
+        return -1;
+      }
+    }
+    return FileSystem::write(fd, data, size);
+  }
+  int close(int fd) override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      faulty_.erase(fd);
+    }
+    return FileSystem::close(fd);
+  }
+  int rename(const char* from, const char* to) override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      renamed_.push_back(to);
+    }
+    return FileSystem::rename(from, to);
+  }
+  int unlink(const char* path) override {
+    if (on_unlink) on_unlink(path);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      unlinked_.push_back(path);
+    }
+    return FileSystem::unlink(path);
+  }
+
+  std::vector<std::string> written() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return written_;
+  }
+  std::vector<std::string> renamed() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return renamed_;
+  }
+  std::vector<std::string> unlinked() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return unlinked_;
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::vector<std::string> written_, renamed_, unlinked_;
+  std::set<int> faulty_;
+  int target_opens_ = 0;
+};
+
+// Ends the process when a run of ranks hangs (a thread that never returns cannot be joined).
+class Watchdog {
+ public:
+  explicit Watchdog(std::string what) : what_(std::move(what)) {
+    thread_ = std::thread([this] {
+      std::unique_lock<std::mutex> lock(mu_);
+      if (!cv_.wait_for(lock, kWatchdog, [this] { return done_; })) {
+        std::fprintf(stderr, "dist_test: %s hung for %lld s\n", what_.c_str(),
+                     static_cast<long long>(kWatchdog.count()));
+        std::_Exit(3);
+      }
+    });
+  }
+  ~Watchdog() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      done_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+ private:
+  std::string what_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  std::thread thread_;
+};
+
+struct RankJob {
+  int rank = 0;
+  int world = 1;
+  c10::intrusive_ptr<c10d::Store> store;
+  c10::intrusive_ptr<c10d::ProcessGroup> group;
+};
+
+// What each rank's function threw (null: it returned).
+struct Outcome {
+  std::vector<std::exception_ptr> errors;
+  bool ok() const {
+    return std::all_of(errors.begin(), errors.end(), [](const auto& e) { return !e; });
+  }
+  std::string message(int rank) const {
+    if (!errors.at(rank)) return "";
+    try {
+      std::rethrow_exception(errors[rank]);
+    } catch (const std::exception& ex) {
+      return ex.what();
+    }
+    return "(not a std::exception)";
+  }
+  std::optional<ErrorCode> code(int rank) const {
+    if (!errors.at(rank)) return std::nullopt;
+    try {
+      std::rethrow_exception(errors[rank]);
+    } catch (const Error& ex) {
+      return ex.code();
+    } catch (...) {
+    }
+    return std::nullopt;
+  }
+  std::string all() const {
+    std::string out;
+    for (size_t r = 0; r < errors.size(); ++r) {
+      if (errors[r])
+        out += "rank " + std::to_string(r) + ": " + message(static_cast<int>(r)) + "\n";
+    }
+    return out;
+  }
+};
+
+// Runs `fn` on `world` threads, one per rank, each with its own job group: one HashStore, a
+// ProcessGroupGloo per rank on 127.0.0.1 (built concurrently: the constructors rendezvous).
+Outcome run_ranks(int world, const std::function<void(RankJob&)>& fn) {
+  Watchdog watchdog(::testing::UnitTest::GetInstance()->current_test_info()->name());
+  auto store = c10::make_intrusive<c10d::HashStore>();
+  store->setTimeout(kTimeout);
+  Outcome out;
+  out.errors.resize(static_cast<size_t>(world));
+  std::vector<std::thread> threads;
+  for (int r = 0; r < world; ++r) {
+    threads.emplace_back([&, r] {
+      try {
+        RankJob job;
+        job.rank = r;
+        job.world = world;
+        job.store = store;
+        auto opts = c10d::ProcessGroupGloo::Options::create(kTimeout);
+        opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
+        job.group = c10::make_intrusive<c10d::ProcessGroupGloo>(
+            c10::make_intrusive<c10d::PrefixStore>("job/", store), r, world, opts);
+        fn(job);
+      } catch (...) {
+        out.errors[static_cast<size_t>(r)] = std::current_exception();
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  return out;
+}
+
+HookConfig config(const std::string& layout, const std::string& extra = "") {
+  nlohmann::json j = nlohmann::json::parse(
+      R"({"interval": 2, "by_epoch": false, "save_best": "acc", "max_keep_ckpts": 2})");
+  if (!extra.empty()) j.update(nlohmann::json::parse(extra));
+  j["save_layout"] = layout;
+  return HookConfig::from_json(j);
+}
+
+// Validation scores: a new best at 2 and 6, none at 4 and 8.
+Metrics metrics_at(int64_t step) {
+  const std::map<int64_t, double> acc{{2, 0.5}, {4, 0.3}, {6, 0.7}, {8, 0.6}};
+  auto it = acc.find(step);
+  return Metrics{{"acc", it == acc.end() ? 0.1 : it->second}};
+}
+
+LoopOptions validate_every_2(std::function<Metrics(int64_t)> validate = metrics_at) {
+  LoopOptions o;
+  o.validate = std::move(validate);
+  o.val_interval = 2;
+  return o;
+}
+
+std::vector<Event> events_of(const std::string& ledger_path) {
+  LedgerOptions ro;
+  ro.mode = OpenMode::kReadOnly;
+  auto ledger = Ledger::open(ledger_path, ro);
+  std::vector<Event> out;
+  ledger->for_each([&](const Event& e) {
+    out.push_back(e);
+    return true;
+  });
+  return out;
+}
+
+std::vector<Event> of_kind(const std::vector<Event>& events, EventKind kind) {
+  std::vector<Event> out;
+  for (const Event& e : events) {
+    if (e.kind == kind) out.push_back(e);
+  }
+  return out;
+}
+
+HookState replayed(const std::string& ledger_path) {
+  LedgerOptions ro;
+  ro.mode = OpenMode::kReadOnly;
+  auto ledger = Ledger::open(ledger_path, ro);
+  HookState s;
+  HookStateFold fold(s);
+  ledger->replay(fold);
+  return s;
+}
+
+// Every part of a committed save is on disk with the committed size and SHA-256 ("" when so).
+std::string check_parts(const std::vector<std::string>& paths, const std::vector<int64_t>& bytes,
+                        const std::vector<std::string>& sha256) {
+  if (paths.size() != bytes.size() || paths.size() != sha256.size()) return "part lists differ";
+  for (size_t r = 0; r < paths.size(); ++r) {
+    std::error_code ec;
+    const auto size = fs::file_size(paths[r], ec);
+    if (ec) return paths[r] + ": " + ec.message();
+    if (static_cast<int64_t>(size) != bytes[r]) {
+      return paths[r] + ": " + std::to_string(size) + " bytes, committed " +
+             std::to_string(bytes[r]);
+    }
+    if (Sha256::file_hex(paths[r]) != sha256[r]) return paths[r] + ": SHA-256 differs";
+  }
+  return "";
+}
+
+// The part files (policy/parts.h) in `dir`.
+std::set<std::string> part_files(const std::string& dir) {
+  std::set<std::string> out;
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    if (is_part_name(entry.path().filename().string())) out.insert(entry.path().string());
+  }
+  return out;
+}
+
+class DistTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string name = ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    std::replace(name.begin(), name.end(), '/', '_');
+    dir_ = fs::temp_directory_path() / ("ckpt_dist_" + std::to_string(::getpid()) + "_" + name);
+    fs::remove_all(dir_);
+    work_ = (dir_ / "exp").string();
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::string p(const std::string& name) const { return work_ + "/" + name; }
+  std::string ledger() const { return p("ckptledger.sqlite"); }
+
+  // A run of `world` ranks to `iters` iterations (validation every 2). Each rank's runner, hub and
+  // state after the run are kept.
+  Outcome train(int world, const HookConfig& cfg, int64_t iters, bool resume = false,
+                std::vector<RecordingFileSystem*> seams = {}, bool own_shard = false) {
+    runners_.clear();
+    hubs_.assign(static_cast<size_t>(world), nlohmann::json());
+    states_.assign(static_cast<size_t>(world), HookState());
+    for (int r = 0; r < world; ++r) {
+      runners_.push_back(std::make_unique<DistRunner>(work_, r, own_shard));
+    }
+    return run_ranks(world, [&](RankJob& job) {
+      const auto r = static_cast<size_t>(job.rank);
+      CheckpointHook hook(cfg, {}, r < seams.size() ? seams[r] : nullptr);
+      hook.join(job.group, job.store, kTimeout);
+      DistRunner& runner = *runners_[r];
+      LoopOptions o = validate_every_2();
+      o.resume = resume;
+      IterLoop loop(
+          runner, hook, iters, 100, [&](int64_t) { runner.step(); }, o);
+      loop.run();
+      hook.wait_idle();
+      hubs_[r] = hook.hub_info();
+      states_[r] = hook.state();
+    });
+  }
+
+  fs::path dir_;
+  std::string work_;
+  std::vector<std::unique_ptr<DistRunner>> runners_;
+  std::vector<nlohmann::json> hubs_;
+  std::vector<HookState> states_;
+};
+
+// ---- 1. identical decisions ------------------------------------------------------------------
+
+class DistLayoutTest : public DistTest, public ::testing::WithParamInterface<std::string> {};
+
+TEST_P(DistLayoutTest, EveryRankMakesTheSameDecisionsAndRankZeroCommitsEveryPart) {
+  const std::string layout = GetParam();
+  RecordingFileSystem seam1;
+  const Outcome out = train(2, config(layout, R"({"published_keys": ["meta", "state_dict"]})"), 8,
+                            false, {nullptr, &seam1}, layout == "sharded");
+  ASSERT_TRUE(out.ok()) << out.all();
+
+  // The same hub and the same state on every rank, what rank 0 published included.
+  EXPECT_EQ(hubs_[0], hubs_[1]);
+  EXPECT_TRUE(states_[0] == states_[1]) << "rank 1's state differs from rank 0's";
+  size_t published = 0;
+  for (const auto& [path, lf] : states_[1].live) published += lf.role == "published" ? 1 : 0;
+  EXPECT_EQ(published, 2u) << "rank 1 knows of what rank 0 published (last and best)";
+  EXPECT_EQ(hubs_[0]["best_ckpt"], p("best_acc_iter_6.pth"));
+  EXPECT_EQ(hubs_[0]["last_ckpt"], p("iter_8.pth"));
+  EXPECT_TRUE(states_[0] == replayed(ledger())) << "the state is not the ledger's fold";
+
+  // One writer: one run in the ledger; every commit lists its parts (v2).
+  const std::vector<Event> events = events_of(ledger());
+  EXPECT_EQ(of_kind(events, EventKind::kRunStarted).size(), 1u);
+  const std::vector<Event> commits = of_kind(events, EventKind::kSaveCommitted);
+  ASSERT_GE(commits.size(), 6u);  // iter_2..8, best at 2 and 6 (and the re-saves)
+  std::set<std::string> rank1_parts;
+  for (const Event& e : commits) {
+    const SavePayload sp = from_detail<SavePayload>(e.detail, e.seq);
+    SCOPED_TRACE(e.path);
+    EXPECT_EQ(sp.v, 2u);
+    EXPECT_EQ(sp.layout, layout);
+    EXPECT_EQ(sp.world_size, 2);
+    ASSERT_EQ(sp.part_paths.size(), layout == "main" ? 1u : 2u);
+    ASSERT_EQ(sp.part_bytes.size(), sp.part_paths.size());
+    ASSERT_EQ(sp.part_sha256.size(), sp.part_paths.size());
+    EXPECT_EQ(sp.part_paths[0], e.path);
+    EXPECT_EQ(sp.part_bytes[0], e.bytes.value_or(-1));
+    EXPECT_EQ(sp.part_sha256[0], e.digest);
+    if (sp.part_paths.size() > 1) {
+      EXPECT_TRUE(is_part_name(fs::path(sp.part_paths[1]).filename().string())) << sp.part_paths[1];
+      EXPECT_GT(sp.part_bytes[1], 0);
+      rank1_parts.insert(sp.part_paths[1]);
+    }
+  }
+
+  // The live checkpoints' parts are on disk as committed; no other part is.
+  const HookState s = replayed(ledger());
+  std::set<std::string> live_parts;
+  ASSERT_FALSE(s.live.empty());
+  for (const auto& [path, lf] : s.live) {
+    SCOPED_TRACE(path);
+    if (lf.role == "published") continue;  // one file, written by rank 0 from the parts
+    EXPECT_EQ(lf.layout, layout);
+    ASSERT_EQ(lf.part_paths.size(), layout == "main" ? 1u : 2u);
+    EXPECT_EQ(check_parts(lf.part_paths, lf.part_bytes, lf.part_sha256), "");
+    for (size_t r = 1; r < lf.part_paths.size(); ++r) live_parts.insert(lf.part_paths[r]);
+    if (layout == "sharded") {
+      // Each part is its rank's own state.
+      for (size_t r = 0; r < lf.part_paths.size(); ++r) {
+        const Dict part = read_checkpoint(lf.part_paths[r]).toGenericDict();
+        EXPECT_EQ(part.at("shard").toTensor()[0].item<float>(),
+                  static_cast<float>(r) + 10.0f * static_cast<float>(lf.iter))
+            << lf.part_paths[r];
+      }
+    }
+    if (layout == "spread") {
+      const Dict part1 = read_checkpoint(lf.part_paths[1]).toGenericDict();
+      EXPECT_TRUE(part1.contains("ckptledger_part"));
+      EXPECT_GT(part1.at("tensors").toGenericDict().size(), 0u) << "rank 1 holds no tensor";
+    }
+  }
+  EXPECT_EQ(part_files(work_), live_parts);
+  if (layout == "main") {
+    EXPECT_TRUE(part_files(work_).empty());
+  }
+
+  // Rank 1 wrote nothing but its own parts: no ledger, no lock, no checkpoint, no last_checkpoint.
+  for (const std::string& w : seam1.written()) {
+    const std::string name = fs::path(w).filename().string();
+    const std::string temp_of =
+        name.size() > 1 && name[0] == '.' ? name.substr(1, name.find(kTempSuffix) - 1) : "";
+    EXPECT_TRUE(layout != "main" &&
+                rank1_parts.count((fs::path(w).parent_path() / temp_of).string()))
+        << "rank 1 wrote " << w;
+  }
+  for (const std::string& w : seam1.renamed()) {
+    EXPECT_TRUE(rank1_parts.count(w)) << "rank 1 renamed onto " << w;
+  }
+  EXPECT_TRUE(seam1.unlinked().empty()) << "rank 1 removed " << seam1.unlinked().front();
+}
+
+INSTANTIATE_TEST_SUITE_P(Layouts, DistLayoutTest, ::testing::Values("main", "spread", "sharded"),
+                         [](const auto& param) { return param.param; });
+
+// ---- 2. a forced mismatch ----------------------------------------------------------------------
+
+TEST_F(DistTest, DecisionsThatDifferAreAnErrorOnEveryRankNamingBothAndNothingIsCommitted) {
+  // Rank 1 sees another score at the validation of step 4: both ranks save a best, with different
+  // scores (rank 0's 0.9, rank 1's 0.8).
+  std::vector<int64_t> threw_at(2, -1);
+  std::vector<std::string> threw_in(2);
+  const Outcome out = run_ranks(2, [&](RankJob& job) {
+    CheckpointHook hook(config("main"));
+    hook.join(job.group, job.store, kTimeout);
+    DistRunner runner(work_, job.rank, false);
+    LoopOptions o = validate_every_2([&](int64_t step) {
+      if (step == 4) return Metrics{{"acc", job.rank == 0 ? 0.9 : 0.8}};
+      return metrics_at(step);
+    });
+    // The exchange runs on the writer pool: once it is over, the very next hook call raises.
+    o.on_stage = [&](Stage stage) {
+      if (stage == Stage::kAfterValEpoch && runner.iter() == 4) hook.wait_idle();
+    };
+    IterLoop loop(
+        runner, hook, 8, 100, [&](int64_t) { runner.step(); }, o);
+    try {
+      loop.run();
+    } catch (...) {
+      threw_at[static_cast<size_t>(job.rank)] = runner.iter();
+      threw_in[static_cast<size_t>(job.rank)] = loop.current_call();
+      throw;
+    }
+  });
+  for (int r = 0; r < 2; ++r) {
+    SCOPED_TRACE("rank " + std::to_string(r));
+    ASSERT_TRUE(out.errors[static_cast<size_t>(r)]) << "rank " << r << " did not raise";
+    const std::string m = out.message(r);
+    EXPECT_THAT(m, HasSubstr("step 4"));
+    EXPECT_THAT(m, HasSubstr("rank 0 decided"));
+    EXPECT_THAT(m, HasSubstr("rank 1 decided"));
+    EXPECT_THAT(m, HasSubstr("acc=0.9"));
+    EXPECT_THAT(m, HasSubstr("acc=0.8"));
+    EXPECT_EQ(out.code(r), ErrorCode::kInvalidArgument);
+    // At the validation of step 4 or the hook call right after it, never later.
+    EXPECT_EQ(threw_at[static_cast<size_t>(r)], 4)
+        << "raised in " << threw_in[static_cast<size_t>(r)];
+  }
+  // The best save of step 4 was not committed, nor anything after it.
+  const std::vector<Event> events = events_of(ledger());
+  std::vector<std::string> at_4;
+  for (const Event& e : of_kind(events, EventKind::kSaveCommitted)) {
+    if (e.step.value_or(0) >= 4) at_4.push_back(e.path);
+  }
+  EXPECT_THAT(at_4, ::testing::ElementsAre(p("iter_4.pth")));
+  for (const Event& e : of_kind(events, EventKind::kBestUpdated)) {
+    EXPECT_NE(e.path, p("best_acc_iter_4.pth"));
+  }
+  EXPECT_FALSE(fs::exists(p("best_acc_iter_4.pth")));
+  const std::vector<Event> failed = of_kind(events, EventKind::kSaveFailed);
+  // The mismatch fails the best save; the jobs queued behind it (the regular re-save) are skipped.
+  ASSERT_GE(failed.size(), 1u);
+  EXPECT_EQ(failed[0].path, p("best_acc_iter_4.pth"));
+  EXPECT_THAT(from_detail<SavePayload>(failed[0].detail, failed[0].seq).error,
+              HasSubstr("decided differently"));
+  for (size_t i = 1; i < failed.size(); ++i) {
+    EXPECT_THAT(from_detail<SavePayload>(failed[i].detail, failed[i].seq).error,
+                HasSubstr("skipped"));
+  }
+}
+
+// ---- 3. a rank's write fails -----------------------------------------------------------------
+
+TEST_F(DistTest, EnospcOnRankOneIsRaisedEverywhereCommitsNothingAndItsOrphanIsReconciled) {
+  // Three ranks, so that rank 2's part of the failed save is durable and becomes the orphan.
+  RecordingFileSystem seam1;
+  seam1.enospc_target = ".part1-";
+  seam1.enospc_at = 2;  // the second save's part
+  const HookConfig cfg = config("spread", R"({"save_best": null, "max_keep_ckpts": -1})");
+  const Outcome out = train(3, cfg, 8, false, {nullptr, &seam1, nullptr});
+  for (int r = 0; r < 3; ++r) {
+    SCOPED_TRACE("rank " + std::to_string(r));
+    ASSERT_TRUE(out.errors[static_cast<size_t>(r)]) << "rank " << r << " did not raise";
+    EXPECT_THAT(out.message(r), HasSubstr("step 4"));
+    EXPECT_THAT(out.message(r), HasSubstr("rank 1"));
+    EXPECT_THAT(out.message(r), HasSubstr(std::strerror(ENOSPC)));
+    EXPECT_EQ(out.code(r), ErrorCode::kIOError);
+  }
+  const std::vector<Event> events = events_of(ledger());
+  std::vector<std::string> committed;
+  for (const Event& e : of_kind(events, EventKind::kSaveCommitted)) committed.push_back(e.path);
+  EXPECT_THAT(committed, ::testing::ElementsAre(p("iter_2.pth")));
+  EXPECT_FALSE(fs::exists(p("iter_4.pth")));
+
+  // The earlier checkpoint is whole: every part as committed.
+  const HookState s = replayed(ledger());
+  ASSERT_EQ(s.live.size(), 1u);
+  const LiveFile& lf = s.live.at(p("iter_2.pth"));
+  EXPECT_EQ(lf.part_paths.size(), 3u);
+  EXPECT_EQ(check_parts(lf.part_paths, lf.part_bytes, lf.part_sha256), "");
+
+  // Rank 2's part of the failed save is on disk, listed by no checkpoint.
+  std::set<std::string> orphans;
+  for (const std::string& part : part_files(work_)) {
+    if (std::find(lf.part_paths.begin(), lf.part_paths.end(), part) == lf.part_paths.end()) {
+      orphans.insert(part);
+    }
+  }
+  ASSERT_EQ(orphans.size(), 1u);
+  EXPECT_THAT(*orphans.begin(), HasSubstr("iter_4.part2-"));
+
+  // A fresh start of two ranks removes and records it, resumes from iter_2 and finishes.
+  const Outcome again = train(2, cfg, 8, /*resume=*/true);
+  ASSERT_TRUE(again.ok()) << again.all();
+  EXPECT_FALSE(fs::exists(*orphans.begin()));
+  bool recorded = false;
+  for (const Event& e : of_kind(events_of(ledger()), EventKind::kRecovered)) {
+    if (e.path == *orphans.begin() &&
+        from_detail<RecoveredPayload>(e.detail, e.seq).finding == "orphan_part") {
+      recorded = true;
+    }
+  }
+  EXPECT_TRUE(recorded) << "no recovered/orphan_part event for " << *orphans.begin();
+  const std::vector<Event> resumed = of_kind(events_of(ledger()), EventKind::kResumed);
+  ASSERT_EQ(resumed.size(), 1u);
+  EXPECT_EQ(resumed[0].path, p("iter_2.pth"));
+  EXPECT_EQ(hubs_[0], hubs_[1]);
+  EXPECT_EQ(hubs_[0]["last_ckpt"], p("iter_8.pth"));
+}
+
+// ---- 4. resume at another world size ---------------------------------------------------------
+
+class DistResumeTest : public DistTest, public ::testing::WithParamInterface<std::string> {
+ protected:
+  // Each rank of a job of `world` (0: one process alone, no join) resumes; returns what it threw.
+  Outcome resume_with(int world, const HookConfig& cfg,
+                      std::vector<std::unique_ptr<DistRunner>>& rs,
+                      std::vector<nlohmann::json>& hubs, std::vector<HookState>& states,
+                      bool own_shard = false) {
+    const int n = std::max(world, 1);
+    rs.clear();
+    for (int r = 0; r < n; ++r) rs.push_back(std::make_unique<DistRunner>(work_, r, own_shard));
+    hubs.assign(static_cast<size_t>(n), nlohmann::json());
+    states.assign(static_cast<size_t>(n), HookState());
+    auto body = [&](CheckpointHook& hook, int r) {
+      DistRunner& runner = *rs[static_cast<size_t>(r)];
+      hook.resume(runner);
+      hubs[static_cast<size_t>(r)] = hook.hub_info();
+      states[static_cast<size_t>(r)] = hook.state();
+      hook.before_train(runner);
+      hook.after_run(runner);
+    };
+    if (world == 0) {
+      Outcome out;
+      out.errors.resize(1);
+      try {
+        CheckpointHook hook(cfg);
+        body(hook, 0);
+      } catch (...) {
+        out.errors[0] = std::current_exception();
+      }
+      return out;
+    }
+    return run_ranks(world, [&](RankJob& job) {
+      CheckpointHook hook(cfg);
+      hook.join(job.group, job.store, kTimeout);
+      body(hook, job.rank);
+    });
+  }
+};
+
+TEST_P(DistResumeTest, WrittenByTwoRanksResumesWithThreeRanksAndAlone) {
+  const std::string layout = GetParam();
+  const HookConfig cfg = config(layout);
+  ASSERT_TRUE(train(2, cfg, 6).ok());
+  const DistRunner saved = *runners_[0];  // the weights at iter 6, the last checkpoint
+  const nlohmann::json saved_hub = hubs_[0];
+  ASSERT_EQ(saved_hub["last_ckpt"], p("iter_6.pth"));
+  ASSERT_EQ(saved_hub["best_ckpt"], p("best_acc_iter_6.pth"));
+
+  for (int world : {3, 0}) {
+    SCOPED_TRACE(world == 0 ? "alone" : std::to_string(world) + " ranks");
+    std::vector<std::unique_ptr<DistRunner>> rs;
+    std::vector<nlohmann::json> hubs;
+    std::vector<HookState> states;
+    const Outcome out = resume_with(world, cfg, rs, hubs, states);
+    ASSERT_TRUE(out.ok()) << out.all();
+    for (size_t r = 0; r < rs.size(); ++r) {
+      SCOPED_TRACE("rank " + std::to_string(r));
+      EXPECT_TRUE(equal_weights(*rs[r], saved)) << "resumed weights differ from the saved ones";
+      EXPECT_EQ(rs[r]->iter(), 6);
+      EXPECT_EQ(rs[r]->epoch(), 0);
+      EXPECT_EQ(hubs[r], saved_hub);
+      EXPECT_TRUE(states[r] == states[0]);
+    }
+  }
+  const std::vector<Event> resumed = of_kind(events_of(ledger()), EventKind::kResumed);
+  ASSERT_EQ(resumed.size(), 2u);
+  for (const Event& e : resumed) EXPECT_EQ(e.path, p("iter_6.pth"));
+}
+
+INSTANTIATE_TEST_SUITE_P(Layouts, DistResumeTest, ::testing::Values("main", "spread"),
+                         [](const auto& param) { return param.param; });
+
+TEST_F(DistTest, ShardedResumesOnlyAtTheWorldSizeThatWroteIt) {
+  const HookConfig cfg = config("sharded");
+  ASSERT_TRUE(train(2, cfg, 6, false, {}, /*own_shard=*/true).ok());
+  const nlohmann::json saved_hub = hubs_[0];
+  std::vector<torch::Tensor> saved_shards{runners_[0]->shard_, runners_[1]->shard_};
+
+  for (int world : {3, 0}) {
+    const int n = std::max(world, 1);
+    SCOPED_TRACE(world == 0 ? "alone" : std::to_string(world) + " ranks");
+    std::vector<std::unique_ptr<DistRunner>> rs;
+    for (int r = 0; r < n; ++r) rs.push_back(std::make_unique<DistRunner>(work_, r, true));
+    auto body = [&](CheckpointHook& hook, int r) { hook.resume(*rs[static_cast<size_t>(r)]); };
+    Outcome out;
+    if (world == 0) {
+      out.errors.resize(1);
+      try {
+        CheckpointHook hook(cfg);
+        body(hook, 0);
+      } catch (...) {
+        out.errors[0] = std::current_exception();
+      }
+    } else {
+      out = run_ranks(world, [&](RankJob& job) {
+        CheckpointHook hook(cfg);
+        hook.join(job.group, job.store, kTimeout);
+        body(hook, job.rank);
+      });
+    }
+    const std::string now = std::to_string(n);
+    for (int r = 0; r < n; ++r) {
+      SCOPED_TRACE("rank " + std::to_string(r));
+      ASSERT_TRUE(out.errors[static_cast<size_t>(r)]) << "resumed a sharded checkpoint of 2 ranks";
+      EXPECT_EQ(out.code(r), ErrorCode::kInvalidArgument);
+      EXPECT_THAT(out.message(r), HasSubstr("by 2 ranks"));
+      EXPECT_THAT(out.message(r), HasSubstr("this job has " + now));
+    }
+  }
+
+  // At the size that wrote it, each rank gets its own part back.
+  std::vector<std::unique_ptr<DistRunner>> rs;
+  for (int r = 0; r < 2; ++r) rs.push_back(std::make_unique<DistRunner>(work_, r, true));
+  std::vector<nlohmann::json> hubs(2);
+  const Outcome out = run_ranks(2, [&](RankJob& job) {
+    CheckpointHook hook(cfg);
+    hook.join(job.group, job.store, kTimeout);
+    DistRunner& runner = *rs[static_cast<size_t>(job.rank)];
+    hook.resume(runner);
+    hubs[static_cast<size_t>(job.rank)] = hook.hub_info();
+    hook.before_train(runner);
+    hook.after_run(runner);
+  });
+  ASSERT_TRUE(out.ok()) << out.all();
+  for (size_t r = 0; r < 2; ++r) {
+    EXPECT_TRUE(torch::equal(rs[r]->shard_, saved_shards[r])) << "rank " << r;
+    EXPECT_TRUE(equal_weights(*rs[r], *runners_[0])) << "rank " << r;
+    EXPECT_EQ(rs[r]->iter(), 6);
+    EXPECT_EQ(hubs[r], saved_hub);
+  }
+}
+
+// ---- 5. prune after the successor's commit ---------------------------------------------------
+
+TEST_F(DistTest, PartsArePrunedOnlyAfterTheSuccessorsCommit) {
+  // Rank 0 removes every part; when it does, the ledger already records the checkpoint pruned
+  // (appended with the successor's save_committed, in one transaction).
+  RecordingFileSystem seam0, seam1;
+  std::mutex mu;
+  std::vector<std::string> early;
+  const std::string ledger_path = ledger();
+  seam0.on_unlink = [&](const std::string& path) {
+    const std::string name = fs::path(path).filename().string();
+    if (!is_part_name(name)) return;
+    const std::string checkpoint =
+        (fs::path(path).parent_path() / (name.substr(0, name.rfind(".part")) + ".pth")).string();
+    bool pruned = false;
+    for (const Event& e : of_kind(events_of(ledger_path), EventKind::kPruned)) {
+      pruned = pruned || e.path == checkpoint;
+    }
+    if (!pruned) {
+      std::lock_guard<std::mutex> lock(mu);
+      early.push_back(path);
+    }
+  };
+  const HookConfig cfg = config("spread", R"({"save_best": null, "max_keep_ckpts": 1})");
+  const Outcome out = train(2, cfg, 8, false, {&seam0, &seam1});
+  ASSERT_TRUE(out.ok()) << out.all();
+  EXPECT_TRUE(early.empty()) << "part removed before its checkpoint was pruned: " << early.front();
+
+  const HookState s = replayed(ledger());
+  ASSERT_EQ(s.live.size(), 1u);
+  const LiveFile& last = s.live.at(p("iter_8.pth"));
+  ASSERT_EQ(last.part_paths.size(), 2u);
+  EXPECT_EQ(part_files(work_), std::set<std::string>{last.part_paths[1]});
+  int removed = 0;
+  for (const std::string& u : seam0.unlinked())
+    removed += is_part_name(fs::path(u).filename().string());
+  EXPECT_EQ(removed, 3);  // the parts of iter_2, iter_4, iter_6
+  EXPECT_TRUE(seam1.unlinked().empty());
+}
+
+}  // namespace
+}  // namespace ckptledger
