@@ -362,6 +362,10 @@ StateResult Catalog::state_as_of(const std::optional<Point>& as_of) {
                 : query("SELECT ifnull(max(seq), 0) FROM events").rows[0][0].get<int64_t>();
   HookStateFold fold(r.state);
   ledger_->replay(fold, r.seq);
+  // The parts of a copied or moved work_dir are its own (never orphans to gc).
+  if (!ledger_->moved_roots().empty()) {
+    reroot_parts(r.state, [&](const std::string& p) { return ledger_->reroot(p); });
+  }
   if (r.seq > 0) {
     r.time = query("SELECT time FROM history WHERE seq = ?", {r.seq})
                  .rows.at(0)

@@ -400,6 +400,9 @@ ReconcilePlan gc_apply(const std::string& ledger_or_work_dir) {
   HookState state;
   HookStateFold fold(state);
   ledger->replay(fold);
+  if (!ledger->moved_roots().empty()) {
+    reroot_parts(state, [&](const std::string& p) { return ledger->reroot(p); });
+  }
   scope.ours = names_of(state);
   if (scope.ours) scope.ledger = ledger.get();
   ReconcilePlan plan = plan_reconcile(state, scope);

@@ -330,10 +330,7 @@ struct CheckpointHook::Impl {
     HookStateFold fold(s);
     const int64_t n = ledger->replay_range(fold, after);
     if (!ledger->moved_roots().empty()) {
-      // The replay re-roots each event's path; the parts a payload lists are re-rooted here.
-      for (auto& [path, lf] : s.live) {
-        for (std::string& part : lf.part_paths) part = ledger->reroot(part);
-      }
+      reroot_parts(s, [&](const std::string& p) { return ledger->reroot(p); });
     }
     if (from_seq) *from_seq = after;
     if (to_seq) *to_seq = after + n;
@@ -1398,7 +1395,9 @@ void CheckpointHook::after_train(Runner& /*runner*/) {
     nlohmann::json events = nlohmann::json::array();
     try {
       for (const Event& e : m.publish_all()) {
-        events.push_back({{"path", e.path}, {"bytes", e.bytes.value_or(0)}, {"digest", e.digest},
+        events.push_back({{"path", e.path},
+                          {"bytes", e.bytes.value_or(0)},
+                          {"digest", e.digest},
                           {"detail", e.detail}});
       }
     } catch (const std::exception& ex) {
@@ -1410,9 +1409,8 @@ void CheckpointHook::after_train(Runner& /*runner*/) {
   }
   const std::string msg = m.coord->broadcast("");
   if (msg.empty() || msg[0] != 'P') {
-    throw_error(ErrorCode::kIOError,
-                fmt::format("rank {}: rank 0 could not publish: {}", m.rank,
-                            msg.empty() ? "(no reason)" : msg.substr(1)));
+    throw_error(ErrorCode::kIOError, fmt::format("rank {}: rank 0 could not publish: {}", m.rank,
+                                                 msg.empty() ? "(no reason)" : msg.substr(1)));
   }
   std::vector<Event> events;
   for (const nlohmann::json& j : nlohmann::json::parse(msg.substr(1))) {

@@ -112,6 +112,12 @@ bool operator==(const HookState& a, const HookState& b) {
          a.retired == b.retired;
 }
 
+void reroot_parts(HookState& s, const std::function<std::string(const std::string&)>& f) {
+  for (auto& [path, lf] : s.live) {
+    for (std::string& part : lf.part_paths) part = f(part);
+  }
+}
+
 void reroot_paths(HookState& s, const std::function<std::string(const std::string&)>& f) {
   for (auto& [key, b] : s.best) b.path = f(b.path);
   if (!s.last_ckpt.empty()) s.last_ckpt = f(s.last_ckpt);
@@ -126,9 +132,7 @@ void reroot_paths(HookState& s, const std::function<std::string(const std::strin
     in = std::move(out);
   };
   keys(s.live);
-  for (auto& [path, lf] : s.live) {
-    for (std::string& part : lf.part_paths) part = f(part);
-  }
+  reroot_parts(s, f);
   keys(s.in_flight);
   for (auto& [step, path] : s.regular_path_by_step) path = f(path);
   for (std::string& p : s.regular_order) p = f(p);

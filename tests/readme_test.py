@@ -8,7 +8,7 @@ Fails (exit 1, one line per problem) unless:
     `// [readme-loop]` and `// [/readme-loop]` in examples/mlp_adamw/main.cc (the program
     tests/install_test.sh builds and runs against the installed package), compared after removing
     the region's common indentation (the README may show it unindented) and trailing blanks;
-  - README.md has at most 250 lines;
+  - README.md has at most 285 lines;
   - README.md and docs/*.md refer to nothing outside the repository: no section sign, no
     `shared/spec` or `spec/` paths, no `DESIGN.md`, no "issue N";
   - every relative link in README.md and docs/*.md names an existing file, and every `#anchor`
@@ -20,7 +20,7 @@ import re
 import sys
 import textwrap
 
-MAX_README_LINES = 250
+MAX_README_LINES = 285
 BEGIN_MARK = "// [readme-loop]"
 END_MARK = "// [/readme-loop]"
 

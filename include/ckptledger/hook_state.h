@@ -90,6 +90,9 @@ std::optional<HookState> deserialize_state(const std::string& blob);
 
 // Every path of `state` through `f` (a snapshot of a moved work_dir: Ledger::reroot).
 void reroot_paths(HookState& state, const std::function<std::string(const std::string&)>& f);
+// The parts' paths of `state` through `f`: a replay of a moved work_dir re-roots each event's path,
+// not the part paths its payload lists, so every fold of such a ledger calls this after it.
+void reroot_parts(HookState& state, const std::function<std::string(const std::string&)>& f);
 
 class HookStateFold : public EventHandler {
  public:
