@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""The kill -9 torture of a job of two ranks under torchrun (docs/distributed.md; issue 14).
+"""The kill -9 torture of a job of two ranks under torchrun (docs/distributed.md).
 
     dist_torture_test.py BUILD_BIN_DIR [--kills N] [--seed S] [--layouts main,spread,sharded]
                          [--iters N] [--iter-delay-ms D] [--monitor-interval S] [--keep] [--tmp DIR]
