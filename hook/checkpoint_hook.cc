@@ -641,11 +641,13 @@ struct CheckpointHook::Impl {
   }
 
   void save_regular(Runner& runner, int64_t step, int64_t meta_epoch, int64_t meta_iter) {
-    save(runner, planner().plan_regular(state, step, meta_epoch, meta_iter));
+    save(runner, planner().plan_regular(snapshot(), step, meta_epoch, meta_iter));
   }
 
   void after_val_epoch(Runner& runner, const Metrics& metrics) {
-    ValidationPlan plan = planner().plan_validation(state, metrics, runner.epoch(), runner.iter());
+    // A copy under the lock: the writer pool patches committed entries meanwhile.
+    ValidationPlan plan =
+        planner().plan_validation(snapshot(), metrics, runner.epoch(), runner.iter());
     decide({plan.validated});
     // Appended after every save this validation triggers, also when one of them throws.
     struct AppendAtEnd {
@@ -809,6 +811,14 @@ struct CheckpointHook::Impl {
     }
     if (commit.empty()) return;
     SavePayload sp = from_detail<SavePayload>(commit.front().detail, 0);
+    for (size_t r = 0; r < sp.part_paths.size() && r < reports.size(); ++r) {
+      if (reports[r].path != sp.part_paths[r]) {
+        throw_error(ErrorCode::kInvalidArgument,
+                    fmt::format("step {}: rank {} wrote \"{}\" where the decided part {} is "
+                                "\"{}\"; nothing was committed",
+                                step, r, reports[r].path, r, sp.part_paths[r]));
+      }
+    }
     sp.part_paths.clear();
     for (size_t r = 0; r < (sp.layout != "main" ? reports.size() : 1); ++r) {
       sp.part_paths.push_back(reports[r].path);
@@ -993,8 +1003,9 @@ struct CheckpointHook::Impl {
     const bool moves_last_checkpoint = plan.moves_last_checkpoint;
     const int64_t step = commit.front().step.value_or(0);
     Report mine;
-    mine.decision = describe_decision(path, commit, remove_after);
     const std::string& layout = cfg.options.save_layout;
+    mine.decision = describe_decision(path, commit, remove_after) +
+                    fmt::format(", layout {} of {} ranks", layout, world);
     const int64_t save_no = ++saves_in_run;
     int64_t run = 0;
     {
@@ -1338,7 +1349,7 @@ void CheckpointHook::before_train(Runner& runner) {
   m.record(std::move(start));
 
   // As MMEngine's before_train: a smaller max_keep_ckpts trims the restored keep list.
-  TrimPlan trim = m.planner().plan_keep_trim(m.state, runner.epoch(), runner.iter());
+  TrimPlan trim = m.planner().plan_keep_trim(m.snapshot(), runner.epoch(), runner.iter());
   if (!trim.prunes.empty()) m.record(std::move(trim.prunes), std::move(trim.remove_after));
 }
 
@@ -1455,6 +1466,11 @@ void CheckpointHook::join(const c10::intrusive_ptr<c10d::ProcessGroup>& group,
     throw_error(ErrorCode::kInvalidArgument,
                 "CheckpointHook::join: call it once, before resume() and before_train()");
   }
+  if (!group || !store) {
+    throw_error(ErrorCode::kInvalidArgument,
+                "CheckpointHook::join: the process group and its store must not be null");
+  }
+  if (Coordinator::size_of(group) == 1) return;  // one rank: exactly a process alone
   if (m.cfg.options.on_error == OnError::kWarn) {
     throw_error(ErrorCode::kInvalidArgument,
                 "CheckpointHook::join: on_error \"warn\" is not supported with a process group: "
@@ -1462,7 +1478,6 @@ void CheckpointHook::join(const c10::intrusive_ptr<c10d::ProcessGroup>& group,
                 "job from the last committed checkpoint");
   }
   auto coord = std::make_unique<Coordinator>(group, store, timeout);
-  if (coord->size() == 1) return;  // one rank: exactly a process alone
   m.rank = coord->rank();
   m.world = coord->size();
   m.coord = std::move(coord);

@@ -79,6 +79,9 @@ Coordinator::Coordinator(const c10::intrusive_ptr<c10d::ProcessGroup>& job,
 Coordinator::~Coordinator() = default;
 
 int Coordinator::rank() const { return impl_->rank; }
+int Coordinator::size_of(const c10::intrusive_ptr<c10d::ProcessGroup>& group) {
+  return group ? group->getSize() : 1;
+}
 int Coordinator::size() const { return impl_->size; }
 
 int64_t Coordinator::max(int64_t value) {

@@ -36,6 +36,8 @@ class Coordinator {
 
   int rank() const;
   int size() const;
+  // The number of ranks of `group` (1 when it is null).
+  static int size_of(const c10::intrusive_ptr<c10d::ProcessGroup>& group);
   // Rank 0 receives every rank's bytes, in rank order; the other ranks receive nothing.
   std::vector<std::string> gather(const std::string& mine);
   // Every rank receives rank 0's `value` (the others' argument is ignored).

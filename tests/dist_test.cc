@@ -811,5 +811,20 @@ TEST_F(DistTest, PartsArePrunedOnlyAfterTheSuccessorsCommit) {
   EXPECT_TRUE(seam1.unlinked().empty());
 }
 
+TEST_F(DistTest, AGroupOfOneRankIsExactlyAProcessAlone) {
+  // join with a one-rank group builds nothing and refuses nothing (on_error "warn" is a process
+  // alone's option): the saves are one file each, recorded as a process alone records them.
+  const Outcome out = train(1, config("spread", R"({"on_error": "warn"})"), 4);
+  ASSERT_TRUE(out.ok()) << out.all();
+  const std::vector<Event> committed = of_kind(events_of(ledger()), EventKind::kSaveCommitted);
+  ASSERT_FALSE(committed.empty());
+  for (const Event& e : committed) {
+    EXPECT_EQ(from_detail<SavePayload>(e.detail, e.seq).v, 1u) << e.path;
+  }
+  for (const auto& entry : fs::directory_iterator(work_)) {
+    EXPECT_FALSE(is_part_name(entry.path().filename().string())) << entry.path();
+  }
+}
+
 }  // namespace
 }  // namespace ckptledger
