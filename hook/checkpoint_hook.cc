@@ -1182,7 +1182,16 @@ std::optional<std::string> CheckpointHook::resume(Runner& runner, bool resume,
   if (load_from) {
     path = absolute_normal(*load_from);
     rp.source = "load_from";
-    ckpt = read_checkpoint(path);
+    // A checkpoint this ledger holds is read with its parts (a "spread" one assembled, a
+    // "sharded" one: this rank's part).
+    LiveFile lf;
+    {
+      std::lock_guard<std::mutex> lock(m.mu);
+      auto it = m.state.live.find(path);
+      if (it != m.state.live.end()) lf = it->second;
+    }
+    ckpt = lf.part_paths.size() > 1 ? *m.read_parts(path, lf, /*verify=*/false, nullptr)
+                                    : read_checkpoint(path);
   } else if (resume) {
     rp.source = "auto";
     // Newest committed regular checkpoint whose bytes still match the ledger (docs/behaviour.md:

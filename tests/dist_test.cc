@@ -645,7 +645,8 @@ class DistResumeTest : public DistTest, public ::testing::WithParamInterface<std
   Outcome resume_with(int world, const HookConfig& cfg,
                       std::vector<std::unique_ptr<DistRunner>>& rs,
                       std::vector<nlohmann::json>& hubs, std::vector<HookState>& states,
-                      bool own_shard = false) {
+                      bool own_shard = false,
+                      const std::optional<std::string>& load_from = std::nullopt) {
     const int n = std::max(world, 1);
     rs.clear();
     for (int r = 0; r < n; ++r) rs.push_back(std::make_unique<DistRunner>(work_, r, own_shard));
@@ -653,7 +654,7 @@ class DistResumeTest : public DistTest, public ::testing::WithParamInterface<std
     states.assign(static_cast<size_t>(n), HookState());
     auto body = [&](CheckpointHook& hook, int r) {
       DistRunner& runner = *rs[static_cast<size_t>(r)];
-      hook.resume(runner);
+      hook.resume(runner, true, load_from);
       hubs[static_cast<size_t>(r)] = hook.hub_info();
       states[static_cast<size_t>(r)] = hook.state();
       hook.before_train(runner);
@@ -706,6 +707,25 @@ TEST_P(DistResumeTest, WrittenByTwoRanksResumesWithThreeRanksAndAlone) {
   const std::vector<Event> resumed = of_kind(events_of(ledger()), EventKind::kResumed);
   ASSERT_EQ(resumed.size(), 2u);
   for (const Event& e : resumed) EXPECT_EQ(e.path, p("iter_6.pth"));
+}
+
+TEST_P(DistResumeTest, ResumingFromANamedCheckpointReadsItsParts) {
+  // resume(load_from): a checkpoint of this ledger is read with its parts, alone as in a job.
+  const std::string layout = GetParam();
+  const HookConfig cfg = config(layout);
+  ASSERT_TRUE(train(2, cfg, 6).ok());
+  const DistRunner saved = *runners_[0];
+  for (int world : {0, 3}) {
+    SCOPED_TRACE(world == 0 ? "alone" : std::to_string(world) + " ranks");
+    std::vector<std::unique_ptr<DistRunner>> rs;
+    std::vector<nlohmann::json> hubs;
+    std::vector<HookState> states;
+    const Outcome out = resume_with(world, cfg, rs, hubs, states, false, p("iter_6.pth"));
+    ASSERT_TRUE(out.ok()) << out.all();
+    for (const auto& r : rs) {
+      EXPECT_TRUE(equal_weights(*r, saved)) << "loaded weights differ from the saved ones";
+    }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Layouts, DistResumeTest, ::testing::Values("main", "spread"),
