@@ -10,28 +10,28 @@ namespace ckptledger {
 namespace {
 
 constexpr const char* kPlaceholder = "ckptledger-part:";
+constexpr size_t kPlaceholderSize = 16;  // its length
 
-// Copies the containers of `v` (dicts, lists, tuples), passing each tensor leaf through `leaf`.
-c10::IValue map_tensors(const c10::IValue& v,
-                        const std::function<c10::IValue(const at::Tensor&)>& leaf) {
-  if (v.isTensor()) return leaf(v.toTensor());
+// Copies the containers of `v` (dicts, lists, tuples), passing every other value through `leaf`.
+c10::IValue map_leaves(const c10::IValue& v,
+                       const std::function<c10::IValue(const c10::IValue&)>& leaf) {
   if (v.isGenericDict()) {
     const c10::impl::GenericDict in = v.toGenericDict();
     c10::impl::GenericDict out(in.keyType(), c10::AnyType::get());
-    for (const auto& kv : in) out.insert(kv.key(), map_tensors(kv.value(), leaf));
+    for (const auto& kv : in) out.insert(kv.key(), map_leaves(kv.value(), leaf));
     return out;
   }
   if (v.isList()) {
     c10::impl::GenericList out(c10::AnyType::get());
-    for (const c10::IValue& x : v.toListRef()) out.push_back(map_tensors(x, leaf));
+    for (const c10::IValue& x : v.toListRef()) out.push_back(map_leaves(x, leaf));
     return out;
   }
   if (v.isTuple()) {
     std::vector<c10::IValue> items;
-    for (const c10::IValue& x : v.toTupleRef().elements()) items.push_back(map_tensors(x, leaf));
+    for (const c10::IValue& x : v.toTupleRef().elements()) items.push_back(map_leaves(x, leaf));
     return c10::ivalue::Tuple::create(std::move(items));
   }
-  return v;
+  return leaf(v);
 }
 
 void each_tensor(const c10::IValue& v, const std::function<void(const at::Tensor&)>& f) {
@@ -73,7 +73,8 @@ c10::IValue spread_body(const c10::IValue& ckpt, int rank, int world) {
   const std::vector<int> owner = assign_spread(ckpt, world);
   size_t n = 0;
   if (rank == 0) {
-    return map_tensors(ckpt, [&](const at::Tensor& t) -> c10::IValue {
+    return map_leaves(ckpt, [&](const c10::IValue& t) -> c10::IValue {
+      if (!t.isTensor()) return t;
       const size_t i = n++;
       if (owner[i] == 0) return t;
       return std::string(kPlaceholder) + std::to_string(owner[i]) + ":" + std::to_string(i);
@@ -99,54 +100,35 @@ bool is_spread_part(const c10::IValue& body) {
 }
 
 c10::IValue assemble_spread(const c10::IValue& part0, const std::vector<c10::IValue>& others) {
-  std::function<c10::IValue(const c10::IValue&)> walk = [&](const c10::IValue& v) -> c10::IValue {
-    if (v.isString()) {
-      const std::string& s = v.toStringRef();
-      if (s.compare(0, 16, kPlaceholder) != 0) return v;
-      const size_t colon = s.find(':', 16);
-      int rank = -1;
-      std::string number;
-      if (colon != std::string::npos) {
-        try {
-          rank = std::stoi(s.substr(16, colon - 16));
-        } catch (const std::exception&) {
-          rank = -1;
-        }
-        number = s.substr(colon + 1);
+  return map_leaves(part0, [&](const c10::IValue& v) -> c10::IValue {
+    if (!v.isString()) return v;
+    const std::string& s = v.toStringRef();
+    if (s.compare(0, kPlaceholderSize, kPlaceholder) != 0) return v;
+    const size_t colon = s.find(':', kPlaceholderSize);
+    int rank = -1;
+    std::string number;
+    if (colon != std::string::npos) {
+      try {
+        rank = std::stoi(s.substr(kPlaceholderSize, colon - kPlaceholderSize));
+      } catch (const std::exception&) {
+        rank = -1;
       }
-      if (rank < 1 || static_cast<size_t>(rank) > others.size() ||
-          !is_spread_part(others[rank - 1])) {
-        throw_error(ErrorCode::kCorruption, "spread checkpoint: " + s +
-                                                " names a part that is not there (" +
-                                                std::to_string(others.size() + 1) + " parts)");
-      }
-      const c10::IValue tensors = others[rank - 1].toGenericDict().at("tensors");
-      if (!tensors.isGenericDict() || !tensors.toGenericDict().contains(number) ||
-          !tensors.toGenericDict().at(number).isTensor()) {
-        throw_error(ErrorCode::kCorruption,
-                    "spread checkpoint: part " + std::to_string(rank) + " has no tensor " + number);
-      }
-      return tensors.toGenericDict().at(number);
+      number = s.substr(colon + 1);
     }
-    if (v.isGenericDict()) {
-      const c10::impl::GenericDict in = v.toGenericDict();
-      c10::impl::GenericDict out(in.keyType(), c10::AnyType::get());
-      for (const auto& kv : in) out.insert(kv.key(), walk(kv.value()));
-      return out;
+    if (rank < 1 || static_cast<size_t>(rank) > others.size() ||
+        !is_spread_part(others[rank - 1])) {
+      throw_error(ErrorCode::kCorruption, "spread checkpoint: " + s +
+                                              " names a part that is not there (" +
+                                              std::to_string(others.size() + 1) + " parts)");
     }
-    if (v.isList()) {
-      c10::impl::GenericList out(c10::AnyType::get());
-      for (const c10::IValue& x : v.toListRef()) out.push_back(walk(x));
-      return out;
+    const c10::IValue tensors = others[rank - 1].toGenericDict().at("tensors");
+    if (!tensors.isGenericDict() || !tensors.toGenericDict().contains(number) ||
+        !tensors.toGenericDict().at(number).isTensor()) {
+      throw_error(ErrorCode::kCorruption,
+                  "spread checkpoint: part " + std::to_string(rank) + " has no tensor " + number);
     }
-    if (v.isTuple()) {
-      std::vector<c10::IValue> items;
-      for (const c10::IValue& x : v.toTupleRef().elements()) items.push_back(walk(x));
-      return c10::ivalue::Tuple::create(std::move(items));
-    }
-    return v;
-  };
-  return walk(part0);
+    return tensors.toGenericDict().at(number);
+  });
 }
 
 }  // namespace ckptledger
