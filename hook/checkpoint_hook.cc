@@ -172,6 +172,7 @@ struct CheckpointHook::Impl {
   // every other rank: all ranks start from the same state.
   void open_shared(Runner& runner) {
     if (shared_open) return;
+    check_same_setup(runner);
     if (rank == 0) {
       std::string state_bytes;
       try {
@@ -200,6 +201,44 @@ struct CheckpointHook::Impl {
       state = std::move(*s);
     }
     shared_open = true;
+  }
+
+  // Every rank of a job must run the same hook config in the same work_dir (rank 0 decides the
+  // file names every rank writes): rank 0's are compared with each rank's, and a difference is
+  // an error on every rank (the rank that differs names the keys).
+  void check_same_setup(Runner& runner) {
+    nlohmann::json here = cfg.options.to_json();
+    here["work_dir"] = strip_trailing_slash(absolute_normal(runner.work_dir()));
+    const std::string mine = here.dump();
+    const std::string zero = coord->broadcast(mine);
+    const bool differs = zero != mine;
+    if (coord->max(differs ? 1 : 0) == 0) return;
+    if (!differs) {
+      throw_error(ErrorCode::kInvalidArgument,
+                  fmt::format("rank {}: another rank's hook config or work_dir differs from rank "
+                              "0's (that rank's error names the keys): every rank of a job must "
+                              "run the same CheckpointHook config in the same work_dir",
+                              rank));
+    }
+    const nlohmann::json theirs = nlohmann::json::parse(zero);
+    std::vector<std::string> keys;
+    for (auto it = here.begin(); it != here.end(); ++it) {
+      if (!theirs.contains(it.key()) || theirs[it.key()] != it.value()) keys.push_back(it.key());
+    }
+    for (auto it = theirs.begin(); it != theirs.end(); ++it) {
+      if (!here.contains(it.key())) keys.push_back(it.key());
+    }
+    std::string detail;
+    for (const std::string& k : keys) {
+      detail += fmt::format("{}{}: rank 0 has {}, rank {} has {}", detail.empty() ? "" : "; ", k,
+                            theirs.contains(k) ? theirs[k].dump() : "(unset)", rank,
+                            here.contains(k) ? here[k].dump() : "(unset)");
+    }
+    throw_error(ErrorCode::kInvalidArgument,
+                fmt::format("rank {}: the hook config or work_dir differs from rank 0's ({}): "
+                            "every rank of a job must run the same CheckpointHook config in the "
+                            "same work_dir",
+                            rank, detail));
   }
 
   void open_ledger_alone(Runner& runner) {
@@ -447,6 +486,21 @@ struct CheckpointHook::Impl {
     return state;
   }
 
+  // A hook call of a job that raises leaves the job (Coordinator::leave): its pending exchanges
+  // run first, then the other ranks learn why it stopped and no exchange waits for it any more.
+  // Alone, a call raises as it is.
+  template <typename F>
+  auto guarded(F&& call) -> decltype(call()) {
+    if (!multi()) return call();
+    try {
+      return call();
+    } catch (const std::exception& ex) {
+      pool->drain();
+      coord->leave(fmt::format("rank {}: {}", rank, ex.what()));
+      throw;
+    }
+  }
+
   // Events that are not a file write (validated, run_started, ...): decided now, appended on
   // the pool in order with the saves; `remove_after` files go once they are recorded.
   void record(std::vector<Event> events, std::vector<std::string> remove_after = {}) {
@@ -584,14 +638,10 @@ struct CheckpointHook::Impl {
     sp.stall_us = stall_us;
     commit.front().detail = to_detail(sp);
     stage_saves.push_back(path);
-    const std::string last_file = join_path(work_dir, "last_checkpoint");
     pool->post(
         [this, path, staged, ckpt, commit = std::move(commit),
-         remove_after = std::move(remove_after), moves_last_checkpoint, last_file]() mutable {
-          Event begun = commit.front();
-          begun.kind = EventKind::kSaveBegun;
-          begun.bytes.reset();
-          ledger->append(begun);
+         remove_after = std::move(remove_after), moves_last_checkpoint]() mutable {
+          append_begun(commit);
           if (staged) staged->wait_ready();
           const c10::IValue& body = staged ? staged->content() : c10::IValue(ckpt);
           // Replacing a file under its name (the re-save after a best): its new size and SHA-256
@@ -604,12 +654,28 @@ struct CheckpointHook::Impl {
           commit.front().bytes = static_cast<int64_t>(w.bytes);
           commit.front().digest = w.sha256;
           ledger->append_batch(commit);
-          patch_committed(commit);
-          for (const std::string& p : remove_after) remove_durably(p, *files);
-          if (moves_last_checkpoint) write_text_durably(last_file, path, *files);
-          maybe_snapshot(kSnapshotEvery);
+          after_commit(path, commit, remove_after, moves_last_checkpoint);
         },
         [this, path](std::exception_ptr e) { record_save_failed(path, e); });
+  }
+
+  // A save's first event: the decision, before any byte is written.
+  void append_begun(const std::vector<Event>& commit) {
+    Event begun = commit.front();
+    begun.kind = EventKind::kSaveBegun;
+    begun.bytes.reset();
+    ledger->append(begun);
+  }
+
+  // What follows a save's commit (rank 0 of a job, or a process alone): the live state gets the
+  // committed bytes, then what the save superseded goes and last_checkpoint names it.
+  void after_commit(const std::string& path, const std::vector<Event>& commit,
+                    const std::vector<std::string>& remove_after, bool moves_last_checkpoint) {
+    patch_committed(commit);
+    for (const std::string& p : remove_after) remove_durably(p, *files);
+    if (moves_last_checkpoint)
+      write_text_durably(join_path(work_dir, "last_checkpoint"), path, *files);
+    maybe_snapshot(kSnapshotEvery);
   }
 
   // max_inflight_bytes counts staged snapshot bytes; 0 means a validation's burst in flight: the
@@ -692,17 +758,33 @@ struct CheckpointHook::Impl {
     return out + "]";
   }
 
-  // The checkpoint `path` as one dictionary: a "spread" checkpoint's parts assembled. Each part's
-  // SHA-256 is checked when `verify`: nullopt and `*why` when one differs.
+  // The checkpoint `path` as one dictionary: a "spread" checkpoint's parts assembled; a
+  // "sharded" one: this rank's part. When `verify`, each file read is checked against its
+  // committed SHA-256: nullopt and `*why` when one differs, is missing or does not load. A file
+  // whose bytes are exactly the committed ones but that does not load is raised, not skipped:
+  // the reader refuses what was written, and falling back to an older checkpoint would hide that.
   std::optional<c10::IValue> read_parts(const std::string& path, const LiveFile& lf, bool verify,
                                         std::string* why) {
     auto read_one = [&](const std::string& p,
                         const std::string& digest) -> std::optional<c10::IValue> {
       if (!verify) return read_checkpoint(p);
-      VerifiedCheckpoint v = read_checkpoint_verified(p, digest);
-      if (v.matches) return std::move(v.value);
-      if (why) *why = "SHA-256 mismatch of " + p;
-      return std::nullopt;
+      try {
+        VerifiedCheckpoint v = read_checkpoint_verified(p, digest);
+        if (v.matches) return std::move(v.value);
+        if (why) *why = "SHA-256 mismatch of " + p;
+        return std::nullopt;
+      } catch (const Error& load_error) {
+        std::string actual;
+        try {
+          actual = Sha256::file_hex(p);
+        } catch (const Error& e) {
+          if (why) *why = e.what();  // missing or unreadable
+          return std::nullopt;
+        }
+        if (actual == digest) throw;
+        if (why) *why = "SHA-256 mismatch of " + p + " (" + load_error.what() + ")";
+        return std::nullopt;
+      }
     };
     if (lf.layout == "sharded" && lf.part_paths.size() > 1) {
       // Each rank's own part (rank 0: the file itself).
@@ -745,7 +827,14 @@ struct CheckpointHook::Impl {
 
   // The exchange that ends every save of a job (and the run's end): each rank reports its part
   // (or its failure) and what it decided; rank 0 commits only when every part is durable and
-  // every decision equals its own, and tells every rank the outcome.
+  // every decision equals its own, and tells every rank the outcome. Reports and outcomes travel
+  // as CBOR, which carries any path's bytes (a path need not be UTF-8).
+  static std::string pack(const nlohmann::json& j) {
+    const std::vector<uint8_t> bytes = nlohmann::json::to_cbor(j);
+    return std::string(bytes.begin(), bytes.end());
+  }
+  static nlohmann::json unpack(const std::string& bytes) { return nlohmann::json::from_cbor(bytes); }
+
   struct Report {
     bool ok = true;
     std::string error;
@@ -755,19 +844,18 @@ struct CheckpointHook::Impl {
     int64_t stall_us = 0;
     std::string decision;
     int64_t arrive_us = 0;  // CLOCK_MONOTONIC when the rank entered the exchange
-    std::string json() const {
-      return nlohmann::json{{"ok", ok},
-                            {"error", error},
-                            {"path", path},
-                            {"bytes", bytes},
-                            {"sha256", sha256},
-                            {"stall_us", stall_us},
-                            {"decision", decision},
-                            {"arrive_us", arrive_us}}
-          .dump();
+    std::string packed() const {
+      return pack(nlohmann::json{{"ok", ok},
+                                 {"error", error},
+                                 {"path", path},
+                                 {"bytes", bytes},
+                                 {"sha256", sha256},
+                                 {"stall_us", stall_us},
+                                 {"decision", decision},
+                                 {"arrive_us", arrive_us}});
     }
-    static Report parse(const std::string& text) {
-      const nlohmann::json j = nlohmann::json::parse(text);
+    static Report unpacked(const std::string& bytes) {
+      const nlohmann::json j = unpack(bytes);
       Report r;
       r.ok = j.at("ok");
       r.error = j.at("error");
@@ -782,12 +870,14 @@ struct CheckpointHook::Impl {
   };
 
   // Rank 0: the gathered reports checked; the save's payload completed with its parts. Throws
-  // (every rank then raises it) on a failed part or a decision that is not rank 0's.
-  // `*last_arrival_us`: when the last rank entered the exchange.
-  void check_reports(const std::vector<std::string>& texts, const Report& mine, int64_t step,
-                     std::vector<Event>& commit, int64_t* last_arrival_us = nullptr) {
+  // (every rank then raises it) on a failed part or a decision that is not rank 0's. `label`
+  // names the exchange in messages ("step 12", "the run's end"). `*last_arrival_us`: when the
+  // last rank entered the exchange.
+  void check_reports(const std::vector<std::string>& texts, const Report& mine,
+                     const std::string& label, std::vector<Event>& commit,
+                     int64_t* last_arrival_us = nullptr) {
     std::vector<Report> reports;
-    for (const std::string& t : texts) reports.push_back(Report::parse(t));
+    for (const std::string& t : texts) reports.push_back(Report::unpacked(t));
     reports.at(0) = mine;
     if (last_arrival_us) {
       for (const Report& r : reports) *last_arrival_us = std::max(*last_arrival_us, r.arrive_us);
@@ -795,10 +885,10 @@ struct CheckpointHook::Impl {
     for (size_t r = 1; r < reports.size(); ++r) {
       if (reports[r].decision != mine.decision) {
         throw_error(ErrorCode::kInvalidArgument,
-                    fmt::format("the ranks decided differently at step {}: rank 0 decided \"{}\"; "
+                    fmt::format("the ranks decided differently at {}: rank 0 decided \"{}\"; "
                                 "rank {} decided \"{}\" (are the metrics all-reduced, and the "
                                 "hook configs equal?); nothing was committed",
-                                step, mine.decision, r, reports[r].decision));
+                                label, mine.decision, r, reports[r].decision));
       }
     }
     std::string failed;
@@ -807,16 +897,16 @@ struct CheckpointHook::Impl {
         failed += fmt::format("{}rank {}: {}", failed.empty() ? "" : "; ", r, reports[r].error);
     }
     if (!failed.empty()) {
-      throw_error(ErrorCode::kIOError, fmt::format("step {}: not committed: {}", step, failed));
+      throw_error(ErrorCode::kIOError, fmt::format("{}: not committed: {}", label, failed));
     }
     if (commit.empty()) return;
     SavePayload sp = from_detail<SavePayload>(commit.front().detail, 0);
     for (size_t r = 0; r < sp.part_paths.size() && r < reports.size(); ++r) {
       if (reports[r].path != sp.part_paths[r]) {
         throw_error(ErrorCode::kInvalidArgument,
-                    fmt::format("step {}: rank {} wrote \"{}\" where the decided part {} is "
-                                "\"{}\"; nothing was committed",
-                                step, r, reports[r].path, r, sp.part_paths[r]));
+                    fmt::format("{}: rank {} wrote \"{}\" where the decided part {} is \"{}\"; "
+                                "nothing was committed",
+                                label, r, reports[r].path, r, sp.part_paths[r]));
       }
     }
     sp.part_paths.clear();
@@ -829,18 +919,48 @@ struct CheckpointHook::Impl {
     commit.front().detail = to_detail(sp);
   }
 
-  // The job a save of a job posts on every rank (and, with no save, the run's final check).
-  // Rank 0: save_begun, its own part up to the rename, the exchange, save_prepared when it
-  // replaces a file, the rename, the commit (every part listed), the outcome to every rank, then
-  // the removals. Rank r > 0: its part written durably (or its failure), the exchange, the
-  // outcome. A rank that dies makes every other rank's exchange fail.
-  void shared_job(const std::string& path, const std::string& my_path,
-                  std::shared_ptr<Staged> staged, const c10::IValue& body, Report mine,
-                  int64_t step, std::vector<Event> commit,
-                  const std::vector<std::string>& remove_after, bool moves_last_checkpoint) {
+  static std::string message_of(std::exception_ptr e) {
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& ex) {
+      return ex.what();
+    } catch (...) {
+      return "unknown error";
+    }
+  }
+
+  // One exchange of a job, as the writer pool runs it on every rank (a collective job: it runs
+  // even after this rank failed, `earlier`, so that the rank still takes its turn and every rank
+  // learns of the failure instead of waiting for it). Rank 0: save_begun, its own part up to the
+  // rename, the exchange, save_prepared when it replaces a file, the rename, the commit (every
+  // part listed), the outcome to every rank, then the removals. Rank r > 0: its part written
+  // durably (or its failure), the exchange, the outcome. With no commit (the run's end) only the
+  // exchange. A rank that dies makes every other rank's exchange fail.
+  struct SharedSave {
+    std::string label;    // "step 12", "the run's end"
+    std::string path;     // the checkpoint (rank 0's file); "" at the run's end
+    std::string my_path;  // what this rank writes; "" = nothing
+    std::shared_ptr<Staged> staged;
+    c10::IValue body;  // when not staged (sync)
+    Report mine;
+    std::vector<Event> commit;  // rank 0 appends it; the others patch their state with it
+    std::vector<std::string> remove_after;
+    bool moves_last_checkpoint = false;
+  };
+
+  void shared_job(std::exception_ptr earlier, SharedSave job) {
     using Clock = std::chrono::steady_clock;
+    Report& mine = job.mine;
+    std::vector<Event>& commit = job.commit;
+    if (earlier && mine.ok) {
+      // The whole message went to the caller with the first failure; here its start is enough.
+      std::string why = message_of(earlier);
+      if (why.size() > 300) why = why.substr(0, 300) + "...";
+      mine.ok = false;
+      mine.error = "an earlier checkpoint job of this rank failed: " + why;
+    }
     auto produce = [&](const ByteSink& sink) {
-      write_checkpoint(staged ? staged->content() : body, sink);
+      write_checkpoint(job.staged ? job.staged->content() : job.body, sink);
     };
     auto monotonic_us = []() {
       timespec ts{};
@@ -848,21 +968,21 @@ struct CheckpointHook::Impl {
       return static_cast<int64_t>(ts.tv_sec) * 1000000 + ts.tv_nsec / 1000;
     };
     if (rank != 0) {
-      if (!my_path.empty()) {
+      if (!job.my_path.empty() && mine.ok) {
         try {
-          if (staged) staged->wait_ready();
-          WrittenFile w = write_durably(my_path, produce, *files);
+          if (job.staged) job.staged->wait_ready();
+          WrittenFile w = write_durably(job.my_path, produce, *files);
           mine.bytes = static_cast<int64_t>(w.bytes);
           mine.sha256 = w.sha256;
         } catch (const std::exception& ex) {
           mine.ok = false;
           mine.error = ex.what();
         }
-        staged.reset();
       }
+      job.staged.reset();
       mine.arrive_us = monotonic_us();
-      coord->gather(mine.json());
-      const nlohmann::json outcome = nlohmann::json::parse(coord->broadcast(""));
+      coord->gather(mine.packed(), /*wait_for_root=*/true);
+      const nlohmann::json outcome = unpack(coord->broadcast(""));
       if (!outcome.at("ok").get<bool>()) {
         throw_error(static_cast<ErrorCode>(outcome.at("code").get<int>()),
                     outcome.at("error").get<std::string>());
@@ -883,28 +1003,27 @@ struct CheckpointHook::Impl {
     int64_t coord_us = 0;
     auto exchange = [&]() {
       mine.arrive_us = monotonic_us();
-      std::vector<std::string> texts = coord->gather(mine.json());
+      std::vector<std::string> texts = coord->gather(mine.packed(), /*wait_for_root=*/true);
       exchanged = true;
       int64_t last = 0;
-      check_reports(texts, mine, step, commit, &last);
+      check_reports(texts, mine, job.label, commit, &last);
       coord_us += std::max<int64_t>(0, monotonic_us() - std::max(last, mine.arrive_us));
     };
     try {
+      if (!mine.ok) throw_error(ErrorCode::kIOError, mine.error);
       if (commit.empty()) {
         exchange();
       } else {
-        Event begun = commit.front();
-        begun.kind = EventKind::kSaveBegun;
-        begun.bytes.reset();
-        ledger->append(begun);
-        if (staged) staged->wait_ready();
-        WrittenFile w = write_durably(path, produce, *files, [&](const WrittenFile& written) {
-          mine.bytes = static_cast<int64_t>(written.bytes);
-          mine.sha256 = written.sha256;
-          exchange();
-          prepare_replacement(path, written, commit);
-        });
-        staged.reset();
+        append_begun(commit);
+        if (job.staged) job.staged->wait_ready();
+        WrittenFile w =
+            write_durably(job.path, produce, *files, [&](const WrittenFile& written) {
+              mine.bytes = static_cast<int64_t>(written.bytes);
+              mine.sha256 = written.sha256;
+              exchange();
+              prepare_replacement(job.path, written, commit);
+            });
+        job.staged.reset();
         commit.front().bytes = static_cast<int64_t>(w.bytes);
         commit.front().digest = w.sha256;
         // The commit's own time cannot be in the record it writes: coord_us is the exchange's;
@@ -928,14 +1047,10 @@ struct CheckpointHook::Impl {
         outcome["detail"] = commit.front().detail;
         outcome["seq"] = commit.front().seq;
       }
-      coord->broadcast(outcome.dump());
+      coord->broadcast(pack(outcome));
       told = true;
-      if (commit.empty()) return;
-      patch_committed(commit);
-      for (const std::string& p : remove_after) remove_durably(p, *files);
-      if (moves_last_checkpoint)
-        write_text_durably(join_path(work_dir, "last_checkpoint"), path, *files);
-      maybe_snapshot(kSnapshotEvery);
+      if (!commit.empty())
+        after_commit(job.path, commit, job.remove_after, job.moves_last_checkpoint);
     } catch (const std::exception& ex) {
       if (told) throw;
       std::string message = ex.what();
@@ -943,22 +1058,22 @@ struct CheckpointHook::Impl {
       if (const auto* e = dynamic_cast<const Error*>(&ex)) code = e->code();
       try {
         if (!exchanged) {
-          // Rank 0's own part failed before the exchange: the others wait in it.
+          // Rank 0 failed before the exchange (its own part, or earlier): the others wait in it.
           mine.ok = false;
           mine.error = message;
-          std::vector<std::string> texts = coord->gather(mine.json());
+          std::vector<std::string> texts = coord->gather(mine.packed(), /*wait_for_root=*/true);
           try {
-            check_reports(texts, mine, step, commit);
+            check_reports(texts, mine, job.label, commit);
           } catch (const Error& all) {
             message = all.what();
             code = all.code();
           }
         }
         coord->broadcast(
-            nlohmann::json{{"ok", false}, {"error", message}, {"code", static_cast<int>(code)}}
-                .dump());
+            pack(nlohmann::json{{"ok", false}, {"error", message}, {"code", static_cast<int>(code)}}));
       } catch (const std::exception&) {
-        // The exchange itself failed (a rank died): the others see that on their own.
+        // The exchange itself failed (a rank died; the group is broken now): the others see that
+        // on their own.
       }
       throw_error(code, message);
     }
@@ -994,17 +1109,33 @@ struct CheckpointHook::Impl {
     ledger->append(prepared);
   }
 
+  // Posts `job` as a collective job (shared_job); rank 0 records save_failed when a save fails.
+  void post_shared(SharedSave job) {
+    const std::string path = job.path;
+    pool->post_collective(
+        [this, job = std::move(job)](std::exception_ptr earlier) mutable {
+          shared_job(earlier, std::move(job));
+        },
+        rank != 0 || path.empty()
+            ? std::function<void(std::exception_ptr)>()
+            : [this, path](std::exception_ptr e) { record_save_failed(path, e); });
+  }
+
   // One checkpoint of a job: every rank decides it (the same decision), builds and stages what
-  // its layout gives it to write, and posts the exchange (shared_job).
+  // its layout gives it to write, and posts the exchange (shared_job). When building or staging
+  // fails on this rank, the exchange still goes out carrying the failure (so that no rank waits
+  // for this one), and the error is raised here.
   void save_shared(Runner& runner, PlannedSave plan) {
-    const std::string path = plan.path;
-    std::vector<Event> commit = std::move(plan.commit);
-    const std::vector<std::string> remove_after = std::move(plan.remove_after);
-    const bool moves_last_checkpoint = plan.moves_last_checkpoint;
-    const int64_t step = commit.front().step.value_or(0);
-    Report mine;
+    SharedSave job;
+    job.path = plan.path;
+    job.commit = std::move(plan.commit);
+    job.remove_after = std::move(plan.remove_after);
+    job.moves_last_checkpoint = plan.moves_last_checkpoint;
+    const int64_t step = job.commit.front().step.value_or(0);
+    job.label = fmt::format("step {}", step);
+    Report& mine = job.mine;
     const std::string& layout = cfg.options.save_layout;
-    mine.decision = describe_decision(path, commit, remove_after) +
+    mine.decision = describe_decision(job.path, job.commit, job.remove_after) +
                     fmt::format(", layout {} of {} ranks", layout, world);
     const int64_t save_no = ++saves_in_run;
     int64_t run = 0;
@@ -1014,54 +1145,54 @@ struct CheckpointHook::Impl {
     }
     // The parts' names are known now (policy/parts.h), so that a later decision (a prune, a
     // re-save) finds them before this save is committed; sizes and digests come with the commit.
-    SavePayload sp = from_detail<SavePayload>(commit.front().detail, 0);
+    SavePayload sp = from_detail<SavePayload>(job.commit.front().detail, 0);
     sp.v = 2;
     sp.layout = layout;
     sp.world_size = world;
-    sp.part_paths = {path};
+    sp.part_paths = {job.path};
     for (int r = 1; layout != "main" && r < world; ++r) {
-      sp.part_paths.push_back(part_path(path, r, run, save_no));
+      sp.part_paths.push_back(part_path(job.path, r, run, save_no));
     }
-    commit.front().detail = to_detail(sp);
-    decide(commit);
-    c10::IValue body;
-    if (rank == 0 || layout != "main") {
-      c10::IValue ckpt(content(runner, plan.meta_epoch, plan.meta_iter, plan.with_optimizer,
-                               plan.with_schedulers, snapshot()));
-      body = layout == "spread" ? spread_body(ckpt, rank, world) : ckpt;
-      mine.path = sp.part_paths.at(static_cast<size_t>(rank));
-    }
-    std::shared_ptr<Staged> staged;
-    if (!mine.path.empty() && !pool->synchronous()) {
-      std::chrono::nanoseconds stall{0};
-      if (!budget_sized) size_budget(body);
-      staged = stager->stage(body, &stall);
-      mine.stall_us = std::chrono::duration_cast<std::chrono::microseconds>(stall).count();
-      body = c10::IValue();  // the staged copy is written
+    job.commit.front().detail = to_detail(sp);
+    decide(job.commit);
+    std::exception_ptr failure;
+    try {
+      if (rank == 0 || layout != "main") {
+        c10::IValue ckpt(content(runner, plan.meta_epoch, plan.meta_iter, plan.with_optimizer,
+                                 plan.with_schedulers, snapshot()));
+        job.body = layout == "spread" ? spread_body(ckpt, rank, world) : ckpt;
+        mine.path = sp.part_paths.at(static_cast<size_t>(rank));
+      }
+      if (!mine.path.empty() && !pool->synchronous()) {
+        std::chrono::nanoseconds stall{0};
+        if (!budget_sized) size_budget(job.body);
+        job.staged = stager->stage(job.body, &stall);
+        mine.stall_us = std::chrono::duration_cast<std::chrono::microseconds>(stall).count();
+        job.body = c10::IValue();  // the staged copy is written
+      }
+    } catch (const std::exception& ex) {
+      failure = std::current_exception();
+      mine.ok = false;
+      mine.error = fmt::format("building the checkpoint's content failed: {}", ex.what());
+      job.staged.reset();
+      job.body = c10::IValue();
     }
     sp.stall_us = mine.stall_us;
-    commit.front().detail = to_detail(sp);
-    stage_saves.push_back(path);
-    const std::string my_path = mine.path;
-    pool->post(
-        [this, path, my_path, staged, body, mine, step, commit, remove_after,
-         moves_last_checkpoint]() mutable {
-          shared_job(path, my_path, std::move(staged), body, std::move(mine), step,
-                     std::move(commit), remove_after, moves_last_checkpoint);
-        },
-        rank != 0 ? std::function<void(std::exception_ptr)>()
-                  : [this, path](std::exception_ptr e) { record_save_failed(path, e); });
+    job.commit.front().detail = to_detail(sp);
+    job.my_path = mine.path;
+    stage_saves.push_back(job.path);
+    post_shared(std::move(job));
+    if (failure) std::rethrow_exception(failure);
   }
 
   // The run's end: one more exchange, so that a rank that made more or fewer saves than rank 0
-  // is told, not left waiting.
+  // is told, not left waiting; a rank's failure not raised yet travels with it to every rank.
   void finish_shared(Runner& runner) {
-    Report mine;
-    mine.decision =
+    SharedSave job;
+    job.label = "the run's end";
+    job.mine.decision =
         fmt::format("finish the run at epoch {}, iter {}", runner.epoch(), runner.iter());
-    pool->post([this, mine]() mutable {
-      shared_job("", "", nullptr, c10::IValue(), std::move(mine), 0, {}, {}, false);
-    });
+    post_shared(std::move(job));
   }
 
   void record_save_failed(const std::string& path, std::exception_ptr e) {
@@ -1173,303 +1304,332 @@ CheckpointHook::~CheckpointHook() {
 
 std::optional<std::string> CheckpointHook::resume(Runner& runner, bool resume,
                                                   const std::optional<std::string>& load_from) {
-  Impl& m = *impl_;
-  m.open_ledger(runner);
-  m.resume_mode = resume;
-  std::string path;
-  c10::IValue ckpt;
-  ResumedPayload rp;
-  if (load_from) {
-    path = absolute_normal(*load_from);
-    rp.source = "load_from";
-    // A checkpoint this ledger holds is read with its parts (a "spread" one assembled, a
-    // "sharded" one: this rank's part).
-    LiveFile lf;
-    {
-      std::lock_guard<std::mutex> lock(m.mu);
-      auto it = m.state.live.find(path);
-      if (it != m.state.live.end()) lf = it->second;
-    }
-    ckpt = lf.part_paths.size() > 1 ? *m.read_parts(path, lf, /*verify=*/false, nullptr)
-                                    : read_checkpoint(path);
-  } else if (resume) {
-    rp.source = "auto";
-    // Newest committed regular checkpoint whose bytes still match the ledger (docs/behaviour.md:
-    // resume). Each candidate is loaded and hashed in one read of the file (the SHA-256 on a second
-    // thread); a load whose digest is not the committed one is discarded.
-    for (auto it = m.state.regular_order.rbegin(); it != m.state.regular_order.rend(); ++it) {
-      auto live = m.state.live.find(*it);
-      if (live == m.state.live.end()) continue;
-      m.check_world_size(*it, live->second);
-      if (m.multi()) {
-        // Every rank verifies what it loads; one exchange decides (docs/distributed.md).
+  return impl_->guarded([&]() -> std::optional<std::string> {
+    Impl& m = *impl_;
+    m.open_ledger(runner);
+    m.resume_mode = resume;
+    std::string path;
+    c10::IValue ckpt;
+    ResumedPayload rp;
+    if (load_from) {
+      path = absolute_normal(*load_from);
+      rp.source = "load_from";
+      // A checkpoint this ledger holds is read with its parts (a "spread" one assembled, a
+      // "sharded" one: this rank's part).
+      LiveFile lf;
+      {
+        std::lock_guard<std::mutex> lock(m.mu);
+        auto it = m.state.live.find(path);
+        if (it != m.state.live.end()) lf = it->second;
+      }
+      ckpt = lf.part_paths.size() > 1 ? *m.read_parts(path, lf, /*verify=*/false, nullptr)
+                                      : read_checkpoint(path);
+      if (lf.part_paths.size() <= 1 && (is_spread_part(ckpt) || has_spread_placeholder(ckpt))) {
+        throw_error(ErrorCode::kInvalidArgument,
+                    fmt::format("cannot load {}: it is one part of a \"spread\" checkpoint (the "
+                                "other ranks' tensors are in other files) that this work_dir's "
+                                "ledger does not list; write it as one file with `ckptledger "
+                                "export` through the ledger that recorded it, and load that",
+                                path));
+      }
+    } else if (resume) {
+      rp.source = "auto";
+      // Newest committed regular checkpoint whose bytes still match the ledger (docs/behaviour.md:
+      // resume). Each candidate is loaded and hashed in one read of the file (the SHA-256 on a second
+      // thread); a load whose digest is not the committed one is discarded.
+      for (auto it = m.state.regular_order.rbegin(); it != m.state.regular_order.rend(); ++it) {
+        auto live = m.state.live.find(*it);
+        if (live == m.state.live.end()) continue;
+        m.check_world_size(*it, live->second);
+        // 0: verified; 1: rejected (`why`); 2: raised (read_parts: committed bytes that do not
+        // load). In a job every rank verifies what it loads, and the worst verdict of any rank
+        // decides for all (docs/distributed.md).
         std::string why;
         std::optional<c10::IValue> mine;
+        std::exception_ptr raised;
         try {
           mine = m.read_parts(*it, live->second, /*verify=*/true, &why);
         } catch (const std::exception& ex) {
+          raised = std::current_exception();
           why = ex.what();
         }
-        if (m.coord->max(mine ? 0 : 1) == 0) {
+        int64_t verdict = mine ? 0 : raised ? 2 : 1;
+        if (m.multi()) {
+          verdict = m.coord->max(verdict);
+          if (verdict != 0) {
+            std::string all;
+            std::vector<std::string> whys = m.coord->gather(mine ? "" : why);
+            for (size_t r = 0; r < whys.size(); ++r) {
+              if (!whys[r].empty())
+                all += fmt::format("{}rank {}: {}", all.empty() ? "" : "; ", r, whys[r]);
+            }
+            why = m.coord->broadcast(all);
+          }
+        }
+        if (verdict == 0) {
           path = *it;
           ckpt = std::move(*mine);
           break;
         }
-        std::string all;
-        std::vector<std::string> whys = m.coord->gather(why);
-        for (size_t r = 0; r < whys.size(); ++r) {
-          if (!whys[r].empty())
-            all += fmt::format("{}rank {}: {}", all.empty() ? "" : "; ", r, whys[r]);
+        if (verdict == 2) {
+          if (raised) std::rethrow_exception(raised);
+          throw_error(ErrorCode::kCorruption,
+                      fmt::format("rank {}: cannot resume from {}: another rank cannot load its "
+                                  "committed bytes ({})",
+                                  m.rank, *it, why));
         }
-        why = m.coord->broadcast(all);
         rp.rejected += (rp.rejected.empty() ? "" : "; ") + *it + ": " + why;
         m.corrupt_on_resume.push_back({*it, why});
-        m.emit(
-            LogLevel::kWarning,
-            fmt::format("checkpoint {} does not verify ({}); trying the previous one", *it, why));
-        continue;
+        m.emit(LogLevel::kWarning,
+               fmt::format("checkpoint {} does not verify ({}); trying the previous one", *it, why));
       }
-      std::string why;
-      try {
-        std::optional<c10::IValue> v = m.read_parts(*it, live->second, /*verify=*/true, &why);
-        if (v) {
-          path = *it;
-          ckpt = std::move(*v);
-          break;
-        }
-        why = "SHA-256 mismatch";
-      } catch (const Error& load_error) {
-        // The file does not load. Unless its bytes are exactly the committed ones (then the
-        // reader refuses what was written, and a fallback would hide that: raised), it is
-        // corrupt or gone.
-        std::string digest;
-        try {
-          digest = Sha256::file_hex(*it);
-        } catch (const Error& e) {
-          why = e.what();  // missing or unreadable
-        }
-        if (!digest.empty() && digest == live->second.digest) throw;
-        if (why.empty()) why = std::string("SHA-256 mismatch (") + load_error.what() + ")";
+      if (path.empty()) {
+        m.emit(LogLevel::kInfo, "Did not find last_checkpoint to be resumed.");
+        return std::nullopt;
       }
-      rp.rejected += (rp.rejected.empty() ? "" : "; ") + *it + ": " + why;
-      m.corrupt_on_resume.push_back({*it, why});
-      m.emit(LogLevel::kWarning,
-             fmt::format("checkpoint {} does not verify ({}); trying the previous one", *it, why));
-    }
-    if (path.empty()) {
-      m.emit(LogLevel::kInfo, "Did not find last_checkpoint to be resumed.");
+    } else {
       return std::nullopt;
     }
-  } else {
-    return std::nullopt;
-  }
-  const c10::impl::GenericDict dict = ckpt.toGenericDict();
-  runner.load_checkpoint(dict, resume);
-  if (resume) {
-    // A Runner whose load_checkpoint forgot its counters would retrain from 0 over later weights.
-    if (dict.contains("meta") && dict.at("meta").isGenericDict()) {
-      const c10::impl::GenericDict meta = dict.at("meta").toGenericDict();
-      auto counter = [&](const char* k) -> std::optional<int64_t> {
-        if (!meta.contains(k) || !meta.at(k).isInt()) return std::nullopt;
-        return meta.at(k).toInt();
-      };
-      const auto epoch = counter("epoch"), iter = counter("iter");
-      if ((epoch && *epoch != runner.epoch()) || (iter && *iter != runner.iter())) {
-        throw_error(
-            ErrorCode::kInvalidArgument,
-            fmt::format("resume from {}: after Runner::load_checkpoint the runner is at "
-                        "epoch {}, iter {}, but the checkpoint's meta says epoch {}, iter "
-                        "{}: load_checkpoint must restore the counters when resuming "
-                        "(LoopRunner::restore_counters)",
-                        path, runner.epoch(), runner.iter(), epoch ? std::to_string(*epoch) : "-",
-                        iter ? std::to_string(*iter) : "-"));
+    const c10::impl::GenericDict dict = ckpt.toGenericDict();
+    runner.load_checkpoint(dict, resume);
+    if (resume) {
+      // A Runner whose load_checkpoint forgot its counters would retrain from 0 over later weights.
+      if (dict.contains("meta") && dict.at("meta").isGenericDict()) {
+        const c10::impl::GenericDict meta = dict.at("meta").toGenericDict();
+        auto counter = [&](const char* k) -> std::optional<int64_t> {
+          if (!meta.contains(k) || !meta.at(k).isInt()) return std::nullopt;
+          return meta.at(k).toInt();
+        };
+        const auto epoch = counter("epoch"), iter = counter("iter");
+        if ((epoch && *epoch != runner.epoch()) || (iter && *iter != runner.iter())) {
+          throw_error(
+              ErrorCode::kInvalidArgument,
+              fmt::format("resume from {}: after Runner::load_checkpoint the runner is at "
+                          "epoch {}, iter {}, but the checkpoint's meta says epoch {}, iter "
+                          "{}: load_checkpoint must restore the counters when resuming "
+                          "(LoopRunner::restore_counters)",
+                          path, runner.epoch(), runner.iter(), epoch ? std::to_string(*epoch) : "-",
+                          iter ? std::to_string(*iter) : "-"));
+        }
       }
+      std::string bests;
+      for (const auto& [key, b] : m.state.best) {
+        bests += fmt::format("{}{} {} ({})", bests.empty() ? "; best " : ", ", key, b.score,
+                             fs::path(b.path).filename().string());
+      }
+      m.emit(LogLevel::kInfo, fmt::format("Resumed from {}: epoch {}, iter {}{}", path,
+                                          runner.epoch(), runner.iter(), bests));
     }
-    std::string bests;
-    for (const auto& [key, b] : m.state.best) {
-      bests += fmt::format("{}{} {} ({})", bests.empty() ? "; best " : ", ", key, b.score,
-                           fs::path(b.path).filename().string());
-    }
-    m.emit(LogLevel::kInfo, fmt::format("Resumed from {}: epoch {}, iter {}{}", path,
-                                        runner.epoch(), runner.iter(), bests));
-  }
-  Event e;
-  e.kind = EventKind::kResumed;
-  e.path = path;
-  e.epoch = runner.epoch();
-  e.iter = runner.iter();
-  e.detail = to_detail(rp);
-  m.pending.push_back(e);
-  return path;
+    Event e;
+    e.kind = EventKind::kResumed;
+    e.path = path;
+    e.epoch = runner.epoch();
+    e.iter = runner.iter();
+    e.detail = to_detail(rp);
+    m.pending.push_back(e);
+    return path;
+  });
 }
 
 void CheckpointHook::before_train(Runner& runner) {
-  Impl& m = *impl_;
-  m.begin_stage();
-  m.open_ledger(runner);
-  m.out_dir = m.resolve_out_dir();
-  m.emit(LogLevel::kInfo, fmt::format("Checkpoints will be saved to {}.", m.out_dir));
+  return impl_->guarded([&]() -> void {
+    Impl& m = *impl_;
+    m.begin_stage();
+    m.open_ledger(runner);
+    m.out_dir = m.resolve_out_dir();
+    m.emit(LogLevel::kInfo, fmt::format("Checkpoints will be saved to {}.", m.out_dir));
 
-  RunStartedPayload rs;
-  rs.config = m.cfg.options.to_json().dump();
-  rs.work_dir = m.work_dir;
-  rs.out_dir = m.out_dir;
-  rs.pid = ::getpid();
-  rs.host = host_name();
-  rs.resume = m.resume_mode;
-  rs.version = CKPTLEDGER_VERSION;
-  std::vector<Event> start;
-  if (!m.state.config.empty() && m.state.config != rs.config) {
-    nlohmann::json prev = nlohmann::json::parse(m.state.config, nullptr, false);
-    nlohmann::json cur = nlohmann::json::parse(rs.config);
-    ConfigChangedPayload cc;
-    for (auto it = cur.begin(); it != cur.end(); ++it) {
-      if (!prev.is_object() || !prev.contains(it.key()) || prev[it.key()] != it.value()) {
-        cc.changed.push_back(it.key());
+    RunStartedPayload rs;
+    rs.config = m.cfg.options.to_json().dump();
+    rs.work_dir = m.work_dir;
+    rs.out_dir = m.out_dir;
+    rs.pid = ::getpid();
+    rs.host = host_name();
+    rs.resume = m.resume_mode;
+    rs.version = CKPTLEDGER_VERSION;
+    std::vector<Event> start;
+    if (!m.state.config.empty() && m.state.config != rs.config) {
+      nlohmann::json prev = nlohmann::json::parse(m.state.config, nullptr, false);
+      nlohmann::json cur = nlohmann::json::parse(rs.config);
+      ConfigChangedPayload cc;
+      for (auto it = cur.begin(); it != cur.end(); ++it) {
+        if (!prev.is_object() || !prev.contains(it.key()) || prev[it.key()] != it.value()) {
+          cc.changed.push_back(it.key());
+        }
       }
+      cc.previous = m.state.config;
+      cc.current = rs.config;
+      Event e;
+      e.kind = EventKind::kConfigChanged;
+      e.detail = to_detail(cc);
+      start.push_back(e);
+      m.emit(LogLevel::kInfo, fmt::format("CheckpointHook config changed since the last run: {}",
+                                          py_list(cc.changed)));
     }
-    cc.previous = m.state.config;
-    cc.current = rs.config;
-    Event e;
-    e.kind = EventKind::kConfigChanged;
-    e.detail = to_detail(cc);
-    start.push_back(e);
-    m.emit(LogLevel::kInfo, fmt::format("CheckpointHook config changed since the last run: {}",
-                                        py_list(cc.changed)));
-  }
-  Event run;
-  run.kind = EventKind::kRunStarted;
-  run.detail = to_detail(rs);
-  start.push_back(run);
-  for (const auto& [path, why] : m.corrupt_on_resume) {
-    Event e;
-    e.kind = EventKind::kRecovered;
-    e.path = path;
-    RecoveredPayload rp;
-    rp.finding = "corrupt";
-    rp.action = "never chosen for resume; fell back to the previous checkpoint";
-    rp.detail = why;
-    e.detail = to_detail(rp);
-    start.push_back(e);
-  }
-  m.corrupt_on_resume.clear();
-  for (Event& e : m.pending) start.push_back(e);
-  m.pending.clear();
-  m.record(std::move(start));
+    Event run;
+    run.kind = EventKind::kRunStarted;
+    run.detail = to_detail(rs);
+    start.push_back(run);
+    for (const auto& [path, why] : m.corrupt_on_resume) {
+      Event e;
+      e.kind = EventKind::kRecovered;
+      e.path = path;
+      RecoveredPayload rp;
+      rp.finding = "corrupt";
+      rp.action = "never chosen for resume; fell back to the previous checkpoint";
+      rp.detail = why;
+      e.detail = to_detail(rp);
+      start.push_back(e);
+    }
+    m.corrupt_on_resume.clear();
+    for (Event& e : m.pending) start.push_back(e);
+    m.pending.clear();
+    m.record(std::move(start));
 
-  // As MMEngine's before_train: a smaller max_keep_ckpts trims the restored keep list.
-  TrimPlan trim = m.planner().plan_keep_trim(m.snapshot(), runner.epoch(), runner.iter());
-  if (!trim.prunes.empty()) m.record(std::move(trim.prunes), std::move(trim.remove_after));
+    // As MMEngine's before_train: a smaller max_keep_ckpts trims the restored keep list.
+    TrimPlan trim = m.planner().plan_keep_trim(m.snapshot(), runner.epoch(), runner.iter());
+    if (!trim.prunes.empty()) m.record(std::move(trim.prunes), std::move(trim.remove_after));
+  });
 }
 
 void CheckpointHook::after_train_iter(Runner& runner, int64_t /*batch_idx*/) {
-  Impl& m = *impl_;
-  m.begin_stage();
-  if (m.cfg.options.by_epoch) return;
-  const HookConfig& o = m.cfg.options;
-  const int64_t I = runner.iter();
-  const int64_t d = I + 1 - o.save_begin;
-  bool due = o.interval > 0 && d >= 0 && d % o.interval == 0;
-  bool last = o.save_last && I + 1 == runner.max_iters();
-  if (!due && !last) return;
-  m.emit(LogLevel::kInfo, fmt::format("Saving checkpoint at {} iterations", I + 1));
-  m.save_regular(runner, I + 1, runner.epoch(), I + 1);
-  m.check_error();
+  return impl_->guarded([&]() -> void {
+    Impl& m = *impl_;
+    m.begin_stage();
+    if (m.cfg.options.by_epoch) return;
+    const HookConfig& o = m.cfg.options;
+    const int64_t I = runner.iter();
+    const int64_t d = I + 1 - o.save_begin;
+    bool due = o.interval > 0 && d >= 0 && d % o.interval == 0;
+    bool last = o.save_last && I + 1 == runner.max_iters();
+    if (!due && !last) return;
+    m.emit(LogLevel::kInfo, fmt::format("Saving checkpoint at {} iterations", I + 1));
+    m.save_regular(runner, I + 1, runner.epoch(), I + 1);
+    m.check_error();
+  });
 }
 
 void CheckpointHook::after_train_epoch(Runner& runner) {
-  Impl& m = *impl_;
-  m.begin_stage();
-  if (!m.cfg.options.by_epoch) return;
-  const HookConfig& o = m.cfg.options;
-  const int64_t E = runner.epoch();
-  const int64_t d = E + 1 - o.save_begin;
-  bool due = o.interval > 0 && d >= 0 && d % o.interval == 0;
-  bool last = o.save_last && E + 1 == runner.max_epochs();
-  if (!due && !last) return;
-  m.emit(LogLevel::kInfo, fmt::format("Saving checkpoint at {} epochs", E + 1));
-  m.save_regular(runner, E + 1, E + 1, runner.iter());
-  m.check_error();
+  return impl_->guarded([&]() -> void {
+    Impl& m = *impl_;
+    m.begin_stage();
+    if (!m.cfg.options.by_epoch) return;
+    const HookConfig& o = m.cfg.options;
+    const int64_t E = runner.epoch();
+    const int64_t d = E + 1 - o.save_begin;
+    bool due = o.interval > 0 && d >= 0 && d % o.interval == 0;
+    bool last = o.save_last && E + 1 == runner.max_epochs();
+    if (!due && !last) return;
+    m.emit(LogLevel::kInfo, fmt::format("Saving checkpoint at {} epochs", E + 1));
+    m.save_regular(runner, E + 1, E + 1, runner.iter());
+    m.check_error();
+  });
 }
 
 void CheckpointHook::after_val_epoch(Runner& runner, const Metrics& metrics) {
-  impl_->begin_stage();
-  impl_->after_val_epoch(runner, metrics);
-  impl_->check_error();
+  return impl_->guarded([&]() -> void {
+    impl_->begin_stage();
+    impl_->after_val_epoch(runner, metrics);
+    impl_->check_error();
+  });
 }
 
 void CheckpointHook::after_train(Runner& /*runner*/) {
-  Impl& m = *impl_;
-  m.begin_stage();
-  if (!m.cfg.published_keys) return;
-  // Publishing reads what was saved: everything in flight lands first.
-  m.pool->drain();
-  m.check_error();
-  if (!m.multi()) {
-    m.publish_all();
-    return;
-  }
-  // A job: rank 0 publishes (from the committed parts) and hands every rank what it recorded,
-  // so that every rank's state stays the same (the pools are idle: the exchange is free).
-  if (m.rank == 0) {
-    nlohmann::json events = nlohmann::json::array();
-    try {
-      for (const Event& e : m.publish_all()) {
-        events.push_back({{"path", e.path},
-                          {"bytes", e.bytes.value_or(0)},
-                          {"digest", e.digest},
-                          {"detail", e.detail}});
-      }
-    } catch (const std::exception& ex) {
-      m.coord->broadcast(std::string("E") + ex.what());
-      throw;
+  return impl_->guarded([&]() -> void {
+    Impl& m = *impl_;
+    if (!m.multi()) {
+      m.begin_stage();
+      if (!m.cfg.published_keys) return;
+      // Publishing reads what was saved: everything in flight lands first.
+      m.pool->drain();
+      m.check_error();
+      m.publish_all();
+      return;
     }
-    m.coord->broadcast("P" + events.dump());
-    return;
-  }
-  const std::string msg = m.coord->broadcast("");
-  if (msg.empty() || msg[0] != 'P') {
-    throw_error(ErrorCode::kIOError, fmt::format("rank {}: rank 0 could not publish: {}", m.rank,
-                                                 msg.empty() ? "(no reason)" : msg.substr(1)));
-  }
-  std::vector<Event> events;
-  for (const nlohmann::json& j : nlohmann::json::parse(msg.substr(1))) {
-    Event e;
-    e.kind = EventKind::kPublished;
-    e.path = j.at("path");
-    e.bytes = j.at("bytes").get<int64_t>();
-    e.digest = j.at("digest");
-    e.detail = j.at("detail");
-    m.published.push_back(e.path);
-    events.push_back(std::move(e));
-  }
-  m.record(std::move(events));
+    // A job: rank 0 publishes (from the committed parts) and hands every rank what it recorded,
+    // so that every rank's state stays the same (the pools are idle: the exchange is free). Every
+    // rank takes part in that exchange, also with a failure of its own to raise (rank 0 then sends
+    // it), so that none waits for a rank that has stopped.
+    m.stage_saves.clear();
+    if (!m.cfg.published_keys) {
+      m.check_error();
+      return;
+    }
+    m.pool->drain();
+    std::exception_ptr failure;
+    try {
+      m.check_error();
+    } catch (const std::exception&) {
+      failure = std::current_exception();
+    }
+    if (m.rank == 0) {
+      nlohmann::json events = nlohmann::json::array();
+      try {
+        if (failure) std::rethrow_exception(failure);
+        for (const Event& e : m.publish_all()) {
+          events.push_back({{"path", e.path},
+                            {"bytes", e.bytes.value_or(0)},
+                            {"digest", e.digest},
+                            {"detail", e.detail}});
+        }
+      } catch (const std::exception& ex) {
+        m.coord->broadcast(std::string("E") + ex.what());
+        throw;
+      }
+      m.coord->broadcast("P" + Impl::pack(events));
+      return;
+    }
+    const std::string msg = m.coord->broadcast("");
+    if (failure) std::rethrow_exception(failure);
+    if (msg.empty() || msg[0] != 'P') {
+      throw_error(ErrorCode::kIOError, fmt::format("rank {}: rank 0 could not publish: {}", m.rank,
+                                                   msg.empty() ? "(no reason)" : msg.substr(1)));
+    }
+    std::vector<Event> events;
+    for (const nlohmann::json& j : Impl::unpack(msg.substr(1))) {
+      Event e;
+      e.kind = EventKind::kPublished;
+      e.path = j.at("path");
+      e.bytes = j.at("bytes").get<int64_t>();
+      e.digest = j.at("digest");
+      e.detail = j.at("detail");
+      m.published.push_back(e.path);
+      events.push_back(std::move(e));
+    }
+    m.record(std::move(events));
+  });
 }
 
 void CheckpointHook::after_run(Runner& runner) {
-  Impl& m = *impl_;
-  m.begin_stage();
-  m.check_error();
-  if (m.multi()) {
-    m.finish_shared(runner);
+  return impl_->guarded([&]() -> void {
+    Impl& m = *impl_;
+    if (m.multi()) {
+      // The run's end is an exchange every rank makes: a failure this rank has not raised yet goes
+      // to every rank with it (shared_job), then is raised here.
+      m.stage_saves.clear();
+      m.finish_shared(runner);
+      m.pool->drain();
+    } else {
+      m.begin_stage();
+    }
+    m.check_error();
+    if (!m.ledger) return;
+    Event e;
+    e.kind = EventKind::kRunFinished;
+    m.record({e});
     m.pool->drain();
     m.check_error();
-  }
-  if (!m.ledger) return;
-  Event e;
-  e.kind = EventKind::kRunFinished;
-  m.record({e});
-  m.pool->drain();
-  m.check_error();
-  // The next resume starts from here (the pool is idle: the training thread may use the ledger).
-  m.maybe_snapshot(1);
+    // The next resume starts from here (the pool is idle: the training thread may use the ledger).
+    m.maybe_snapshot(1);
+  });
 }
 
 void CheckpointHook::wait_idle() { impl_->pool->drain(); }
 
 void CheckpointHook::join(const c10::intrusive_ptr<c10d::ProcessGroup>& group,
                           const c10::intrusive_ptr<c10d::Store>& store,
-                          std::chrono::milliseconds timeout) {
+                          std::chrono::milliseconds timeout,
+                          std::chrono::milliseconds write_timeout) {
   Impl& m = *impl_;
   if (m.ledger || m.shared_open || m.coord) {
     throw_error(ErrorCode::kInvalidArgument,
@@ -1486,7 +1646,7 @@ void CheckpointHook::join(const c10::intrusive_ptr<c10d::ProcessGroup>& group,
                 "a failed save stops every rank (on_error \"raise\"), and torchrun restarts the "
                 "job from the last committed checkpoint");
   }
-  auto coord = std::make_unique<Coordinator>(group, store, timeout);
+  auto coord = std::make_unique<Coordinator>(group, store, timeout, write_timeout);
   m.rank = coord->rank();
   m.world = coord->size();
   m.coord = std::move(coord);

@@ -4,8 +4,10 @@
 #include <cstdlib>
 #include <cstring>
 
+#include <ATen/core/grad_mode.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
 #include <ATen/ops/zeros.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
@@ -27,17 +29,90 @@ std::string message_of(const std::exception& ex) {
 
 struct Coordinator::Impl {
   c10::intrusive_ptr<c10d::ProcessGroupGloo> group;
+  c10::intrusive_ptr<c10d::Store> store;  // the hook's prefix of the job's store
   int rank = 0;
   int size = 1;
+  std::chrono::milliseconds write_timeout{0};
+  int64_t root_waits = 0;  // gathers with wait_for_root so far (the same on every rank)
+  std::string broken;      // the first failure
+
+  // Every call starts here: a group that failed once is not used again.
+  void check_usable() const {
+    if (!broken.empty()) {
+      throw_error(ErrorCode::kIOError,
+                  "rank " + std::to_string(rank) +
+                      ": the checkpoint exchange is unusable after an earlier failure: " + broken);
+    }
+  }
+
+  // What the ranks that left the job (leave()) said, as " (rank r stopped: ...)"; "" when none
+  // did or the store cannot say.
+  std::string stopped_ranks() const {
+    std::string out;
+    for (int r = 0; r < size; ++r) {
+      if (r == rank) continue;
+      try {
+        const std::string key = "stopped/" + std::to_string(r);
+        if (!store->check({key})) continue;
+        const std::vector<uint8_t> why = store->get(key);
+        out += " (rank " + std::to_string(r) + " stopped: " + std::string(why.begin(), why.end()) +
+               ")";
+      } catch (const std::exception&) {
+        return out;  // the store went with a dead rank
+      }
+    }
+    return out;
+  }
+
+  [[noreturn]] void fail(const std::string& message) {
+    const std::string full = message + stopped_ranks();
+    if (broken.empty()) broken = full;
+    throw_error(ErrorCode::kIOError, full);
+  }
 
   void wait(const c10::intrusive_ptr<c10d::Work>& work, const char* what) {
     try {
       work->wait();
     } catch (const std::exception& ex) {
-      throw_error(ErrorCode::kIOError, std::string("rank ") + std::to_string(rank) +
-                                           ": the checkpoint exchange (" + what + ") failed: " +
-                                           message_of(ex) + " (another rank died or left the job)");
+      fail(std::string("rank ") + std::to_string(rank) + ": the checkpoint exchange (" + what +
+           ") failed: " + message_of(ex) + " (another rank died or left the job)");
     }
+  }
+
+  // Rank 0 announces that it reached the gather ("arrived/<n>" = "A"); the others wait for that
+  // key. A rank 0 that leaves the job sets the key they wait for to "S" (leave()), so that no rank
+  // waits for a rank 0 that will not come. One blocking wait, not a poll: a TCPStore wait that
+  // times out leaves its answer pending on the connection (torch 1.13), so the first timeout is
+  // final.
+  std::string root_key() const { return "arrived/" + std::to_string(root_waits); }
+
+  void meet_root() {
+    const std::string key = root_key();
+    if (rank == 0) {
+      try {
+        store->set(key, std::vector<uint8_t>{'A'});
+        // Every rank waited for the previous key before its last gather, which rank 0 finished.
+        if (root_waits > 0) store->deleteKey("arrived/" + std::to_string(root_waits - 1));
+      } catch (const std::exception& ex) {
+        fail("rank 0: cannot announce the checkpoint exchange in the job's store: " +
+             message_of(ex));
+      }
+      ++root_waits;
+      return;
+    }
+    std::vector<uint8_t> value;
+    try {
+      store->wait({key}, write_timeout);
+      value = store->get(key);
+    } catch (const std::exception& ex) {
+      fail("rank " + std::to_string(rank) +
+           ": waited for rank 0 to finish its writes and reach the checkpoint exchange: " +
+           message_of(ex));
+    }
+    if (value.empty() || value[0] != 'A') {
+      fail("rank " + std::to_string(rank) + ": rank 0 left the job before this checkpoint exchange");
+    }
+    ++root_waits;
   }
 };
 
@@ -55,7 +130,7 @@ std::shared_ptr<::gloo::transport::Device> gloo_device() {
 
 Coordinator::Coordinator(const c10::intrusive_ptr<c10d::ProcessGroup>& job,
                          const c10::intrusive_ptr<c10d::Store>& store,
-                         std::chrono::milliseconds timeout)
+                         std::chrono::milliseconds timeout, std::chrono::milliseconds write_timeout)
     : impl_(std::make_unique<Impl>()) {
   if (!job || !store) {
     throw_error(ErrorCode::kInvalidArgument,
@@ -63,12 +138,19 @@ Coordinator::Coordinator(const c10::intrusive_ptr<c10d::ProcessGroup>& job,
   }
   impl_->rank = job->getRank();
   impl_->size = job->getSize();
+  impl_->write_timeout = write_timeout;
   auto options = c10d::ProcessGroupGloo::Options::create(timeout);
   options->devices.push_back(gloo_device());
   options->threads = 1;
   try {
+    // The k-th hook this rank joins on this store gets the prefix "ckptledger/<k>/": every rank
+    // counts its own joins, so two hooks of one job (or a hook joined again) never share keys.
+    const int64_t k =
+        store->add("ckptledger/joins/" + std::to_string(impl_->rank), 1) - 1;
+    impl_->store = c10::make_intrusive<c10d::PrefixStore>(
+        "ckptledger/" + std::to_string(k), store);
     impl_->group = c10::make_intrusive<c10d::ProcessGroupGloo>(
-        c10::make_intrusive<c10d::PrefixStore>("ckptledger/", store), impl_->rank, impl_->size,
+        c10::make_intrusive<c10d::PrefixStore>("gloo", impl_->store), impl_->rank, impl_->size,
         options);
   } catch (const std::exception& ex) {
     throw_error(ErrorCode::kIOError, std::string("rank ") + std::to_string(impl_->rank) +
@@ -84,7 +166,29 @@ int Coordinator::size_of(const c10::intrusive_ptr<c10d::ProcessGroup>& group) {
 }
 int Coordinator::size() const { return impl_->size; }
 
+std::string Coordinator::broken() const { return impl_->broken; }
+
+void Coordinator::leave(const std::string& why) {
+  if (!impl_->group) return;
+  try {
+    impl_->store->set("stopped/" + std::to_string(impl_->rank),
+                      std::vector<uint8_t>(why.begin(), why.end()));
+  } catch (const std::exception&) {
+    // The store is gone (a dead rank 0 served it): the others see the closed connections.
+  }
+  if (impl_->rank == 0) {
+    try {
+      // The others may wait for rank 0's next exchange in the store (meet_root): not any more.
+      impl_->store->set(impl_->root_key(), std::vector<uint8_t>{'S'});
+    } catch (const std::exception&) {
+    }
+  }
+  if (impl_->broken.empty()) impl_->broken = "this rank left the job: " + why;
+  impl_->group.reset();  // closes this rank's connections: the others' exchanges fail at once
+}
+
 int64_t Coordinator::max(int64_t value) {
+  impl_->check_usable();
   std::vector<at::Tensor> t{at::empty({1}, at::kLong)};
   t[0].data_ptr<int64_t>()[0] = value;
   c10d::AllreduceOptions o;
@@ -93,7 +197,9 @@ int64_t Coordinator::max(int64_t value) {
   return t[0].data_ptr<int64_t>()[0];
 }
 
-std::vector<std::string> Coordinator::gather(const std::string& mine) {
+std::vector<std::string> Coordinator::gather(const std::string& mine, bool wait_for_root) {
+  impl_->check_usable();
+  if (wait_for_root) impl_->meet_root();
   // Gloo gathers equal sizes: every rank pads to the longest, behind an 8-byte length.
   const int64_t longest = max(static_cast<int64_t>(mine.size()));
   const int64_t slot = 8 + longest;
@@ -121,6 +227,7 @@ std::vector<std::string> Coordinator::gather(const std::string& mine) {
 }
 
 std::string Coordinator::broadcast(const std::string& value) {
+  impl_->check_usable();
   std::vector<at::Tensor> len{at::empty({1}, at::kLong)};
   len[0].data_ptr<int64_t>()[0] = impl_->rank == 0 ? static_cast<int64_t>(value.size()) : 0;
   impl_->wait(impl_->group->broadcast(len), "broadcast");
@@ -237,6 +344,43 @@ void allreduce_sum(JobGroup& group, std::vector<at::Tensor>& tensors) {
     t.copy_(buffer[0].slice(0, at, at + n).view(t.sizes()));
     at += n;
   }
+}
+
+void broadcast_from_rank0(JobGroup& group, std::vector<at::Tensor>& tensors) {
+  if (!group.group || tensors.empty()) return;
+  if (group.group->getRank() != group.rank || group.group->getSize() != group.world_size) {
+    throw_error(ErrorCode::kInvalidArgument,
+                "broadcast_from_rank0: the JobGroup says rank " + std::to_string(group.rank) +
+                    " of " + std::to_string(group.world_size) + ", its process group rank " +
+                    std::to_string(group.group->getRank()) + " of " +
+                    std::to_string(group.group->getSize()));
+  }
+  // One flat byte buffer, one collective: every dtype travels as its bytes, each tensor at an
+  // offset aligned for any element type.
+  constexpr int64_t kAlign = 16;
+  std::vector<int64_t> offsets;
+  int64_t bytes = 0;
+  for (const at::Tensor& t : tensors) {
+    offsets.push_back(bytes);
+    bytes += (static_cast<int64_t>(t.nbytes()) + kAlign - 1) / kAlign * kAlign;
+  }
+  std::vector<at::Tensor> buffer{at::zeros({bytes}, at::kByte)};
+  uint8_t* base = buffer[0].data_ptr<uint8_t>();
+  auto view = [&](const at::Tensor& t, size_t i) {
+    return at::from_blob(base + offsets[i], t.sizes(), t.options().device(at::kCPU));
+  };
+  at::NoGradGuard no_grad;  // the tensors may be a model's parameters
+  if (group.rank == 0) {
+    for (size_t i = 0; i < tensors.size(); ++i) view(tensors[i], i).copy_(tensors[i]);
+  }
+  try {
+    group.group->broadcast(buffer)->wait();
+  } catch (const std::exception& ex) {
+    throw_error(ErrorCode::kIOError, "rank " + std::to_string(group.rank) +
+                                         ": broadcast from rank 0 failed: " + message_of(ex) +
+                                         " (another rank died or left the job)");
+  }
+  for (size_t i = 0; i < tensors.size(); ++i) tensors[i].copy_(view(tensors[i], i));
 }
 
 }  // namespace ckptledger

@@ -1,10 +1,12 @@
 // Coordinator: the hook's own collectives in a job of several ranks (docs/distributed.md).
 //
 // They run on a Gloo group of the hook's own, built over the job's store under the prefix
-// "ckptledger/" (as torch.distributed.checkpoint's async_save builds a separate Gloo group), so
-// that the exchanges the writer pool makes never interleave with the training's collectives on
-// the job's group. Every rank must make the same calls in the same order; a peer that died makes
-// the call throw (Gloo: connection reset) or time out.
+// "ckptledger/<k>/" (k: how many hooks this rank joined on that store before; as
+// torch.distributed.checkpoint's async_save builds a separate Gloo group), so that the exchanges
+// the writer pool makes never interleave with the training's collectives on the job's group, nor
+// with another hook's. Every rank must make the same calls in the same order; a peer that died
+// makes the call throw (Gloo: connection reset) or time out. After the first failure the group is
+// broken: every later call throws at once, naming that failure (no call waits on a dead group).
 // Thread safety: one thread at a time (the writer pool's strand, or the training thread while the
 // pool is idle). No c10d type appears here: the Gloo headers stay in coordinator.cc.
 #pragma once
@@ -27,9 +29,12 @@ namespace ckptledger {
 class Coordinator {
  public:
   // Builds the hook's group: a rendezvous, so every rank of `job` calls it. `store` is the store
-  // the job's group was built on.
+  // the job's group was built on. `timeout`: how long a collective waits for a rank that neither
+  // answers nor dies; `write_timeout`: how long the other ranks wait for rank 0 to reach a
+  // gather(..., wait_for_root) (its writes before it: see gather).
   Coordinator(const c10::intrusive_ptr<c10d::ProcessGroup>& job,
-              const c10::intrusive_ptr<c10d::Store>& store, std::chrono::milliseconds timeout);
+              const c10::intrusive_ptr<c10d::Store>& store, std::chrono::milliseconds timeout,
+              std::chrono::milliseconds write_timeout);
   ~Coordinator();
   Coordinator(const Coordinator&) = delete;
   Coordinator& operator=(const Coordinator&) = delete;
@@ -39,11 +44,21 @@ class Coordinator {
   // The number of ranks of `group` (1 when it is null).
   static int size_of(const c10::intrusive_ptr<c10d::ProcessGroup>& group);
   // Rank 0 receives every rank's bytes, in rank order; the other ranks receive nothing.
-  std::vector<std::string> gather(const std::string& mine);
+  // `wait_for_root`: the other ranks first wait, through the store (up to write_timeout), until
+  // rank 0 reaches this call, so that `timeout` counts the exchange itself and not rank 0's writes
+  // before it (in the "main" layout rank 0 writes the whole checkpoint while the others wait).
+  // Every rank passes the same value.
+  std::vector<std::string> gather(const std::string& mine, bool wait_for_root = false);
   // Every rank receives rank 0's `value` (the others' argument is ignored).
   std::string broadcast(const std::string& value);
   // The largest of every rank's `value`, on every rank.
   int64_t max(int64_t value);
+  // The first failure, once a call failed ("" while the group works).
+  std::string broken() const;
+  // This rank stops taking part (it raised an error to its caller): `why` is left in the store
+  // for the others' messages, and the group is closed, so that an exchange that waits for this
+  // rank fails at once instead of at its timeout. Later calls throw.
+  void leave(const std::string& why);
 
  private:
   struct Impl;

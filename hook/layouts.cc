@@ -131,4 +131,13 @@ c10::IValue assemble_spread(const c10::IValue& part0, const std::vector<c10::IVa
   });
 }
 
+bool has_spread_placeholder(const c10::IValue& body) {
+  bool found = false;
+  map_leaves(body, [&](const c10::IValue& leaf) {
+    if (leaf.isString() && leaf.toStringRef().rfind(kPlaceholder, 0) == 0) found = true;
+    return leaf;
+  });
+  return found;
+}
+
 }  // namespace ckptledger

@@ -29,4 +29,8 @@ c10::IValue assemble_spread(const c10::IValue& part0, const std::vector<c10::IVa
 // Whether a loaded file is a "spread" part of rank > 0 (it has "ckptledger_part").
 bool is_spread_part(const c10::IValue& body);
 
+// Whether a loaded file holds a placeholder: part 0 of a "spread" checkpoint read without its
+// other parts.
+bool has_spread_placeholder(const c10::IValue& body);
+
 }  // namespace ckptledger

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "ckptledger/distributed.h"
 #include "ckptledger/error.h"
 
 namespace ckptledger {
@@ -51,6 +52,20 @@ bool validation_due(const LoopOptions& o, int64_t step, int64_t max_step) {
          ((o.val_interval > 0 && step % o.val_interval == 0) || step == max_step);
 }
 
+// The runner's job of several ranks (Runner::job): the hook joins it unless it has joined a group
+// already, which must then be as large.
+void join_job(CheckpointHook& hook, const Runner& runner) {
+  const JobGroup* job = runner.job();
+  if (!job || !job->group || job->world_size <= 1) return;
+  if (hook.world_size() == 1) {
+    hook.join(job->group, job->store);
+  } else if (hook.world_size() != job->world_size) {
+    throw_error(ErrorCode::kInvalidArgument,
+                "training loop: the hook joined a group of " + std::to_string(hook.world_size()) +
+                    " ranks, the runner's job has " + std::to_string(job->world_size) + " ranks");
+  }
+}
+
 std::optional<std::string> maybe_resume(CheckpointHook& hook, Runner& runner,
                                         const LoopOptions& o) {
   if (!o.resume && !o.load_from) return std::nullopt;
@@ -81,6 +96,8 @@ void EpochLoop::call(Stage stage, const std::function<void()>& fn) {
 void EpochLoop::run() {
   runner_.set_max(max_epochs_, max_epochs_ * iters_per_epoch_);
   runner_.set_counters(0, 0);
+  current_call_ = "join";
+  join_job(hook_, runner_);
   current_call_ = "resume";
   resumed_from_ = maybe_resume(hook_, runner_, options_);
 
@@ -143,6 +160,8 @@ void IterLoop::call(Stage stage, const std::function<void()>& fn) {
 void IterLoop::run() {
   runner_.set_max(1, max_iters_);
   runner_.set_counters(0, 0);
+  current_call_ = "join";
+  join_job(hook_, runner_);
   current_call_ = "resume";
   resumed_from_ = maybe_resume(hook_, runner_, options_);
 

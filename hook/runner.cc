@@ -7,4 +7,6 @@ Runner::~Runner() = default;
 
 Dict Runner::meta_extra() const { return make_dict(); }
 
+const JobGroup* Runner::job() const { return nullptr; }
+
 }  // namespace ckptledger

@@ -35,13 +35,16 @@ struct WriterPool::Impl {
     (void)::setpriority(PRIO_PROCESS, tid, nice);
   }
 
-  // Runs one job with the sticky-error rules; on any thread.
-  void run(const std::function<void()>& job,
-           const std::function<void(std::exception_ptr)>& on_error) {
+  // Runs one job with the sticky-error rules; on any thread. A collective job runs after a
+  // failure too, with it as its argument.
+  void run(const std::function<void(std::exception_ptr)>& job,
+           const std::function<void(std::exception_ptr)>& on_error, bool collective) {
+    std::exception_ptr earlier;
     bool skip;
     {
       std::lock_guard<std::mutex> lock(mu);
-      skip = failed;
+      skip = failed && !collective;
+      if (failed) earlier = error;
     }
     if (skip) {
       // An earlier job failed and the training thread has not seen it yet: this job's decision
@@ -53,7 +56,7 @@ struct WriterPool::Impl {
       return;
     }
     try {
-      job();
+      job(earlier);
     } catch (...) {
       std::exception_ptr e = std::current_exception();
       if (on_error) on_error(e);
@@ -61,6 +64,25 @@ struct WriterPool::Impl {
       if (!error) error = e;
       failed = true;
     }
+  }
+
+  void post(WriterPool& owner, std::function<void(std::exception_ptr)> job,
+            std::function<void(std::exception_ptr)> on_error, bool collective) {
+    if (owner.synchronous()) {
+      run(job, on_error, collective);
+      return;
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      ++pending;
+    }
+    boost::asio::post(*strand, [this, job = std::move(job), on_error = std::move(on_error),
+                                collective] {
+      lower_priority();
+      run(job, on_error, collective);
+      std::lock_guard<std::mutex> lock(mu);
+      if (--pending == 0) idle.notify_all();
+    });
   }
 };
 
@@ -83,21 +105,14 @@ WriterPool::~WriterPool() {
 }
 
 void WriterPool::post(std::function<void()> job, std::function<void(std::exception_ptr)> on_error) {
-  if (sync_) {
-    impl_->run(job, on_error);
-    return;
-  }
-  {
-    std::lock_guard<std::mutex> lock(impl_->mu);
-    ++impl_->pending;
-  }
-  Impl* impl = impl_.get();
-  boost::asio::post(*impl->strand, [impl, job = std::move(job), on_error = std::move(on_error)] {
-    impl->lower_priority();
-    impl->run(job, on_error);
-    std::lock_guard<std::mutex> lock(impl->mu);
-    if (--impl->pending == 0) impl->idle.notify_all();
-  });
+  impl_->post(
+      *this, [job = std::move(job)](std::exception_ptr) { job(); }, std::move(on_error),
+      /*collective=*/false);
+}
+
+void WriterPool::post_collective(std::function<void(std::exception_ptr)> job,
+                                 std::function<void(std::exception_ptr)> on_error) {
+  impl_->post(*this, std::move(job), std::move(on_error), /*collective=*/true);
 }
 
 void WriterPool::drain() {

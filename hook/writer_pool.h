@@ -6,7 +6,9 @@
 // increments, Linux per-thread nice values; threads they start inherit it): on a machine whose
 // cores training keeps busy, serialisation and hashing take what training leaves.
 // A job's exception is sticky (LevelDB bg_error_): recorded once, later jobs are skipped, and
-// take_error() hands it to the next hook call on the training thread.
+// take_error() hands it to the next hook call on the training thread. A collective job (a job
+// of several ranks' exchange, which every rank must take part in) is never skipped: it runs with
+// the pending failure, so that this rank still takes its turn and tells the others.
 // Thread safety: post(), drain() and take_error() are called by the training thread only.
 #pragma once
 
@@ -31,6 +33,10 @@ class WriterPool {
   // Runs `job` after every job posted before it. `on_error` runs on the pool thread with the
   // exception when this job throws (record save_failed, roll back); it must not throw.
   void post(std::function<void()> job, std::function<void(std::exception_ptr)> on_error = nullptr);
+  // Runs `job` in order like post(), also after an earlier job failed: `pending` is then that
+  // failure (null otherwise). Its own exception is recorded as any job's (the first one stays).
+  void post_collective(std::function<void(std::exception_ptr pending)> job,
+                       std::function<void(std::exception_ptr)> on_error = nullptr);
   // Blocks until every posted job has finished.
   void drain();
   // The first failure since the last call, or null. When there is one, waits until every job

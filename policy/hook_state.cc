@@ -33,7 +33,7 @@ template <class A>
 void serialize(A& ar, HookState& s) {
   ar(s.best, s.auto_key, s.keep_tracked, s.keep_ckpt_ids, s.last_ckpt, s.live,
      s.regular_path_by_step, s.regular_order, s.config, s.runs, s.in_flight, s.pruned_pending,
-     s.validated, s.reported_unknown, s.retired);
+     s.validated, s.reported_unknown, s.retired, s.retired_parts);
 }
 
 namespace {
@@ -109,12 +109,15 @@ bool operator==(const HookState& a, const HookState& b) {
          a.regular_order == b.regular_order && a.config == b.config && a.runs == b.runs &&
          a.in_flight.size() == b.in_flight.size() && a.pruned_pending == b.pruned_pending &&
          a.validated == b.validated && a.reported_unknown == b.reported_unknown &&
-         a.retired == b.retired;
+         a.retired == b.retired && a.retired_parts == b.retired_parts;
 }
 
 void reroot_parts(HookState& s, const std::function<std::string(const std::string&)>& f) {
   for (auto& [path, lf] : s.live) {
     for (std::string& part : lf.part_paths) part = f(part);
+  }
+  for (auto& [path, parts] : s.retired_parts) {
+    for (std::string& part : parts) part = f(part);
   }
 }
 
@@ -132,6 +135,7 @@ void reroot_paths(HookState& s, const std::function<std::string(const std::strin
     in = std::move(out);
   };
   keys(s.live);
+  keys(s.retired_parts);
   reroot_parts(s, f);
   keys(s.in_flight);
   for (auto& [step, path] : s.regular_path_by_step) path = f(path);
@@ -201,7 +205,12 @@ void HookStateFold::on_recovered(const Event& e) {
   } else if (p.finding == "prune_completed") {
     s_.pruned_pending.erase(e.path);
   } else if (p.finding == "lost" || p.finding == "corrupt") {
-    // Never chosen for resume again, never deleted by rotation.
+    // Never chosen for resume again, never deleted by rotation; its other parts stay with it.
+    auto live = s_.live.find(e.path);
+    if (live != s_.live.end() && live->second.part_paths.size() > 1) {
+      s_.retired_parts[e.path].assign(live->second.part_paths.begin() + 1,
+                                      live->second.part_paths.end());
+    }
     forget(e.path);
     s_.retired.insert(e.path);
   } else if (p.finding == "unknown_file") {
@@ -214,6 +223,7 @@ void HookStateFold::on_save_committed(const Event& e) {
   s_.in_flight.erase(e.path);
   s_.pruned_pending.erase(e.path);
   s_.retired.erase(e.path);
+  s_.retired_parts.erase(e.path);
   LiveFile f{p.role,
              e.step.value_or(0),
              e.epoch.value_or(0),

@@ -1,6 +1,7 @@
 // A job of several ranks (docs/distributed.md), run as threads of one process on loopback Gloo:
 // identical decisions on every rank, a mismatch reported, a failed part never committed, resume at
-// another world size, and parts pruned only after the successor's commit.
+// another world size, parts pruned only after the successor's commit, and the runner's job
+// (TorchRunner::set_job and allreduce_gradients; the loops join the hook to it).
 //
 // Each rank is a thread with its own job group (ProcessGroupGloo over one HashStore), its own
 // CheckpointHook joined to that group and its own Runner; they share one work_dir. A rank that
@@ -32,10 +33,12 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 
 #include "ckptledger/checkpoint_hook.h"
+#include "ckptledger/distributed.h"
 #include "ckptledger/error.h"
 #include "ckptledger/hook_state.h"
 #include "ckptledger/ledger.h"
 #include "ckptledger/loops.h"
+#include "ckptledger/torch_runner.h"
 #include "hook/checkpoint_format.h"
 #include "ledger/sha256.h"
 #include "policy/hook_events.h"
@@ -124,10 +127,28 @@ class RecordingFileSystem : public FileSystem {
   int enospc_at = 0;
   // Called before each unlink, with the path.
   std::function<void(const std::string&)> on_unlink;
+  // An unlink of a path that contains `fail_unlink` fails with EIO ("": none).
+  std::string fail_unlink;
+  // The first file opened for writing whose path contains `slow_target` takes `slow` to open.
+  std::string slow_target;
+  std::chrono::milliseconds slow{0};
+  bool slowed() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return slowed_;
+  }
 
   int open(const char* path, int flags, mode_t mode) override {
-    const int fd = FileSystem::open(path, flags, mode);
     const bool writes = (flags & (O_WRONLY | O_RDWR | O_CREAT)) != 0;
+    if (writes && !slow_target.empty() && std::string(path).find(slow_target) != std::string::npos) {
+      bool first = false;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        first = !slowed_;
+        slowed_ = true;
+      }
+      if (first) std::this_thread::sleep_for(slow);
+    }
+    const int fd = FileSystem::open(path, flags, mode);
     std::lock_guard<std::mutex> lock(mu_);
     if (fd >= 0 && writes) {
       written_.push_back(path);
@@ -164,6 +185,10 @@ class RecordingFileSystem : public FileSystem {
   }
   int unlink(const char* path) override {
     if (on_unlink) on_unlink(path);
+    if (!fail_unlink.empty() && std::string(path).find(fail_unlink) != std::string::npos) {
+      errno = EIO;
+      return -1;
+    }
     {
       std::lock_guard<std::mutex> lock(mu_);
       unlinked_.push_back(path);
@@ -189,6 +214,7 @@ class RecordingFileSystem : public FileSystem {
   std::vector<std::string> written_, renamed_, unlinked_;
   std::set<int> faulty_;
   int target_opens_ = 0;
+  bool slowed_ = false;
 };
 
 // Ends the process when a run of ranks hangs (a thread that never returns cannot be joined).
@@ -567,14 +593,15 @@ TEST_F(DistTest, DecisionsThatDifferAreAnErrorOnEveryRankNamingBothAndNothingIsC
   }
   EXPECT_FALSE(fs::exists(p("best_acc_iter_4.pth")));
   const std::vector<Event> failed = of_kind(events, EventKind::kSaveFailed);
-  // The mismatch fails the best save; the jobs queued behind it (the regular re-save) are skipped.
+  // The mismatch fails the best save; the exchanges queued behind it (the regular re-save) still
+  // run on every rank and fail, carrying the earlier failure.
   ASSERT_GE(failed.size(), 1u);
   EXPECT_EQ(failed[0].path, p("best_acc_iter_4.pth"));
   EXPECT_THAT(from_detail<SavePayload>(failed[0].detail, failed[0].seq).error,
               HasSubstr("decided differently"));
   for (size_t i = 1; i < failed.size(); ++i) {
     EXPECT_THAT(from_detail<SavePayload>(failed[i].detail, failed[i].seq).error,
-                HasSubstr("skipped"));
+                HasSubstr("an earlier checkpoint job of this rank failed"));
   }
 }
 
@@ -843,6 +870,406 @@ TEST_F(DistTest, AGroupOfOneRankIsExactlyAProcessAlone) {
   }
   for (const auto& entry : fs::directory_iterator(work_)) {
     EXPECT_FALSE(is_part_name(entry.path().filename().string())) << entry.path();
+  }
+}
+
+// ---- 6. the runner's job (TorchRunner::set_job, allreduce_gradients, the loops' join) ---------
+
+JobGroup job_group(const RankJob& job) {
+  JobGroup g;
+  g.store = job.store;
+  g.group = job.group;
+  g.rank = job.rank;
+  g.world_size = job.world;
+  return g;
+}
+
+// A model with parameters and buffers (BatchNorm: float running statistics, an int64 count).
+torch::nn::Sequential small_model() {
+  return torch::nn::Sequential(torch::nn::Linear(3, 4), torch::nn::BatchNorm1d(4),
+                               torch::nn::Linear(4, 2));
+}
+
+// Every parameter and buffer of `model`, in order.
+std::vector<torch::Tensor> model_tensors(torch::nn::Module& model) {
+  std::vector<torch::Tensor> out;
+  for (const torch::Tensor& t : model.parameters()) out.push_back(t.detach().clone());
+  for (const torch::Tensor& t : model.buffers()) out.push_back(t.clone());
+  return out;
+}
+
+TEST_F(DistTest, SetJobGivesEveryRankRankZerosParametersAndBuffers) {
+  constexpr int kWorld = 3;
+  std::vector<std::vector<torch::Tensor>> before(kWorld), after(kWorld);
+  std::vector<int> job_size(kWorld, 0);
+  const Outcome out = run_ranks(kWorld, [&](RankJob& job) {
+    const auto r = static_cast<size_t>(job.rank);
+    torch::nn::Sequential model = small_model();
+    {
+      // Each rank its own values (the ranks are threads of one generator: no seeds).
+      torch::NoGradGuard no_grad;
+      for (torch::Tensor& t : model->parameters()) {
+        t.copy_(torch::arange(t.numel(), torch::kFloat).reshape(t.sizes()) + 100.0 * job.rank);
+      }
+      for (torch::Tensor& t : model->buffers()) t.fill_(7 + job.rank);
+    }
+    before[r] = model_tensors(*model);
+    torch::optim::SGD optimizer(model->parameters(), torch::optim::SGDOptions(0.1));
+    TorchRunner runner(work_, *model, optimizer);
+    runner.set_job(job_group(job));
+    after[r] = model_tensors(*model);
+    job_size[r] = runner.job() ? runner.job()->world_size : 0;
+  });
+  ASSERT_TRUE(out.ok()) << out.all();
+  ASSERT_EQ(before[0].size(), 9u);  // 2 + 2 (BatchNorm) + 2 parameters, 3 buffers
+  for (int r = 0; r < kWorld; ++r) {
+    SCOPED_TRACE("rank " + std::to_string(r));
+    EXPECT_EQ(job_size[static_cast<size_t>(r)], kWorld);
+    for (size_t i = 0; i < before[0].size(); ++i) {
+      EXPECT_TRUE(torch::equal(after[static_cast<size_t>(r)][i], before[0][i])) << "tensor " << i;
+      if (r > 0) {
+        EXPECT_FALSE(torch::equal(before[static_cast<size_t>(r)][i], before[0][i]));
+      }
+    }
+  }
+  EXPECT_EQ(after[2].back().scalar_type(), torch::kInt64);  // num_batches_tracked, as it was
+}
+
+TEST_F(DistTest, AllreduceGradientsSumsOrAveragesAndAGradientARankLacksCountsAsZeros) {
+  constexpr int kWorld = 3;
+  // Per rank r (value r + 1): lin1's weight and bias on every rank, lin2's weight on ranks 0 and 2
+  // only, lin2's bias on none; a frozen lin3 is left out.
+  struct Grads {
+    std::vector<torch::Tensor> sum, mean;
+  };
+  std::vector<Grads> got(kWorld);
+  const Outcome out = run_ranks(kWorld, [&](RankJob& job) {
+    torch::nn::Sequential model(torch::nn::Linear(2, 3), torch::nn::Linear(3, 2),
+                                torch::nn::Linear(2, 2));
+    const std::vector<torch::Tensor> params = model->parameters();
+    params[4].requires_grad_(false);
+    params[5].requires_grad_(false);
+    torch::optim::SGD optimizer(model->parameters(), torch::optim::SGDOptions(0.1));
+    TorchRunner runner(work_, *model, optimizer);
+    runner.set_job(job_group(job));
+    auto set_grads = [&] {
+      const float v = static_cast<float>(job.rank + 1);
+      for (const torch::Tensor& p : params) p.mutable_grad() = torch::Tensor();
+      params[0].mutable_grad() = torch::full_like(params[0], v);
+      params[1].mutable_grad() = torch::arange(3, torch::kFloat) * v;
+      if (job.rank != 1) params[2].mutable_grad() = torch::full_like(params[2], v);
+    };
+    auto grads = [&] {
+      std::vector<torch::Tensor> g;
+      for (const torch::Tensor& p : params) {
+        g.push_back(p.grad().defined() ? p.grad().clone() : torch::Tensor());
+      }
+      return g;
+    };
+    set_grads();
+    runner.allreduce_gradients(/*average=*/false);
+    got[static_cast<size_t>(job.rank)].sum = grads();
+    set_grads();
+    runner.allreduce_gradients();
+    got[static_cast<size_t>(job.rank)].mean = grads();
+  });
+  ASSERT_TRUE(out.ok()) << out.all();
+  for (int r = 0; r < kWorld; ++r) {
+    SCOPED_TRACE("rank " + std::to_string(r));
+    const Grads& g = got[static_cast<size_t>(r)];
+    ASSERT_EQ(g.sum.size(), 6u);
+    // Sums: 1 + 2 + 3 = 6; lin2's weight 1 + 3 = 4, on rank 1 too.
+    EXPECT_TRUE(torch::equal(g.sum[0], torch::full({3, 2}, 6.0f))) << g.sum[0];
+    EXPECT_TRUE(torch::equal(g.sum[1], torch::arange(3, torch::kFloat) * 6)) << g.sum[1];
+    ASSERT_TRUE(g.sum[2].defined()) << "rank 1 got no gradient for lin2.weight";
+    EXPECT_TRUE(torch::equal(g.sum[2], torch::full({2, 3}, 4.0f))) << g.sum[2];
+    EXPECT_FALSE(g.sum[3].defined()) << "a gradient no rank had";
+    EXPECT_FALSE(g.sum[4].defined() || g.sum[5].defined()) << "a frozen parameter";
+    // Means: the sums divided by the world size.
+    EXPECT_TRUE(torch::equal(g.mean[0], torch::full({3, 2}, 2.0f))) << g.mean[0];
+    EXPECT_TRUE(torch::equal(g.mean[1], torch::arange(3, torch::kFloat) * 2)) << g.mean[1];
+    ASSERT_TRUE(g.mean[2].defined());
+    EXPECT_TRUE(torch::equal(g.mean[2], torch::full({2, 3}, 4.0f).div_(kWorld))) << g.mean[2];
+    EXPECT_FALSE(g.mean[3].defined());
+  }
+
+  // A JobGroup of one rank is no job: nothing exchanged, the gradients as they were.
+  torch::nn::Linear lin(2, 2);
+  torch::optim::SGD optimizer(lin->parameters(), torch::optim::SGDOptions(0.1));
+  TorchRunner alone(work_, *lin, optimizer);
+  alone.set_job(JobGroup());
+  EXPECT_EQ(alone.job(), nullptr);
+  lin->weight.mutable_grad() = torch::full({2, 2}, 5.0f);
+  alone.allreduce_gradients();
+  EXPECT_TRUE(torch::equal(lin->weight.grad(), torch::full({2, 2}, 5.0f)));
+}
+
+TEST_F(DistTest, AnIterLoopJoinsTheHookToItsRunnersJob) {
+  constexpr int kWorld = 2;
+  RecordingFileSystem seam1;
+  std::vector<int> hook_size(kWorld, 0), size_at_before_train(kWorld, 0);
+  std::vector<std::vector<torch::Tensor>> weights(kWorld);
+  const Outcome out = run_ranks(kWorld, [&](RankJob& job) {
+    const auto r = static_cast<size_t>(job.rank);
+    torch::nn::Sequential model(torch::nn::Linear(3, 4), torch::nn::ReLU(),
+                                torch::nn::Linear(4, 2));
+    torch::optim::SGD optimizer(model->parameters(), torch::optim::SGDOptions(0.1));
+    TorchRunner runner(work_, *model, optimizer);
+    runner.set_save_rng(false).set_job(job_group(job));
+    // No hook.join here: the loop joins.
+    CheckpointHook hook(config("main"), {}, r == 1 ? &seam1 : nullptr);
+    const torch::Tensor x = torch::full({4, 3}, static_cast<float>(job.rank + 1));
+    LoopOptions o = validate_every_2();
+    o.on_stage = [&](Stage stage) {
+      if (stage == Stage::kBeforeTrain) size_at_before_train[r] = hook.world_size();
+    };
+    IterLoop loop(
+        runner, hook, 8, 100,
+        [&](int64_t) {
+          optimizer.zero_grad();
+          model->forward(x).sum().backward();
+          runner.allreduce_gradients();
+          optimizer.step();
+        },
+        o);
+    loop.run();
+    hook.wait_idle();
+    hook_size[r] = hook.world_size();
+    weights[r] = model_tensors(*model);
+  });
+  ASSERT_TRUE(out.ok()) << out.all();
+  EXPECT_EQ(size_at_before_train, std::vector<int>(kWorld, kWorld));
+  EXPECT_EQ(hook_size, std::vector<int>(kWorld, kWorld));
+  // Rank 0 alone kept the ledger and wrote the checkpoints ("main").
+  EXPECT_TRUE(seam1.written().empty()) << "rank 1 wrote " << seam1.written().front();
+  const std::vector<Event> events = events_of(ledger());
+  EXPECT_EQ(of_kind(events, EventKind::kRunStarted).size(), 1u);
+  const std::vector<Event> commits = of_kind(events, EventKind::kSaveCommitted);
+  ASSERT_GE(commits.size(), 4u);  // iter_2..8 (and the bests)
+  for (const Event& e : commits) {
+    const SavePayload sp = from_detail<SavePayload>(e.detail, e.seq);
+    EXPECT_EQ(sp.v, 2u) << e.path;
+    EXPECT_EQ(sp.world_size, kWorld) << e.path;
+  }
+  EXPECT_TRUE(fs::exists(p("iter_8.pth")));
+  // The replicas stayed equal (the same start, the averaged gradients).
+  for (size_t i = 0; i < weights[0].size(); ++i) {
+    EXPECT_TRUE(torch::equal(weights[0][i], weights[1][i])) << "tensor " << i;
+  }
+}
+
+TEST_F(DistTest, AHookJoinedToAnotherWorldSizeThanTheRunnersJobIsAnErrorNamingBoth) {
+  // The runner's job has 3 ranks; ranks 0 and 1 joined their hooks to a group of 2 of their own.
+  std::vector<int> trained(3, 0);
+  const Outcome out = run_ranks(3, [&](RankJob& job) {
+    torch::nn::Linear lin(2, 2);
+    torch::optim::SGD optimizer(lin->parameters(), torch::optim::SGDOptions(0.1));
+    TorchRunner runner(work_, *lin, optimizer);
+    runner.set_job(job_group(job));
+    if (job.rank == 2) return;
+    auto pair_store = c10::make_intrusive<c10d::PrefixStore>("pair/", job.store);
+    auto opts = c10d::ProcessGroupGloo::Options::create(kTimeout);
+    opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
+    auto pair = c10::make_intrusive<c10d::ProcessGroupGloo>(
+        c10::make_intrusive<c10d::PrefixStore>("job/", pair_store), job.rank, 2, opts);
+    CheckpointHook hook(config("main"));
+    hook.join(pair, pair_store, kTimeout);
+    IterLoop loop(
+        runner, hook, 4, 100, [&](int64_t) { trained[static_cast<size_t>(job.rank)] = 1; },
+        validate_every_2());
+    loop.run();
+  });
+  for (int r = 0; r < 2; ++r) {
+    SCOPED_TRACE("rank " + std::to_string(r));
+    EXPECT_EQ(out.code(r), ErrorCode::kInvalidArgument) << out.all();
+    EXPECT_THAT(out.message(r), HasSubstr("the hook joined a group of 2 ranks"));
+    EXPECT_THAT(out.message(r), HasSubstr("the runner's job has 3 ranks"));
+    EXPECT_EQ(trained[static_cast<size_t>(r)], 0) << "trained before the check";
+  }
+  EXPECT_EQ(out.message(2), "");
+  EXPECT_FALSE(fs::exists(ledger())) << "the loop resumed or trained";
+}
+
+// ---- a rank that fails alone -------------------------------------------------------------------
+
+// Rank 0's removal of the checkpoint a save superseded fails after that save's commit, and rank 0
+// raises it at its next hook call, before it decides the next save: it leaves the job, and rank 1,
+// waiting in that save's exchange, learns of it at once, with rank 0's own reason, instead of
+// waiting for the timeout. (A failure that is still in flight when rank 0 decides its next save
+// travels in that save's exchange instead:
+// DecisionsThatDifferAreAnErrorOnEveryRankNamingBothAndNothingIsCommitted shows those exchanges.)
+TEST_F(DistTest, ARankZeroFailureAfterACommitReachesEveryRankWithItsReason) {
+  RecordingFileSystem zero;
+  zero.fail_unlink = "iter_2.pth";
+  const Outcome out = run_ranks(2, [&](RankJob& job) {
+    CheckpointHook hook(config("main", R"({"max_keep_ckpts": 1})"), {},
+                        job.rank == 0 ? &zero : nullptr);
+    hook.join(job.group, job.store, kTimeout);
+    DistRunner runner(work_, job.rank, false);
+    LoopOptions o = validate_every_2();
+    o.on_stage = [&](Stage stage) {
+      if (job.rank == 0 && stage == Stage::kAfterTrainIter && runner.iter() == 3) hook.wait_idle();
+    };
+    IterLoop(runner, hook, 8, 100, [&](int64_t) { runner.step(); }, o).run();
+  });
+  for (int r = 0; r < 2; ++r) {
+    SCOPED_TRACE("rank " + std::to_string(r));
+    ASSERT_TRUE(out.errors[static_cast<size_t>(r)]) << "rank " << r << " did not raise";
+    EXPECT_THAT(out.message(r), HasSubstr("cannot remove " + p("iter_2.pth")));
+    EXPECT_EQ(out.code(r), ErrorCode::kIOError);
+  }
+  EXPECT_THAT(out.message(1), HasSubstr("rank 0"));
+  EXPECT_THAT(out.message(1), ::testing::Not(HasSubstr("Timed out")));
+  // What was committed before the failure stays committed and verifiable.
+  const HookState s = replayed(ledger());
+  ASSERT_TRUE(s.live.count(p("iter_4.pth")));
+  EXPECT_EQ(Sha256::file_hex(p("iter_4.pth")), s.live.at(p("iter_4.pth")).digest);
+}
+
+// A rank whose Runner cannot build its share of a save: that rank raises the Runner's error at
+// once, the exchange of that save still goes out carrying it, nothing is committed, and every
+// other rank raises it naming the rank.
+TEST_F(DistTest, ARunnerThatFailsOnOneRankFailsTheSaveOnEveryRankNamingTheRank) {
+  class FailingRunner : public DistRunner {
+   public:
+    using DistRunner::DistRunner;
+    int64_t fail_at = -1;
+    Dict checkpoint_state(bool with_optimizer, bool with_schedulers) override {
+      if (iter() + 1 == fail_at) throw std::runtime_error("shard 7 is not on this host");
+      return DistRunner::checkpoint_state(with_optimizer, with_schedulers);
+    }
+  };
+  std::vector<int64_t> threw_at(2, -1);
+  const Outcome out = run_ranks(2, [&](RankJob& job) {
+    CheckpointHook hook(config("sharded", R"({"save_best": null})"));
+    hook.join(job.group, job.store, kTimeout);
+    FailingRunner runner(work_, job.rank, true);
+    if (job.rank == 1) runner.fail_at = 4;
+    IterLoop loop(runner, hook, 8, 100, [&](int64_t) { runner.step(); });
+    try {
+      loop.run();
+    } catch (...) {
+      threw_at[static_cast<size_t>(job.rank)] = runner.iter();
+      throw;
+    }
+  });
+  ASSERT_TRUE(out.errors[1]);
+  EXPECT_THAT(out.message(1), HasSubstr("shard 7 is not on this host"));
+  EXPECT_EQ(threw_at[1], 3) << "rank 1 raises in the hook call that saves step 4";
+  ASSERT_TRUE(out.errors[0]) << "rank 0 did not raise";
+  EXPECT_THAT(out.message(0), HasSubstr("rank 1"));
+  EXPECT_THAT(out.message(0), HasSubstr("shard 7 is not on this host"));
+  const std::vector<Event> events = events_of(ledger());
+  for (const Event& e : of_kind(events, EventKind::kSaveCommitted)) {
+    EXPECT_LT(e.step.value_or(0), 4) << e.path << " was committed";
+  }
+  const std::vector<Event> failed = of_kind(events, EventKind::kSaveFailed);
+  ASSERT_FALSE(failed.empty());
+  EXPECT_EQ(failed[0].path, p("iter_4.pth"));
+  EXPECT_THAT(from_detail<SavePayload>(failed[0].detail, failed[0].seq).error,
+              HasSubstr("shard 7 is not on this host"));
+}
+
+// In the "main" layout rank 0 writes the whole checkpoint while the other ranks wait: a write
+// slower than the exchange timeout is not a dead rank (the ranks meet rank 0 through the store
+// first, and the timeout counts the exchange alone).
+TEST_F(DistTest, ARankZeroWriteSlowerThanTheExchangeTimeoutStillCommits) {
+  RecordingFileSystem zero;
+  zero.slow_target = "iter_2.pth";
+  zero.slow = std::chrono::milliseconds(4000);
+  runners_.clear();
+  const Outcome out = run_ranks(2, [&](RankJob& job) {
+    CheckpointHook hook(config("main", R"({"save_best": null})"), {},
+                        job.rank == 0 ? &zero : nullptr);
+    hook.join(job.group, job.store, std::chrono::milliseconds(1500));
+    DistRunner runner(work_, job.rank, false);
+    IterLoop loop(runner, hook, 4, 100, [&](int64_t) { runner.step(); });
+    loop.run();
+  });
+  ASSERT_TRUE(out.ok()) << out.all();
+  ASSERT_TRUE(zero.slowed()) << "the slow write did not happen";
+  const HookState s = replayed(ledger());
+  EXPECT_TRUE(s.live.count(p("iter_2.pth")));
+  EXPECT_TRUE(s.live.count(p("iter_4.pth")));
+}
+
+// Every rank must run the same hook config in the same work_dir: a difference is found at the
+// first open, before rank 0 opens the ledger, and the rank that differs names the key.
+TEST_F(DistTest, ARankWithAnotherHookConfigIsAnErrorOnEveryRankNamingTheKey) {
+  const Outcome out = run_ranks(2, [&](RankJob& job) {
+    CheckpointHook hook(
+        config("main", job.rank == 1 ? R"({"max_keep_ckpts": 3})" : R"({"max_keep_ckpts": 2})"));
+    hook.join(job.group, job.store, kTimeout);
+    DistRunner runner(work_, job.rank, false);
+    IterLoop(runner, hook, 4, 100, [&](int64_t) { runner.step(); }).run();
+  });
+  ASSERT_TRUE(out.errors[0] && out.errors[1]) << out.all();
+  EXPECT_THAT(out.message(1), HasSubstr("max_keep_ckpts: rank 0 has 2, rank 1 has 3"));
+  EXPECT_THAT(out.message(0), HasSubstr("differs from rank 0's"));
+  EXPECT_EQ(out.code(0), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(out.code(1), ErrorCode::kInvalidArgument);
+  EXPECT_FALSE(fs::exists(ledger())) << "the ledger was opened";
+}
+
+// Two hooks of one job on one store (one after the other, as a program that trains twice): each
+// has its own group and keys, and both runs commit.
+TEST_F(DistTest, TwoHooksJoinedOnOneStoreEachRunTheirOwnExchanges) {
+  const Outcome out = run_ranks(2, [&](RankJob& job) {
+    for (const std::string dir : {"first", "second"}) {
+      CheckpointHook hook(config("spread", R"({"save_best": null})"));
+      hook.join(job.group, job.store, kTimeout);
+      DistRunner runner((dir_ / dir).string(), job.rank, false);
+      IterLoop(runner, hook, 4, 100, [&](int64_t) { runner.step(); }).run();
+    }
+  });
+  ASSERT_TRUE(out.ok()) << out.all();
+  for (const std::string dir : {"first", "second"}) {
+    const HookState s = replayed((dir_ / dir / "ckptledger.sqlite").string());
+    EXPECT_EQ(s.live.size(), 2u) << dir;
+  }
+}
+
+// A "spread" checkpoint's part 0 (or another part) read without the ledger that lists its parts
+// is refused by name rather than handed to the Runner with placeholders for tensors.
+TEST_F(DistTest, LoadingOnePartOfASpreadCheckpointOutsideItsLedgerIsRefused) {
+  ASSERT_TRUE(train(2, config("spread", R"({"save_best": null})"), 4).ok());
+  const HookState s = replayed(ledger());
+  const LiveFile& lf = s.live.at(p("iter_4.pth"));
+  ASSERT_EQ(lf.part_paths.size(), 2u);
+  for (const std::string& part : {p("iter_4.pth"), lf.part_paths[1]}) {
+    SCOPED_TRACE(part);
+    CheckpointHook hook(config("main"));
+    DistRunner runner((dir_ / "elsewhere").string(), 0, false);
+    try {
+      hook.resume(runner, false, part);
+      ADD_FAILURE() << "loaded";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+      EXPECT_THAT(e.what(), HasSubstr(part));
+      EXPECT_THAT(e.what(), HasSubstr("\"spread\""));
+    }
+  }
+}
+
+// A checkpoint retired as lost (its part 0 is gone) keeps its other parts, as it keeps its own
+// file: they are not taken for orphans at any later start.
+TEST_F(DistTest, TheOtherPartsOfALostCheckpointAreKeptWithItAtEveryLaterStart) {
+  const HookConfig cfg = config("spread", R"({"save_best": null, "max_keep_ckpts": -1})");
+  ASSERT_TRUE(train(2, cfg, 6).ok());
+  const LiveFile lf = replayed(ledger()).live.at(p("iter_2.pth"));
+  ASSERT_EQ(lf.part_paths.size(), 2u);
+  fs::remove(p("iter_2.pth"));
+  for (int start = 0; start < 2; ++start) {
+    SCOPED_TRACE("start " + std::to_string(start));
+    const Outcome out = train(2, cfg, 6, /*resume=*/true);
+    ASSERT_TRUE(out.ok()) << out.all();
+    EXPECT_TRUE(fs::exists(lf.part_paths[1])) << "the lost checkpoint's part 1 was removed";
+  }
+  const HookState s = replayed(ledger());
+  EXPECT_TRUE(s.retired.count(p("iter_2.pth")));
+  EXPECT_EQ(s.retired_parts.at(p("iter_2.pth")), std::vector<std::string>{lf.part_paths[1]});
+  for (const Event& e : of_kind(events_of(ledger()), EventKind::kRecovered)) {
+    EXPECT_NE(from_detail<RecoveredPayload>(e.detail, e.seq).finding, "orphan_part") << e.path;
   }
 }
 

@@ -2,6 +2,7 @@
 
 #include <filesystem>
 #include <iostream>
+#include <optional>
 #include <utility>
 #include <variant>
 
@@ -44,6 +45,7 @@ struct TorchRunner::Impl {
     std::cerr << log_level_name(level) << " " << message << "\n";
   };
   Dict meta = str_dict();
+  std::optional<JobGroup> job;  // a job of several ranks (set_job)
 
   std::vector<double> lrs() const {
     std::vector<double> out;
@@ -123,6 +125,50 @@ TorchRunner& TorchRunner::set_log(LogSink log) {
 }
 
 Dict& TorchRunner::meta() { return impl_->meta; }
+
+TorchRunner& TorchRunner::set_job(const JobGroup& job) {
+  if (job.world_size <= 1 || !job.group) {
+    impl_->job.reset();
+    return *this;
+  }
+  // The replicas start equal: rank 0's parameters and buffers on every rank. The job is kept
+  // once that is done.
+  JobGroup joined = job;
+  std::vector<torch::Tensor> tensors = impl_->model->parameters();
+  for (const torch::Tensor& b : impl_->model->buffers()) tensors.push_back(b);
+  broadcast_from_rank0(joined, tensors);
+  impl_->job = std::move(joined);
+  return *this;
+}
+
+void TorchRunner::allreduce_gradients(bool average) {
+  if (!impl_->job) return;
+  std::vector<torch::Tensor> params;
+  for (const torch::Tensor& p : impl_->model->parameters()) {
+    if (p.requires_grad()) params.push_back(p);
+  }
+  if (params.empty()) return;
+  // One all-reduce: the gradients (zeros where this rank has none, so that every rank sends the
+  // same shapes), then per parameter the number of ranks that had a gradient.
+  std::vector<torch::Tensor> buffers;
+  std::vector<double> had;
+  for (const torch::Tensor& p : params) {
+    const torch::Tensor& g = p.grad();
+    had.push_back(g.defined() ? 1 : 0);
+    buffers.push_back(g.defined() ? g : torch::zeros_like(p));
+  }
+  buffers.push_back(torch::tensor(had).to(params.front().options().requires_grad(false)));
+  allreduce_sum(*impl_->job, buffers);
+  const torch::Tensor counts = buffers.back().to(torch::kCPU, torch::kFloat64).contiguous();
+  for (size_t i = 0; i < params.size(); ++i) {
+    if (counts.data_ptr<double>()[i] == 0) continue;  // no rank had one: it stays undefined
+    torch::Tensor& g = buffers[i];
+    if (average) g.div_(impl_->job->world_size);
+    if (!params[i].grad().defined()) params[i].mutable_grad() = g;
+  }
+}
+
+const JobGroup* TorchRunner::job() const { return impl_->job ? &*impl_->job : nullptr; }
 
 std::string TorchRunner::work_dir() const { return impl_->work_dir; }
 

@@ -41,16 +41,21 @@ class CheckpointHook {
 
   // A job of several ranks (docs/distributed.md): call on every rank, before resume() and
   // before_train(), with the job's process group and the store it was built on
-  // (ckptledger/distributed.h: join_from_env gives both under torchrun). The hook builds its own
-  // Gloo group over `store` (a rendezvous: every rank must call join) for its exchanges, which
-  // never interleave with the job's collectives. Rank 0 is the ledger's only writer; every rank
-  // makes the same decisions; config.save_layout says what each rank writes. A group of one
-  // rank changes nothing. Error(kInvalidArgument) after resume()/before_train(), or with
-  // on_error "warn"; Error(kIOError) when the group cannot be built. `timeout`: how long an
-  // exchange waits for a rank that neither answers nor dies.
+  // (ckptledger/distributed.h: join_from_env gives both under torchrun; the reference loops of
+  // ckptledger/loops.h call it with Runner::job()). The hook builds its own Gloo group over
+  // `store` (a rendezvous: every rank must call join) for its exchanges, which never interleave
+  // with the job's collectives. Rank 0 is the ledger's only writer; every rank makes the same
+  // decisions; config.save_layout says what each rank writes. A group of one rank changes
+  // nothing. Error(kInvalidArgument) after resume()/before_train(), or with on_error "warn";
+  // Error(kIOError) when the group cannot be built.
+  // `timeout`: how long an exchange waits for a rank that neither answers nor dies.
+  // `write_timeout`: how long the other ranks wait for rank 0 to finish writing a save and reach
+  // its exchange (in the "main" layout rank 0 writes the whole checkpoint; a slow disk must not
+  // count against `timeout`). A rank that dies fails every exchange at once either way.
   void join(const c10::intrusive_ptr<c10d::ProcessGroup>& group,
             const c10::intrusive_ptr<c10d::Store>& store,
-            std::chrono::milliseconds timeout = std::chrono::milliseconds(300000));
+            std::chrono::milliseconds timeout = std::chrono::milliseconds(300000),
+            std::chrono::milliseconds write_timeout = std::chrono::hours(24));
   int rank() const;        // 0 without join
   int world_size() const;  // 1 without join
   // Rank 0 of a job: each committed save's coordination cost in microseconds, in commit order:

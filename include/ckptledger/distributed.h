@@ -3,6 +3,10 @@
 //   std::optional<ckptledger::JobGroup> job = ckptledger::join_from_env();  // torchrun's env
 //   if (job) hook.join(job->group, job->store);   // before resume() / before_train()
 //
+// With a TorchRunner, `if (job) runner.set_job(*job);` instead: every rank gets rank 0's weights,
+// runner.allreduce_gradients() reduces the gradients, and the reference loops (loops.h) join the
+// hook to runner.job() (torch_runner.h).
+//
 // join_from_env() reads what torchrun sets (WORLD_SIZE, RANK, MASTER_ADDR, MASTER_PORT,
 // TORCHELASTIC_RESTART_COUNT, TORCHELASTIC_USE_AGENT_STORE): it connects to the job's TCPStore,
 // under the restart attempt's prefix as torch's own rendezvous does, and builds a Gloo group of
@@ -44,5 +48,11 @@ std::optional<JobGroup> join_from_env(
 
 // Sums `tensors` (CPU) over every rank of `group`, in place (the gradients of data parallelism).
 void allreduce_sum(JobGroup& group, std::vector<at::Tensor>& tensors);
+
+// Replaces `tensors` on every rank by rank 0's, in place (any dtypes, bit for bit: DDP's broadcast
+// of the replicas at construction). Every rank passes tensors of the same shapes and dtypes in the
+// same order. Error(kInvalidArgument) when `group`'s rank or size is not the process group's;
+// Error(kIOError), naming the rank, when the broadcast fails.
+void broadcast_from_rank0(JobGroup& group, std::vector<at::Tensor>& tensors);
 
 }  // namespace ckptledger

@@ -72,6 +72,9 @@ struct HookState {
   // Written by this ledger, now neither live nor pending (recorded lost, corrupt, or torn): such a
   // file on disk is never reported as unknown.
   std::set<std::string> retired;
+  // The other ranks' parts of each checkpoint retired as lost or corrupt: kept with it, never
+  // taken for orphans (a commit under the same name drops them).
+  std::map<std::string, std::vector<std::string>> retired_parts;
 
   // The hub values of this state that are set: best_score*, best_ckpt*, keep_ckpt_ids, last_ckpt.
   // `single` selects best_score/best_ckpt naming; `keys` are the indicator keys in order (their
@@ -83,7 +86,7 @@ struct HookState {
 // Snapshots of a HookState (Ledger::put_snapshot / latest_snapshot): every field, cereal binary,
 // behind the SHA-256 of those bytes. kHookStateFormat names the layout: change it whenever a field
 // is added, removed or changes meaning (an old snapshot is then ignored, never misread).
-inline constexpr const char* kHookStateFormat = "hook_state/3 cereal-binary-le sha256";
+inline constexpr const char* kHookStateFormat = "hook_state/4 cereal-binary-le sha256";
 std::string serialize_state(const HookState& state);
 // nullopt when the blob is not one serialize_state wrote (damaged, truncated, another layout).
 std::optional<HookState> deserialize_state(const std::string& blob);

@@ -5,6 +5,7 @@
 // counters of a LoopRunner, calls your train step, runs validation when it is due, and calls the
 // hook's stages:
 //
+//   hook.join(job)           only when runner.job() is a job of several ranks (below)
 //   hook.resume()            only when LoopOptions::resume or load_from is set
 //   before_train
 //   EpochLoop, per epoch:    per batch: step(batch_idx), after_train_iter(batch_idx), I += 1
@@ -22,6 +23,12 @@
 // After a resume, a validation that was due at the resume point and whose outcome the ledger does
 // not hold (CheckpointHook::validation_complete) runs before training continues: MMEngine skips
 // it when the process died between the save and the validation.
+//
+// A runner in a job of several ranks (Runner::job(), e.g. TorchRunner::set_job): the loop joins the
+// hook to the job's group and store when the hook has joined none (hook.world_size() == 1), so
+// that every rank's hook is in the job before resume. A hook joined already (CheckpointHook::join,
+// e.g. to a group of the program's own) is left as it is when its world size is the job's;
+// another world size is Error(kInvalidArgument) naming both.
 //
 // One deliberate difference from MMEngine: an EpochLoop resumed from a mid-epoch checkpoint (an
 // iteration-based hook's iter_N.pth) continues that epoch at the batch after the last one trained,
@@ -103,7 +110,8 @@ class EpochLoop {
 
   // The checkpoint hook.resume() loaded (absolute path), once run() got past it.
   const std::optional<std::string>& resumed_from() const { return resumed_from_; }
-  // What run() is doing or last did: "resume", a stage name, "train_step", "validate", "after_run".
+  // What run() is doing or last did: "join", "resume", a stage name, "train_step", "validate",
+  // "after_run".
   const char* current_call() const { return current_call_; }
 
  private:

@@ -19,6 +19,8 @@
 
 namespace ckptledger {
 
+struct JobGroup;  // ckptledger/distributed.h
+
 // A checkpoint's dictionaries as PyTorch writes them (str -> any: tensors, numbers, strings,
 // lists, nested dicts). `Dict d = make_dict(); d.insert("lr", 0.1);`
 using Dict = c10::impl::GenericDict;
@@ -47,6 +49,9 @@ class Runner {
   // Restores a checkpoint's content: weights always; optimizer, schedulers and counters (from
   // meta) when `resume`.
   virtual void load_checkpoint(const Dict& ckpt, bool resume) = 0;
+  // The job of several ranks this runner trains in (ckptledger/distributed.h), or nullptr (the
+  // default): a process alone. The reference loops (loops.h) join the hook to it.
+  virtual const JobGroup* job() const;
 };
 
 }  // namespace ckptledger

@@ -23,6 +23,25 @@
 // warning). All keys are checked to be present before anything is loaded; each part validates
 // itself before it changes anything.
 //
+// A job of several ranks (data parallelism, docs/distributed.md):
+//
+//   std::optional<ckptledger::JobGroup> job = ckptledger::join_from_env();  // torchrun's env
+//   if (job) runner.set_job(*job);        // every rank: the weights become rank 0's
+//   ... loss.backward(); runner.allreduce_gradients(); optimizer.step();
+//   ckptledger::IterLoop(runner, hook, ...).run();   // the loop joins the hook to runner.job()
+//
+// set_job keeps a copy of the job and replaces every rank's parameters and buffers by rank 0's
+// (one broadcast, as DDP does at construction), so the replicas start equal; a JobGroup of one
+// rank or without a group is no job (job() is nullptr, nothing is exchanged). Every rank calls it,
+// with the same model. allreduce_gradients sums every parameter's gradient over the job (one
+// all-reduce; with `average`, then divides by the world size: DDP's mean); without a job it does
+// nothing. A parameter that does not require grad is left out. A gradient that some ranks lack
+// counts as zeros there, and afterwards every rank holds the sum; a parameter that no rank has a
+// gradient for keeps none on every rank (DDP's rule for a globally unused parameter), so the
+// optimizer skips it everywhere and the replicas stay equal. Buffers are made equal by set_job
+// only: ones that training changes (BatchNorm's running statistics) follow each rank's own data
+// afterwards (DDP's broadcast_buffers is not done), and a "main" checkpoint holds rank 0's.
+//
 // Lifetime: the model, optimizer, schedulers and statefuls are the caller's and must outlive the
 // runner. Thread safety: the hook calls the runner on the training thread only.
 #pragma once
@@ -35,6 +54,7 @@
 #include <string>
 #include <vector>
 
+#include "ckptledger/distributed.h"
 #include "ckptledger/log.h"
 #include "ckptledger/loops.h"
 #include "ckptledger/stateful.h"
@@ -65,12 +85,19 @@ class TorchRunner : public LoopRunner {
   TorchRunner& set_save_rng(bool save_rng);  // default true
   TorchRunner& set_log(LogSink log);         // warnings of loads; default: stderr
   Dict& meta();                              // extra meta keys (seed, experiment_name, ...)
+  // The job of several ranks this runner trains in (see above): every rank calls it, before
+  // training. Error(kIOError) when the broadcast fails.
+  TorchRunner& set_job(const JobGroup& job);
+  // Sums (average: then divides by the world size) every parameter's gradient over the job, in
+  // place; a no-op without a job. Call it between backward and the optimizer step, on every rank.
+  void allreduce_gradients(bool average = true);
 
   std::string work_dir() const override;
   Dict checkpoint_state(bool with_optimizer, bool with_schedulers) override;
   bool has_param_schedulers() const override;
   Dict meta_extra() const override;
   void load_checkpoint(const Dict& ckpt, bool resume) override;
+  const JobGroup* job() const override;  // nullptr without set_job or with a job of one rank
 
  private:
   struct Impl;

@@ -98,25 +98,6 @@ void copy_bytes(const std::string& path, const ByteSink& sink) {
   }
 }
 
-// Whether `v` holds a "spread" placeholder (a part 0 read without its other parts).
-bool has_placeholder(const c10::IValue& v) {
-  if (v.isString()) return v.toStringRef().rfind("ckptledger-part:", 0) == 0;
-  if (v.isGenericDict()) {
-    for (const auto& kv : v.toGenericDict()) {
-      if (has_placeholder(kv.value())) return true;
-    }
-  } else if (v.isList()) {
-    for (const c10::IValue& x : v.toListRef()) {
-      if (has_placeholder(x)) return true;
-    }
-  } else if (v.isTuple()) {
-    for (const c10::IValue& x : v.toTupleRef().elements()) {
-      if (has_placeholder(x)) return true;
-    }
-  }
-  return false;
-}
-
 // Part `rank` loaded, its SHA-256 checked as it is read. Throws PartProblem.
 c10::IValue load_part(const std::string& ckpt, size_t rank, const Part& p) {
   check_size(ckpt, rank, p);
@@ -244,7 +225,7 @@ class Exporter {
                               "recorded it (--ledger)",
                               path));
     }
-    if (has_placeholder(v)) {
+    if (has_spread_placeholder(v)) {
       throw_error(ErrorCode::kInvalidArgument,
                   fmt::format("export: {} is part 0 of a \"spread\" checkpoint (its other ranks' "
                               "tensors are in other files), and no ledger lists it: give the "

@@ -168,12 +168,12 @@ int train_job(const TrainJobOptions& o) {
   runner.meta().insert("experiment_name", std::string("ckptledger-train-") + o.optimizer);
   CheckpointHook hook(HookConfig::from_json(config), log);
   // Under torchrun: one rank of a data-parallel job (docs/distributed.md). Every rank starts from
-  // the same weights (same seed), draws the same batch order and trains on its rows of each batch
-  // (rank r: rows r, r + N, ...); the gradients are summed over the ranks, so each step is the
-  // whole batch's.
+  // rank 0's weights (set_job broadcasts them), draws the same batch order and trains on its rows
+  // of each batch (rank r: rows r, r + N, ...); the gradients are summed over the ranks, so each
+  // step is the whole batch's. The loop joins the hook to the runner's job.
   std::optional<JobGroup> job = join_from_env();
   const int rank = job ? job->rank : 0, world = job ? job->world_size : 1;
-  if (job) hook.join(job->group, job->store);
+  if (job) runner.set_job(*job);
 
   auto train_step = [&](int64_t /*data_idx*/) {
     torch::Tensor idx = loader.batch(runner.iter());
@@ -194,9 +194,8 @@ int train_job(const TrainJobOptions& o) {
                  torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum)) /
              static_cast<double>(batch);
       loss.backward();
-      std::vector<torch::Tensor> grads;
-      for (const torch::Tensor& p : model->parameters()) grads.push_back(p.grad());
-      allreduce_sum(*job, grads);
+      // Each rank's loss is its rows' share of the whole batch's mean: the sum is the batch's.
+      runner.allreduce_gradients(/*average=*/false);
       return loss;
     });
     if (scheduler) scheduler->step();
