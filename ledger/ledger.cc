@@ -359,14 +359,14 @@ void Ledger::find_moved_roots() {
                 "SELECT path FROM events WHERE kind = 'save_committed' AND "
                 "substr(path, 1, length(?1) + 1) = ?1 || '/' ORDER BY seq DESC LIMIT 16");
     f.bind_text(1, from);
-    bool here = false, there = false;
-    while (f.step("read the run's files") && !here) {
+    bool at_new = false, at_old = false;
+    while (f.step("read the run's files") && !at_new) {
       const std::string p = f.column_text(0);
       std::error_code ec;
-      here = fs::exists(dir + p.substr(from.size()), ec);
-      there = there || fs::exists(p, ec);
+      at_new = fs::exists(dir + p.substr(from.size()), ec);
+      at_old = at_old || fs::exists(p, ec);
     }
-    if (here || !there) moved_.push_back({from, dir});
+    if (at_new || !at_old) moved_.push_back({from, dir});
   }
 }
 

@@ -224,13 +224,14 @@ void HookStateFold::on_save_committed(const Event& e) {
   s_.pruned_pending.erase(e.path);
   s_.retired.erase(e.path);
   s_.retired_parts.erase(e.path);
-  LiveFile f{p.role,
-             e.step.value_or(0),
-             e.epoch.value_or(0),
-             e.iter.value_or(0),
-             e.bytes.value_or(0),
-             e.digest,
-             e.seq};
+  LiveFile f;
+  f.role = p.role;
+  f.step = e.step.value_or(0);
+  f.epoch = e.epoch.value_or(0);
+  f.iter = e.iter.value_or(0);
+  f.bytes = e.bytes.value_or(0);
+  f.digest = e.digest;
+  f.seq = e.seq;
   f.layout = p.layout;
   f.world_size = p.world_size;
   f.part_paths = p.part_paths;

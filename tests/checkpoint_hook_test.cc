@@ -398,16 +398,36 @@ TEST_F(HookTest, SnapshotRoundTripsEveryField) {
   run_epochs(work_, 6);
   auto l = Ledger::open(work_ + "/ckptledger.sqlite");
   HookState s = full_fold(*l);
-  s.in_flight["/x"] = HookState::Begun{1, 2, 3};
+  HookState::Begun begun;
+  begun.step = 1;
+  begun.epoch = 2;
+  begun.iter = 3;
+  s.in_flight["/x"] = begun;
   s.reported_unknown.insert("/u");
   s.retired.insert("/r");
-  s.live["/p"] = LiveFile{"published", 4, 5, 6, 7, "d", 8};
+  s.retired_parts["/r"] = {"/r.part1", "/r.part2"};
+  LiveFile published;
+  published.role = "published";
+  published.step = 4;
+  published.epoch = 5;
+  published.iter = 6;
+  published.bytes = 7;
+  published.digest = "d";
+  published.seq = 8;
+  published.layout = "spread";
+  published.world_size = 2;
+  published.part_paths = {"/p", "/p.part1"};
+  published.part_bytes = {7, 9};
+  published.part_sha256 = {"a", "b"};
+  s.live["/p"] = published;
   auto back = deserialize_state(serialize_state(s));
   ASSERT_TRUE(back.has_value());
   EXPECT_TRUE(*back == s);
   EXPECT_EQ(serialize_state(*back), serialize_state(s));
   EXPECT_EQ(back->live.at("/p").seq, 8);
   EXPECT_EQ(back->in_flight.at("/x").iter, 3);
+  EXPECT_EQ(back->retired_parts.at("/r").size(), 2u);
+  EXPECT_EQ(back->live.at("/p").part_sha256.at(1), "b");
 }
 
 // The property: for every prefix, the newest snapshot at or before it plus the events after it
