@@ -116,6 +116,17 @@ class Tools:
         return p.returncode, p.stdout, p.stderr
 
 
+def has_exited(pid):
+    """True when `pid` already ended: gone, or a zombie its parent has not reaped yet (a SIGKILL
+    sent to it would be counted as a kill that lands on nothing)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -423,6 +434,11 @@ def torture_layout(tools, args, layout, tmp, rng):
                 continue
             seq, kind = ledger_head(work)
             pid = next(p for p, r in group.items() if r == victim_rank)
+            if has_exited(pid):
+                # The victim just finished (its job's end): no kill, the group ends by itself.
+                old |= set(group)
+                group = job.wait_group(old, deadline)
+                continue
             os.kill(pid, signal.SIGKILL)
             t_kill = time.monotonic()
             kills += 1
