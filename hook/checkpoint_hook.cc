@@ -97,6 +97,30 @@ c10::IValue hub_to_ivalue(const nlohmann::json& hub) {
 constexpr int64_t kSnapshotEvery = 10000;
 constexpr int64_t kSnapshotAtOpen = 1000;
 
+// Hands the checkpoint to the runner; when resuming, checks that its load_checkpoint restored the
+// counters: a Runner that forgot them would retrain from 0 over later weights.
+void load_into(Runner& runner, const c10::IValue& ckpt, const std::string& path, bool resume) {
+  const c10::impl::GenericDict dict = ckpt.toGenericDict();
+  runner.load_checkpoint(dict, resume);
+  if (!resume || !dict.contains("meta") || !dict.at("meta").isGenericDict()) return;
+  const c10::impl::GenericDict meta = dict.at("meta").toGenericDict();
+  auto counter = [&](const char* k) -> std::optional<int64_t> {
+    if (!meta.contains(k) || !meta.at(k).isInt()) return std::nullopt;
+    return meta.at(k).toInt();
+  };
+  const auto epoch = counter("epoch"), iter = counter("iter");
+  if ((epoch && *epoch != runner.epoch()) || (iter && *iter != runner.iter())) {
+    throw_error(ErrorCode::kInvalidArgument,
+                fmt::format("resume from {}: after Runner::load_checkpoint the runner is at epoch "
+                            "{}, iter {}, but the checkpoint's meta says epoch {}, iter {}: "
+                            "load_checkpoint must restore the counters when resuming "
+                            "(LoopRunner::restore_counters)",
+                            path, runner.epoch(), runner.iter(),
+                            epoch ? std::to_string(*epoch) : "-",
+                            iter ? std::to_string(*iter) : "-"));
+  }
+}
+
 }  // namespace
 
 // Threads: the training thread makes every decision and owns the Runner; the writer pool's
@@ -135,6 +159,7 @@ struct CheckpointHook::Impl {
   int rank = 0;
   int world = 1;
   bool shared_open = false;          // the state came from rank 0 (or was handed to the others)
+  bool run_ended = false;            // after_run returned: the hook leaves no exchange behind
   int64_t saves_in_run = 0;          // numbers the parts of this run's saves (policy/parts.h)
   std::vector<int64_t> exchange_us;  // rank 0: each commit's coordination cost (guarded by mu)
   // Last member: destroyed (drained, joined) first, while everything its jobs touch is alive.
@@ -499,6 +524,45 @@ struct CheckpointHook::Impl {
       coord->leave(fmt::format("rank {}: {}", rank, ex.what()));
       throw;
     }
+  }
+
+  // In a job, a step every rank takes (resume, the run's end) succeeds or fails on every rank
+  // together: when any rank's `failure` is set, every rank raises one error naming each rank that
+  // failed and why (the lowest such rank's error code). Alone, `failure` is raised as it is.
+  void agree(const std::exception_ptr& failure) {
+    if (!multi()) {
+      if (failure) std::rethrow_exception(failure);
+      return;
+    }
+    nlohmann::json mine;
+    if (failure) {
+      try {
+        std::rethrow_exception(failure);
+      } catch (const Error& e) {
+        mine = {{"code", static_cast<int>(e.code())}, {"error", e.what()}};
+      } catch (const std::exception& e) {
+        mine = {{"code", static_cast<int>(ErrorCode::kIOError)}, {"error", e.what()}};
+      }
+    }
+    if (coord->max(failure ? 1 : 0) == 0) return;
+    const std::vector<std::string> all = coord->gather(failure ? pack(mine) : "");
+    nlohmann::json verdict;
+    if (rank == 0) {
+      std::string message;
+      for (size_t r = 0; r < all.size(); ++r) {
+        if (all[r].empty()) continue;
+        const nlohmann::json j = unpack(all[r]);
+        std::string why = j.at("error").get<std::string>();
+        const std::string self = fmt::format("rank {}: ", r);
+        if (why.compare(0, self.size(), self) == 0) why.erase(0, self.size());
+        message += fmt::format("{}rank {}: {}", message.empty() ? "" : "; ", r, why);
+        if (!verdict.contains("code")) verdict["code"] = j.at("code");
+      }
+      verdict["error"] = message;
+    }
+    verdict = unpack(coord->broadcast(rank == 0 ? pack(verdict) : ""));
+    throw_error(static_cast<ErrorCode>(verdict.at("code").get<int>()),
+                verdict.at("error").get<std::string>());
   }
 
   // Events that are not a file write (validated, run_started, ...): decided now, appended on
@@ -981,8 +1045,13 @@ struct CheckpointHook::Impl {
       }
       job.staged.reset();
       mine.arrive_us = monotonic_us();
-      coord->gather(mine.packed(), /*wait_for_root=*/true);
-      const nlohmann::json outcome = unpack(coord->broadcast(""));
+      nlohmann::json outcome;
+      try {
+        coord->gather(mine.packed(), /*wait_for_all=*/true);
+        outcome = unpack(coord->broadcast(""));
+      } catch (const Error& ex) {
+        throw_error(ex.code(), fmt::format("{}: not committed: {}", job.label, ex.what()));
+      }
       if (!outcome.at("ok").get<bool>()) {
         throw_error(static_cast<ErrorCode>(outcome.at("code").get<int>()),
                     outcome.at("error").get<std::string>());
@@ -996,17 +1065,21 @@ struct CheckpointHook::Impl {
       }
       return;
     }
-    bool exchanged = false, told = false;
+    // exchanged: the reports were gathered; labeled: the error at hand already names the save and
+    // every rank that failed (check_reports).
+    bool exchanged = false, told = false, labeled = false;
     // The coordination's own cost: from the last rank's arrival at the exchange (the ranks share
     // CLOCK_MONOTONIC on one host; on several hosts the clocks differ and only the commit counts)
     // to the end of the gather, plus the commit transaction. No part's write is in it.
     int64_t coord_us = 0;
     auto exchange = [&]() {
       mine.arrive_us = monotonic_us();
-      std::vector<std::string> texts = coord->gather(mine.packed(), /*wait_for_root=*/true);
+      std::vector<std::string> texts = coord->gather(mine.packed(), /*wait_for_all=*/true);
       exchanged = true;
       int64_t last = 0;
+      labeled = true;
       check_reports(texts, mine, job.label, commit, &last);
+      labeled = false;
       coord_us += std::max<int64_t>(0, monotonic_us() - std::max(last, mine.arrive_us));
     };
     try {
@@ -1061,12 +1134,13 @@ struct CheckpointHook::Impl {
           // Rank 0 failed before the exchange (its own part, or earlier): the others wait in it.
           mine.ok = false;
           mine.error = message;
-          std::vector<std::string> texts = coord->gather(mine.packed(), /*wait_for_root=*/true);
+          std::vector<std::string> texts = coord->gather(mine.packed(), /*wait_for_all=*/true);
           try {
             check_reports(texts, mine, job.label, commit);
           } catch (const Error& all) {
             message = all.what();
             code = all.code();
+            labeled = true;
           }
         }
         coord->broadcast(
@@ -1075,6 +1149,7 @@ struct CheckpointHook::Impl {
         // The exchange itself failed (a rank died; the group is broken now): the others see that
         // on their own.
       }
+      if (!labeled) message = fmt::format("{}: not committed: rank 0: {}", job.label, message);
       throw_error(code, message);
     }
   }
@@ -1300,6 +1375,16 @@ CheckpointHook::CheckpointHook(const HookConfig& config, LogSink log, FileSystem
 CheckpointHook::~CheckpointHook() {
   // Every accepted save is committed or recorded as failed before the hook goes away.
   if (impl_->pool) impl_->pool->drain();
+  // A hook of a job that goes away before the run's end (the program unwinds an error of its own)
+  // leaves the job: no other rank waits for its next exchange.
+  if (impl_->coord && !impl_->run_ended) {
+    try {
+      impl_->coord->leave(fmt::format("rank {}: its CheckpointHook was destroyed before the run's "
+                                      "end (after_run)",
+                                      impl_->rank));
+    } catch (const std::exception&) {
+    }
+  }
 }
 
 std::optional<std::string> CheckpointHook::resume(Runner& runner, bool resume,
@@ -1311,27 +1396,49 @@ std::optional<std::string> CheckpointHook::resume(Runner& runner, bool resume,
     std::string path;
     c10::IValue ckpt;
     ResumedPayload rp;
+    if (m.multi()) {
+      // Every rank takes the same branch below (its exchanges must pair up with the others').
+      const std::string intent =
+          fmt::format("resume={} load_from={}", resume,
+                      load_from ? absolute_normal(*load_from) : std::string("(none)"));
+      const std::string zero = m.coord->broadcast(intent);
+      std::exception_ptr differs;
+      if (zero != intent) {
+        differs = std::make_exception_ptr(Error(
+            ErrorCode::kInvalidArgument,
+            fmt::format("rank {}: resume() was called with {} where rank 0 has {}: every rank of "
+                        "a job resumes the same way",
+                        m.rank, intent, zero)));
+      }
+      m.agree(differs);
+    }
     if (load_from) {
       path = absolute_normal(*load_from);
       rp.source = "load_from";
-      // A checkpoint this ledger holds is read with its parts (a "spread" one assembled, a
-      // "sharded" one: this rank's part).
-      LiveFile lf;
-      {
-        std::lock_guard<std::mutex> lock(m.mu);
-        auto it = m.state.live.find(path);
-        if (it != m.state.live.end()) lf = it->second;
+      std::exception_ptr failure;
+      try {
+        // A checkpoint this ledger holds is read with its parts (a "spread" one assembled, a
+        // "sharded" one: this rank's part).
+        LiveFile lf;
+        {
+          std::lock_guard<std::mutex> lock(m.mu);
+          auto it = m.state.live.find(path);
+          if (it != m.state.live.end()) lf = it->second;
+        }
+        ckpt = lf.part_paths.size() > 1 ? *m.read_parts(path, lf, /*verify=*/false, nullptr)
+                                        : read_checkpoint(path);
+        if (lf.part_paths.size() <= 1 && (is_spread_part(ckpt) || has_spread_placeholder(ckpt))) {
+          throw_error(ErrorCode::kInvalidArgument,
+                      fmt::format("cannot load {}: it is one part of a \"spread\" checkpoint (the "
+                                  "other ranks' tensors are in other files) that this work_dir's "
+                                  "ledger does not list; write it as one file with `ckptledger "
+                                  "export` through the ledger that recorded it, and load that",
+                                  path));
+        }
+      } catch (const std::exception&) {
+        failure = std::current_exception();
       }
-      ckpt = lf.part_paths.size() > 1 ? *m.read_parts(path, lf, /*verify=*/false, nullptr)
-                                      : read_checkpoint(path);
-      if (lf.part_paths.size() <= 1 && (is_spread_part(ckpt) || has_spread_placeholder(ckpt))) {
-        throw_error(ErrorCode::kInvalidArgument,
-                    fmt::format("cannot load {}: it is one part of a \"spread\" checkpoint (the "
-                                "other ranks' tensors are in other files) that this work_dir's "
-                                "ledger does not list; write it as one file with `ckptledger "
-                                "export` through the ledger that recorded it, and load that",
-                                path));
-      }
+      m.agree(failure);
     } else if (resume) {
       rp.source = "auto";
       // Newest committed regular checkpoint whose bytes still match the ledger (docs/behaviour.md:
@@ -1390,28 +1497,16 @@ std::optional<std::string> CheckpointHook::resume(Runner& runner, bool resume,
     } else {
       return std::nullopt;
     }
-    const c10::impl::GenericDict dict = ckpt.toGenericDict();
-    runner.load_checkpoint(dict, resume);
+    // What the runner makes of the checkpoint, decided together: a rank that cannot load it stops
+    // every rank here, not at the training's next collective.
+    std::exception_ptr failure;
+    try {
+      load_into(runner, ckpt, path, resume);
+    } catch (const std::exception&) {
+      failure = std::current_exception();
+    }
+    m.agree(failure);
     if (resume) {
-      // A Runner whose load_checkpoint forgot its counters would retrain from 0 over later weights.
-      if (dict.contains("meta") && dict.at("meta").isGenericDict()) {
-        const c10::impl::GenericDict meta = dict.at("meta").toGenericDict();
-        auto counter = [&](const char* k) -> std::optional<int64_t> {
-          if (!meta.contains(k) || !meta.at(k).isInt()) return std::nullopt;
-          return meta.at(k).toInt();
-        };
-        const auto epoch = counter("epoch"), iter = counter("iter");
-        if ((epoch && *epoch != runner.epoch()) || (iter && *iter != runner.iter())) {
-          throw_error(
-              ErrorCode::kInvalidArgument,
-              fmt::format("resume from {}: after Runner::load_checkpoint the runner is at "
-                          "epoch {}, iter {}, but the checkpoint's meta says epoch {}, iter "
-                          "{}: load_checkpoint must restore the counters when resuming "
-                          "(LoopRunner::restore_counters)",
-                          path, runner.epoch(), runner.iter(), epoch ? std::to_string(*epoch) : "-",
-                          iter ? std::to_string(*iter) : "-"));
-        }
-      }
       std::string bests;
       for (const auto& [key, b] : m.state.best) {
         bests += fmt::format("{}{} {} ({})", bests.empty() ? "; best " : ", ", key, b.score,
@@ -1613,14 +1708,24 @@ void CheckpointHook::after_run(Runner& runner) {
       m.begin_stage();
     }
     m.check_error();
-    if (!m.ledger) return;
-    Event e;
-    e.kind = EventKind::kRunFinished;
-    m.record({e});
-    m.pool->drain();
-    m.check_error();
-    // The next resume starts from here (the pool is idle: the training thread may use the ledger).
-    m.maybe_snapshot(1);
+    // Rank 0 records the run's end; in a job, every rank raises what that meets.
+    std::exception_ptr failure;
+    try {
+      if (m.ledger) {
+        Event e;
+        e.kind = EventKind::kRunFinished;
+        m.record({e});
+        m.pool->drain();
+        m.check_error();
+        // The next resume starts from here (the pool is idle: the training thread may use the
+        // ledger).
+        m.maybe_snapshot(1);
+      }
+    } catch (const std::exception&) {
+      failure = std::current_exception();
+    }
+    m.agree(failure);
+    m.run_ended = true;
   });
 }
 

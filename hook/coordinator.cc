@@ -33,8 +33,9 @@ struct Coordinator::Impl {
   int rank = 0;
   int size = 1;
   std::chrono::milliseconds write_timeout{0};
-  int64_t root_waits = 0;  // gathers with wait_for_root so far (the same on every rank)
-  std::string broken;      // the first failure
+  int64_t meets = 0;    // gathers with wait_for_all so far (the same on every rank)
+  bool left = false;    // leave() was called
+  std::string broken;   // the first failure
 
   // Every call starts here: a group that failed once is not used again.
   void check_usable() const {
@@ -64,9 +65,12 @@ struct Coordinator::Impl {
     return out;
   }
 
+  // The first failure breaks the group for good, and closes this rank's connections: a peer still
+  // in an exchange with this rank fails at once instead of at its timeout.
   [[noreturn]] void fail(const std::string& message) {
     const std::string full = message + stopped_ranks();
     if (broken.empty()) broken = full;
+    group.reset();
     throw_error(ErrorCode::kIOError, full);
   }
 
@@ -79,40 +83,37 @@ struct Coordinator::Impl {
     }
   }
 
-  // Rank 0 announces that it reached the gather ("arrived/<n>" = "A"); the others wait for that
-  // key. A rank 0 that leaves the job sets the key they wait for to "S" (leave()), so that no rank
-  // waits for a rank 0 that will not come. One blocking wait, not a poll: a TCPStore wait that
-  // times out leaves its answer pending on the connection (torch 1.13), so the first timeout is
-  // final.
-  std::string root_key() const { return "arrived/" + std::to_string(root_waits); }
+  // The n-th exchange that waits for every rank: "arrived/<n>" counts the ranks in, the rank that
+  // completes the count sets "ready/<n>" = "A", and every rank waits for that key. A rank that
+  // leaves the job sets it to "S" (leave()), so that no rank waits for one that will not come. One
+  // blocking wait, not a poll: a TCPStore wait that times out leaves its answer pending on the
+  // connection (torch 1.13), so the first timeout is final.
+  // The largest of every rank's `value` (`what`: the exchange it serves, for the message).
+  int64_t max(int64_t value, const char* what);
 
-  void meet_root() {
-    const std::string key = root_key();
-    if (rank == 0) {
-      try {
-        store->set(key, std::vector<uint8_t>{'A'});
-        // Every rank waited for the previous key before its last gather, which rank 0 finished.
-        if (root_waits > 0) store->deleteKey("arrived/" + std::to_string(root_waits - 1));
-      } catch (const std::exception& ex) {
-        fail("rank 0: cannot announce the checkpoint exchange in the job's store: " +
-             message_of(ex));
-      }
-      ++root_waits;
-      return;
-    }
+  std::string ready_key() const { return "ready/" + std::to_string(meets); }
+
+  void meet_all() {
+    const std::string n = std::to_string(meets);
     std::vector<uint8_t> value;
     try {
-      store->wait({key}, write_timeout);
-      value = store->get(key);
+      // Every rank passed the previous meeting before its last gather, which rank 0 finished.
+      if (rank == 0 && meets > 0) {
+        store->deleteKey("arrived/" + std::to_string(meets - 1));
+        store->deleteKey("ready/" + std::to_string(meets - 1));
+      }
+      if (store->add("arrived/" + n, 1) == size) store->set(ready_key(), {'A'});
+      store->wait({ready_key()}, write_timeout);
+      value = store->get(ready_key());
     } catch (const std::exception& ex) {
       fail("rank " + std::to_string(rank) +
-           ": waited for rank 0 to finish its writes and reach the checkpoint exchange: " +
+           ": waited for every rank to finish its writes and reach the checkpoint exchange: " +
            message_of(ex));
     }
+    ++meets;
     if (value.empty() || value[0] != 'A') {
-      fail("rank " + std::to_string(rank) + ": rank 0 left the job before this checkpoint exchange");
+      fail("rank " + std::to_string(rank) + ": a rank left the job before this checkpoint exchange");
     }
-    ++root_waits;
   }
 };
 
@@ -124,6 +125,37 @@ std::shared_ptr<::gloo::transport::Device> gloo_device() {
     return c10d::ProcessGroupGloo::createDeviceForInterface(ifname);
   }
   return c10d::ProcessGroupGloo::createDefaultDevice();
+}
+
+// PrefixStore keeps its prefix to itself; a pointer to the member, taken in a subclass, reads it.
+struct PrefixOf : c10d::PrefixStore {
+  static const std::string& of(const c10d::PrefixStore& store) {
+    return store.*(&PrefixOf::prefix_);
+  }
+};
+
+// The hook's own connection to the job's TCPStore, under the same prefixes: a TCPStore client runs
+// one operation at a time (torch 1.13), so the hook's long waits on its writer thread (meet_all)
+// must not hold up the training's own use of the store. Other stores are shared as they are.
+c10::intrusive_ptr<c10d::Store> own_connection(const c10::intrusive_ptr<c10d::Store>& store,
+                                               std::chrono::milliseconds timeout) {
+  std::vector<std::string> prefixes;  // outermost first
+  c10::intrusive_ptr<c10d::Store> inner = store;
+  while (auto* p = dynamic_cast<c10d::PrefixStore*>(inner.get())) {
+    prefixes.push_back(PrefixOf::of(*p));
+    inner = p->getUnderlyingStore();
+  }
+  const auto* tcp = dynamic_cast<const c10d::TCPStore*>(inner.get());
+  if (tcp == nullptr) return store;
+  c10d::TCPStoreOptions o;
+  o.port = tcp->getPort();
+  o.isServer = false;
+  o.waitWorkers = false;
+  o.timeout = timeout;
+  c10::intrusive_ptr<c10d::Store> out = c10::make_intrusive<c10d::TCPStore>(tcp->getHost(), o);
+  for (auto it = prefixes.rbegin(); it != prefixes.rend(); ++it)
+    out = c10::make_intrusive<c10d::PrefixStore>(*it, out);
+  return out;
 }
 
 }  // namespace
@@ -148,7 +180,7 @@ Coordinator::Coordinator(const c10::intrusive_ptr<c10d::ProcessGroup>& job,
     const int64_t k =
         store->add("ckptledger/joins/" + std::to_string(impl_->rank), 1) - 1;
     impl_->store = c10::make_intrusive<c10d::PrefixStore>(
-        "ckptledger/" + std::to_string(k), store);
+        "ckptledger/" + std::to_string(k), own_connection(store, timeout));
     impl_->group = c10::make_intrusive<c10d::ProcessGroupGloo>(
         c10::make_intrusive<c10d::PrefixStore>("gloo", impl_->store), impl_->rank, impl_->size,
         options);
@@ -169,19 +201,18 @@ int Coordinator::size() const { return impl_->size; }
 std::string Coordinator::broken() const { return impl_->broken; }
 
 void Coordinator::leave(const std::string& why) {
-  if (!impl_->group) return;
+  if (impl_->left) return;
+  impl_->left = true;
   try {
     impl_->store->set("stopped/" + std::to_string(impl_->rank),
                       std::vector<uint8_t>(why.begin(), why.end()));
   } catch (const std::exception&) {
     // The store is gone (a dead rank 0 served it): the others see the closed connections.
   }
-  if (impl_->rank == 0) {
-    try {
-      // The others may wait for rank 0's next exchange in the store (meet_root): not any more.
-      impl_->store->set(impl_->root_key(), std::vector<uint8_t>{'S'});
-    } catch (const std::exception&) {
-    }
+  try {
+    // The others may wait for this rank at the next exchange (meet_all): not any more.
+    impl_->store->set(impl_->ready_key(), std::vector<uint8_t>{'S'});
+  } catch (const std::exception&) {
   }
   if (impl_->broken.empty()) impl_->broken = "this rank left the job: " + why;
   impl_->group.reset();  // closes this rank's connections: the others' exchanges fail at once
@@ -189,19 +220,23 @@ void Coordinator::leave(const std::string& why) {
 
 int64_t Coordinator::max(int64_t value) {
   impl_->check_usable();
+  return impl_->max(value, "allreduce");
+}
+
+int64_t Coordinator::Impl::max(int64_t value, const char* what) {
   std::vector<at::Tensor> t{at::empty({1}, at::kLong)};
   t[0].data_ptr<int64_t>()[0] = value;
   c10d::AllreduceOptions o;
   o.reduceOp = c10d::ReduceOp::MAX;
-  impl_->wait(impl_->group->allreduce(t, o), "allreduce");
+  wait(group->allreduce(t, o), what);
   return t[0].data_ptr<int64_t>()[0];
 }
 
-std::vector<std::string> Coordinator::gather(const std::string& mine, bool wait_for_root) {
+std::vector<std::string> Coordinator::gather(const std::string& mine, bool wait_for_all) {
   impl_->check_usable();
-  if (wait_for_root) impl_->meet_root();
+  if (wait_for_all) impl_->meet_all();
   // Gloo gathers equal sizes: every rank pads to the longest, behind an 8-byte length.
-  const int64_t longest = max(static_cast<int64_t>(mine.size()));
+  const int64_t longest = impl_->max(static_cast<int64_t>(mine.size()), "gather");
   const int64_t slot = 8 + longest;
   std::vector<at::Tensor> input{at::zeros({slot}, at::kByte)};
   const int64_t n = static_cast<int64_t>(mine.size());

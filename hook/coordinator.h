@@ -30,8 +30,8 @@ class Coordinator {
  public:
   // Builds the hook's group: a rendezvous, so every rank of `job` calls it. `store` is the store
   // the job's group was built on. `timeout`: how long a collective waits for a rank that neither
-  // answers nor dies; `write_timeout`: how long the other ranks wait for rank 0 to reach a
-  // gather(..., wait_for_root) (its writes before it: see gather).
+  // answers nor dies; `write_timeout`: how long a rank waits for the others to reach a
+  // gather(..., wait_for_all) (their writes before it: see gather).
   Coordinator(const c10::intrusive_ptr<c10d::ProcessGroup>& job,
               const c10::intrusive_ptr<c10d::Store>& store, std::chrono::milliseconds timeout,
               std::chrono::milliseconds write_timeout);
@@ -44,20 +44,21 @@ class Coordinator {
   // The number of ranks of `group` (1 when it is null).
   static int size_of(const c10::intrusive_ptr<c10d::ProcessGroup>& group);
   // Rank 0 receives every rank's bytes, in rank order; the other ranks receive nothing.
-  // `wait_for_root`: the other ranks first wait, through the store (up to write_timeout), until
-  // rank 0 reaches this call, so that `timeout` counts the exchange itself and not rank 0's writes
-  // before it (in the "main" layout rank 0 writes the whole checkpoint while the others wait).
-  // Every rank passes the same value.
-  std::vector<std::string> gather(const std::string& mine, bool wait_for_root = false);
+  // `wait_for_all`: every rank first waits, through the store (up to write_timeout), until every
+  // rank reaches this call, so that `timeout` counts the exchange itself and not the writes each
+  // rank makes before it (a part, or in the "main" layout rank 0's whole checkpoint). Every rank
+  // passes the same value.
+  std::vector<std::string> gather(const std::string& mine, bool wait_for_all = false);
   // Every rank receives rank 0's `value` (the others' argument is ignored).
   std::string broadcast(const std::string& value);
   // The largest of every rank's `value`, on every rank.
   int64_t max(int64_t value);
   // The first failure, once a call failed ("" while the group works).
   std::string broken() const;
-  // This rank stops taking part (it raised an error to its caller): `why` is left in the store
-  // for the others' messages, and the group is closed, so that an exchange that waits for this
-  // rank fails at once instead of at its timeout. Later calls throw.
+  // This rank stops taking part (it raised an error to its caller, or its hook goes away before
+  // the run's end): `why` is left in the store for the others' messages, and the group is closed,
+  // so that an exchange that waits for this rank fails at once instead of at its timeout. Later
+  // calls throw; a second leave does nothing.
   void leave(const std::string& why);
 
  private:

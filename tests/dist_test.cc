@@ -1193,6 +1193,82 @@ TEST_F(DistTest, ARankZeroWriteSlowerThanTheExchangeTimeoutStillCommits) {
   EXPECT_TRUE(s.live.count(p("iter_4.pth")));
 }
 
+// The same for a part written by another rank ("spread"): every rank meets the others in the
+// store before the exchange, so rank 0 does not time out while rank 1 still writes its part.
+TEST_F(DistTest, ARankOneWriteSlowerThanTheExchangeTimeoutStillCommits) {
+  RecordingFileSystem one;
+  one.slow_target = "iter_2.part1";  // rank 1's part of iter_2.pth
+  one.slow = std::chrono::milliseconds(4000);
+  runners_.clear();
+  const Outcome out = run_ranks(2, [&](RankJob& job) {
+    CheckpointHook hook(config("spread", R"({"save_best": null})"), {},
+                        job.rank == 1 ? &one : nullptr);
+    hook.join(job.group, job.store, std::chrono::milliseconds(1500));
+    DistRunner runner(work_, job.rank, false);
+    IterLoop loop(runner, hook, 4, 100, [&](int64_t) { runner.step(); });
+    loop.run();
+  });
+  ASSERT_TRUE(out.ok()) << out.all();
+  ASSERT_TRUE(one.slowed()) << "the slow write did not happen";
+  const HookState s = replayed(ledger());
+  ASSERT_TRUE(s.live.count(p("iter_2.pth")));
+  EXPECT_EQ(s.live.at(p("iter_2.pth")).part_paths.size(), 2u);
+  EXPECT_TRUE(s.live.count(p("iter_4.pth")));
+}
+
+// A rank whose program stops with an error of its own (not a hook call's) destroys its hook
+// before the run's end: the hook leaves the job, so the rank waiting for it in the next exchange
+// fails at once, naming it, instead of waiting out write_timeout.
+TEST_F(DistTest, AHookDestroyedBeforeTheRunsEndReleasesTheRanksWaitingForIt) {
+  const auto started = std::chrono::steady_clock::now();
+  const Outcome out = run_ranks(2, [&](RankJob& job) {
+    CheckpointHook hook(config("main", R"({"save_best": null})"));
+    hook.join(job.group, job.store, kTimeout, std::chrono::minutes(10));
+    DistRunner runner(work_, job.rank, false);
+    LoopOptions o;
+    o.on_stage = [&](Stage stage) {
+      if (job.rank == 0 && stage == Stage::kAfterTrainIter && runner.iter() == 3)
+        throw std::runtime_error("the data loader of rank 0 broke");
+    };
+    IterLoop(runner, hook, 8, 100, [&](int64_t) { runner.step(); }, o).run();
+  });
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  ASSERT_TRUE(out.errors[0]);
+  EXPECT_THAT(out.message(0), HasSubstr("the data loader of rank 0 broke"));
+  ASSERT_TRUE(out.errors[1]) << "rank 1 did not raise";
+  EXPECT_THAT(out.message(1), HasSubstr("rank 0 stopped"));
+  EXPECT_THAT(out.message(1), HasSubstr("destroyed before the run's end"));
+  EXPECT_LT(seconds, 60) << "rank 1 waited for rank 0's exchange";
+}
+
+// Resuming is one step of the whole job: a rank whose Runner cannot load the checkpoint stops
+// every rank at resume(), with its reason, before anyone trains on.
+TEST_F(DistTest, ARunnerThatCannotLoadOnOneRankStopsEveryRankAtResumeNamingIt) {
+  ASSERT_TRUE(train(2, config("main"), 4, false).ok());
+  class Refusing : public DistRunner {
+   public:
+    using DistRunner::DistRunner;
+    bool refuse = false;
+    void load_checkpoint(const Dict& ckpt, bool resume) override {
+      if (refuse) throw std::runtime_error("conv.weight has another shape on this rank");
+      DistRunner::load_checkpoint(ckpt, resume);
+    }
+  };
+  const Outcome out = run_ranks(2, [&](RankJob& job) {
+    CheckpointHook hook(config("main"));
+    hook.join(job.group, job.store, kTimeout);
+    Refusing runner(work_, job.rank, false);
+    runner.refuse = job.rank == 1;
+    hook.resume(runner);
+  });
+  for (int r = 0; r < 2; ++r) {
+    SCOPED_TRACE("rank " + std::to_string(r));
+    ASSERT_TRUE(out.errors[static_cast<size_t>(r)]) << "resumed although rank 1 cannot load";
+    EXPECT_THAT(out.message(r), HasSubstr("rank 1: conv.weight has another shape on this rank"));
+  }
+}
+
 // Every rank must run the same hook config in the same work_dir: a difference is found at the
 // first open, before rank 0 opens the ledger, and the rank that differs names the key.
 TEST_F(DistTest, ARankWithAnotherHookConfigIsAnErrorOnEveryRankNamingTheKey) {
