@@ -31,6 +31,7 @@
 #include <torch/csrc/distributed/c10d/HashStore.hpp>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include "ckptledger/checkpoint_hook.h"
 #include "ckptledger/distributed.h"
@@ -1214,6 +1215,50 @@ TEST_F(DistTest, ARankOneWriteSlowerThanTheExchangeTimeoutStillCommits) {
   ASSERT_TRUE(s.live.count(p("iter_2.pth")));
   EXPECT_EQ(s.live.at(p("iter_2.pth")).part_paths.size(), 2u);
   EXPECT_TRUE(s.live.count(p("iter_4.pth")));
+}
+
+// A TCPStore client runs one operation at a time: while rank 1's hook waits in the store for rank
+// 0's slow write, the training's own use of the store it passed to join must not wait behind it
+// (the hook talks to the store over a connection of its own, under the same prefixes).
+TEST_F(DistTest, TheHooksWaitInATcpStoreDoesNotHoldUpTheTrainingsUseOfIt) {
+  c10d::TCPStoreOptions so;
+  so.port = 0;  // any free port
+  so.isServer = true;
+  so.waitWorkers = false;
+  so.timeout = kTimeout;
+  auto server = c10::make_intrusive<c10d::TCPStore>("127.0.0.1", so);
+  RecordingFileSystem zero;
+  zero.slow_target = "iter_2.pth";
+  zero.slow = std::chrono::milliseconds(3000);
+  double set_ms = -1;
+  const Outcome out = run_ranks(2, [&](RankJob& job) {
+    c10d::TCPStoreOptions co;
+    co.port = server->getPort();
+    co.waitWorkers = false;
+    co.timeout = kTimeout;
+    c10::intrusive_ptr<c10d::Store> store = c10::make_intrusive<c10d::PrefixStore>(
+        "attempt_0", c10::make_intrusive<c10d::TCPStore>("127.0.0.1", co));
+    CheckpointHook hook(config("main", R"({"save_best": null})"), {},
+                        job.rank == 0 ? &zero : nullptr);
+    hook.join(job.group, store, kTimeout);
+    DistRunner runner(work_, job.rank, false);
+    LoopOptions o;
+    o.on_stage = [&](Stage stage) {
+      // Rank 1 has handed iter_2's exchange to its writer pool, which waits for rank 0.
+      if (job.rank != 1 || stage != Stage::kAfterTrainIter || runner.iter() != 3) return;
+      std::this_thread::sleep_for(std::chrono::milliseconds(300));
+      const auto t0 = std::chrono::steady_clock::now();
+      store->set("training/heartbeat", std::vector<uint8_t>{1});
+      set_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+                   .count();
+    };
+    IterLoop(runner, hook, 4, 100, [&](int64_t) { runner.step(); }, o).run();
+  });
+  ASSERT_TRUE(out.ok()) << out.all();
+  ASSERT_TRUE(zero.slowed());
+  ASSERT_GE(set_ms, 0) << "rank 1 did not reach iter 3";
+  EXPECT_LT(set_ms, 1000) << "the training's store set waited for the hook's wait";
+  EXPECT_TRUE(replayed(ledger()).live.count(p("iter_2.pth")));
 }
 
 // A rank whose program stops with an error of its own (not a hook call's) destroys its hook
