@@ -198,6 +198,7 @@ struct CheckpointHook::Impl {
   void open_shared(Runner& runner) {
     if (shared_open) return;
     check_same_setup(runner);
+    // Replay and reconciliation may take long: the others wait for it in the store (meet).
     if (rank == 0) {
       std::string state_bytes;
       try {
@@ -205,12 +206,15 @@ struct CheckpointHook::Impl {
         std::lock_guard<std::mutex> lock(mu);
         state_bytes = "S" + serialize_state(state);
       } catch (const std::exception& ex) {
+        coord->meet();
         coord->broadcast(std::string("E") + ex.what());
         throw;
       }
+      coord->meet();
       coord->broadcast(state_bytes);
     } else {
       work_dir = strip_trailing_slash(absolute_normal(runner.work_dir()));
+      coord->meet();
       const std::string msg = coord->broadcast("");
       if (msg.empty() || msg[0] != 'S') {
         throw_error(ErrorCode::kIOError,
@@ -521,7 +525,9 @@ struct CheckpointHook::Impl {
       return call();
     } catch (const std::exception& ex) {
       pool->drain();
-      coord->leave(fmt::format("rank {}: {}", rank, ex.what()));
+      const std::string self = fmt::format("rank {}: ", rank);
+      const std::string why = ex.what();
+      coord->leave(why.compare(0, self.size(), self) == 0 ? why : self + why);
       throw;
     }
   }
@@ -1462,6 +1468,7 @@ std::optional<std::string> CheckpointHook::resume(Runner& runner, bool resume,
         }
         int64_t verdict = mine ? 0 : raised ? 2 : 1;
         if (m.multi()) {
+          m.coord->meet();  // a rank's read of a large part is not a dead rank
           verdict = m.coord->max(verdict);
           if (verdict != 0) {
             std::string all;

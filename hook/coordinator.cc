@@ -107,7 +107,7 @@ struct Coordinator::Impl {
       value = store->get(ready_key());
     } catch (const std::exception& ex) {
       fail("rank " + std::to_string(rank) +
-           ": waited for every rank to finish its writes and reach the checkpoint exchange: " +
+           ": waited for every rank to finish its work and reach the checkpoint exchange: " +
            message_of(ex));
     }
     ++meets;
@@ -259,6 +259,11 @@ std::vector<std::string> Coordinator::gather(const std::string& mine, bool wait_
                      static_cast<size_t>(len));
   }
   return out;
+}
+
+void Coordinator::meet() {
+  impl_->check_usable();
+  impl_->meet_all();
 }
 
 std::string Coordinator::broadcast(const std::string& value) {

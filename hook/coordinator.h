@@ -49,6 +49,10 @@ class Coordinator {
   // rank makes before it (a part, or in the "main" layout rank 0's whole checkpoint). Every rank
   // passes the same value.
   std::vector<std::string> gather(const std::string& mine, bool wait_for_all = false);
+  // Waits, through the store (up to write_timeout), until every rank reaches a meet (or a
+  // gather(..., wait_for_all)): the collective after it times out on the exchange alone, not on
+  // the work a rank does before it (rank 0 opening the ledger, a rank reading its part).
+  void meet();
   // Every rank receives rank 0's `value` (the others' argument is ignored).
   std::string broadcast(const std::string& value);
   // The largest of every rank's `value`, on every rank.

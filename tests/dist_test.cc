@@ -26,6 +26,7 @@
 #include <vector>
 
 #include <gmock/gmock.h>
+#include <sqlite3.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 #include <torch/csrc/distributed/c10d/HashStore.hpp>
@@ -1215,6 +1216,32 @@ TEST_F(DistTest, ARankOneWriteSlowerThanTheExchangeTimeoutStillCommits) {
   ASSERT_TRUE(s.live.count(p("iter_2.pth")));
   EXPECT_EQ(s.live.at(p("iter_2.pth")).part_paths.size(), 2u);
   EXPECT_TRUE(s.live.count(p("iter_4.pth")));
+}
+
+// Rank 0 opens the ledger (replay, reconciliation) while the others wait for its state: that
+// wait is a meeting in the store too, so a slow open (here: another connection holds the
+// database for 3 s, longer than the exchange timeout) is not a dead rank.
+TEST_F(DistTest, ARankZeroLedgerOpenSlowerThanTheExchangeTimeoutStillResumes) {
+  ASSERT_TRUE(train(2, config("main"), 4, false).ok());
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(ledger().c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db, "BEGIN EXCLUSIVE", nullptr, nullptr, nullptr), SQLITE_OK);
+  std::thread holder([db] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(3000));
+    sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr);
+    sqlite3_close(db);
+  });
+  std::vector<std::string> resumed(2);
+  const Outcome out = run_ranks(2, [&](RankJob& job) {
+    CheckpointHook hook(config("main"));
+    hook.join(job.group, job.store, std::chrono::milliseconds(1500));
+    DistRunner runner(work_, job.rank, false);
+    resumed[static_cast<size_t>(job.rank)] = hook.resume(runner).value_or("");
+  });
+  holder.join();
+  ASSERT_TRUE(out.ok()) << out.all();
+  EXPECT_EQ(resumed[0], p("iter_4.pth"));
+  EXPECT_EQ(resumed[1], p("iter_4.pth"));
 }
 
 // A TCPStore client runs one operation at a time: while rank 1's hook waits in the store for rank
