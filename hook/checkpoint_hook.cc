@@ -206,8 +206,7 @@ struct CheckpointHook::Impl {
         std::lock_guard<std::mutex> lock(mu);
         state_bytes = "S" + serialize_state(state);
       } catch (const std::exception& ex) {
-        coord->meet();
-        coord->broadcast(std::string("E") + ex.what());
+        tell_failure(ex);
         throw;
       }
       coord->meet();
@@ -532,6 +531,17 @@ struct CheckpointHook::Impl {
     }
   }
 
+  // Rank 0, failing where the others wait for what it sends (its state at open, what it
+  // published): they receive the error ("E" + message), after the meeting. Failing to tell them
+  // (the group broke) changes nothing: the error raised is this one.
+  void tell_failure(const std::exception& ex) {
+    try {
+      coord->meet();
+      coord->broadcast(std::string("E") + ex.what());
+    } catch (const std::exception&) {
+    }
+  }
+
   // In a job, a step every rank takes (resume, the run's end) succeeds or fails on every rank
   // together: when any rank's `failure` is set, every rank raises one error naming each rank that
   // failed and why (the lowest such rank's error code). Alone, `failure` is raised as it is.
@@ -539,6 +549,12 @@ struct CheckpointHook::Impl {
     if (!multi()) {
       if (failure) std::rethrow_exception(failure);
       return;
+    }
+    try {
+      coord->meet();  // the step may take one rank longer (a large load, rank 0's last append)
+    } catch (const std::exception&) {
+      if (failure) std::rethrow_exception(failure);  // this rank's own error says more
+      throw;
     }
     nlohmann::json mine;
     if (failure) {
@@ -1675,12 +1691,14 @@ void CheckpointHook::after_train(Runner& /*runner*/) {
                             {"detail", e.detail}});
         }
       } catch (const std::exception& ex) {
-        m.coord->broadcast(std::string("E") + ex.what());
+        m.tell_failure(ex);
         throw;
       }
+      m.coord->meet();  // publishing may take long: the others wait for it in the store
       m.coord->broadcast("P" + Impl::pack(events));
       return;
     }
+    m.coord->meet();
     const std::string msg = m.coord->broadcast("");
     if (failure) std::rethrow_exception(failure);
     if (msg.empty() || msg[0] != 'P') {

@@ -33,7 +33,7 @@ struct Coordinator::Impl {
   int rank = 0;
   int size = 1;
   std::chrono::milliseconds write_timeout{0};
-  int64_t meets = 0;    // gathers with wait_for_all so far (the same on every rank)
+  int64_t meets = 0;    // meetings so far (meet, gather with wait_for_all; the same on every rank)
   bool left = false;    // leave() was called
   std::string broken;   // the first failure
 
@@ -83,24 +83,26 @@ struct Coordinator::Impl {
     }
   }
 
-  // The n-th exchange that waits for every rank: "arrived/<n>" counts the ranks in, the rank that
-  // completes the count sets "ready/<n>" = "A", and every rank waits for that key. A rank that
-  // leaves the job sets it to "S" (leave()), so that no rank waits for one that will not come. One
-  // blocking wait, not a poll: a TCPStore wait that times out leaves its answer pending on the
-  // connection (torch 1.13), so the first timeout is final.
   // The largest of every rank's `value` (`what`: the exchange it serves, for the message).
   int64_t max(int64_t value, const char* what);
 
+  // The n-th meeting (meet(), gather(..., wait_for_all)): "arrived/<n>" counts the ranks in, the
+  // rank that completes the count sets "ready/<n>" = "A", and every rank waits for that key. A
+  // rank that leaves the job sets it to "S" (leave()), so that no rank waits for one that will not
+  // come. One blocking wait, not a poll: a TCPStore wait that times out leaves its answer pending
+  // on the connection (torch 1.13), so the first timeout is final.
   std::string ready_key() const { return "ready/" + std::to_string(meets); }
 
   void meet_all() {
     const std::string n = std::to_string(meets);
     std::vector<uint8_t> value;
     try {
-      // Every rank passed the previous meeting before its last gather, which rank 0 finished.
-      if (rank == 0 && meets > 0) {
-        store->deleteKey("arrived/" + std::to_string(meets - 1));
-        store->deleteKey("ready/" + std::to_string(meets - 1));
+      // Arriving at n, rank 0 has passed meeting n-1, so every rank counted itself in n-1 and is
+      // done with n-2. (Not n-1: a peer may still be reading ready/<n-1>, say behind a broadcast
+      // that rank 0 finished first.)
+      if (rank == 0 && meets >= 2) {
+        store->deleteKey("arrived/" + std::to_string(meets - 2));
+        store->deleteKey("ready/" + std::to_string(meets - 2));
       }
       if (store->add("arrived/" + n, 1) == size) store->set(ready_key(), {'A'});
       store->wait({ready_key()}, write_timeout);
@@ -212,6 +214,9 @@ void Coordinator::leave(const std::string& why) {
   try {
     // The others may wait for this rank at the next exchange (meet_all): not any more.
     impl_->store->set(impl_->ready_key(), std::vector<uint8_t>{'S'});
+    // A TCPStore set has no reply: one round trip, so that the store holds both keys before the
+    // peers see this rank's connections close and look for its reason.
+    impl_->store->check({"stopped/" + std::to_string(impl_->rank)});
   } catch (const std::exception&) {
   }
   if (impl_->broken.empty()) impl_->broken = "this rank left the job: " + why;

@@ -1244,6 +1244,27 @@ TEST_F(DistTest, ARankZeroLedgerOpenSlowerThanTheExchangeTimeoutStillResumes) {
   EXPECT_EQ(resumed[1], p("iter_4.pth"));
 }
 
+// The same at the run's end: rank 0 publishes (here: its write of the published file takes 3 s,
+// longer than the exchange timeout) while the others wait for what it recorded.
+TEST_F(DistTest, ARankZeroPublishSlowerThanTheExchangeTimeoutStillEndsTheRun) {
+  RecordingFileSystem zero;
+  zero.slow_target = "iter_4-";  // the published copy of iter_4.pth
+  zero.slow = std::chrono::milliseconds(3000);
+  const Outcome out = run_ranks(2, [&](RankJob& job) {
+    CheckpointHook hook(
+        config("main", R"({"save_best": null, "published_keys": ["meta", "state_dict"]})"), {},
+        job.rank == 0 ? &zero : nullptr);
+    hook.join(job.group, job.store, std::chrono::milliseconds(1500));
+    DistRunner runner(work_, job.rank, false);
+    IterLoop(runner, hook, 4, 100, [&](int64_t) { runner.step(); }).run();
+  });
+  ASSERT_TRUE(out.ok()) << out.all();
+  ASSERT_TRUE(zero.slowed()) << "the slow publish did not happen";
+  size_t published = 0;
+  for (const auto& [path, lf] : replayed(ledger()).live) published += lf.role == "published";
+  EXPECT_EQ(published, 1u);
+}
+
 // A TCPStore client runs one operation at a time: while rank 1's hook waits in the store for rank
 // 0's slow write, the training's own use of the store it passed to join must not wait behind it
 // (the hook talks to the store over a connection of its own, under the same prefixes).
