@@ -110,14 +110,14 @@ void load_into(Runner& runner, const c10::IValue& ckpt, const std::string& path,
   };
   const auto epoch = counter("epoch"), iter = counter("iter");
   if ((epoch && *epoch != runner.epoch()) || (iter && *iter != runner.iter())) {
-    throw_error(ErrorCode::kInvalidArgument,
-                fmt::format("resume from {}: after Runner::load_checkpoint the runner is at epoch "
-                            "{}, iter {}, but the checkpoint's meta says epoch {}, iter {}: "
-                            "load_checkpoint must restore the counters when resuming "
-                            "(LoopRunner::restore_counters)",
-                            path, runner.epoch(), runner.iter(),
-                            epoch ? std::to_string(*epoch) : "-",
-                            iter ? std::to_string(*iter) : "-"));
+    throw_error(
+        ErrorCode::kInvalidArgument,
+        fmt::format("resume from {}: after Runner::load_checkpoint the runner is at epoch "
+                    "{}, iter {}, but the checkpoint's meta says epoch {}, iter {}: "
+                    "load_checkpoint must restore the counters when resuming "
+                    "(LoopRunner::restore_counters)",
+                    path, runner.epoch(), runner.iter(), epoch ? std::to_string(*epoch) : "-",
+                    iter ? std::to_string(*iter) : "-"));
   }
 }
 
@@ -524,11 +524,29 @@ struct CheckpointHook::Impl {
       return call();
     } catch (const std::exception& ex) {
       pool->drain();
-      const std::string self = fmt::format("rank {}: ", rank);
-      const std::string why = ex.what();
-      coord->leave(why.compare(0, self.size(), self) == 0 ? why : self + why);
+      coord->leave(rank_prefixed(rank, ex.what()));
       throw;
     }
+  }
+
+  // The periodic save after the n-th of `max` iterations or epochs (`unit`): due every `interval`
+  // from save_begin, and at the last one with save_last.
+  void save_if_due(Runner& runner, int64_t n, int64_t max, const char* unit, int64_t epoch,
+                   int64_t iter) {
+    const HookConfig& o = cfg.options;
+    const int64_t d = n - o.save_begin;
+    const bool due = o.interval > 0 && d >= 0 && d % o.interval == 0;
+    const bool last = o.save_last && n == max;
+    if (!due && !last) return;
+    emit(LogLevel::kInfo, fmt::format("Saving checkpoint at {} {}", n, unit));
+    save_regular(runner, n, epoch, iter);
+    check_error();
+  }
+
+  // "rank r: why", once: `why` that already starts with this rank's prefix is kept as it is.
+  static std::string rank_prefixed(int64_t r, const std::string& why) {
+    const std::string self = fmt::format("rank {}: ", r);
+    return why.compare(0, self.size(), self) == 0 ? why : self + why;
   }
 
   // Rank 0, failing where the others wait for what it sends (its state at open, what it
@@ -574,10 +592,8 @@ struct CheckpointHook::Impl {
       for (size_t r = 0; r < all.size(); ++r) {
         if (all[r].empty()) continue;
         const nlohmann::json j = unpack(all[r]);
-        std::string why = j.at("error").get<std::string>();
-        const std::string self = fmt::format("rank {}: ", r);
-        if (why.compare(0, self.size(), self) == 0) why.erase(0, self.size());
-        message += fmt::format("{}rank {}: {}", message.empty() ? "" : "; ", r, why);
+        message += (message.empty() ? "" : "; ") +
+                   rank_prefixed(static_cast<int64_t>(r), j.at("error").get<std::string>());
         if (!verdict.contains("code")) verdict["code"] = j.at("code");
       }
       verdict["error"] = message;
@@ -919,7 +935,9 @@ struct CheckpointHook::Impl {
     const std::vector<uint8_t> bytes = nlohmann::json::to_cbor(j);
     return std::string(bytes.begin(), bytes.end());
   }
-  static nlohmann::json unpack(const std::string& bytes) { return nlohmann::json::from_cbor(bytes); }
+  static nlohmann::json unpack(const std::string& bytes) {
+    return nlohmann::json::from_cbor(bytes);
+  }
 
   struct Report {
     bool ok = true;
@@ -1111,13 +1129,12 @@ struct CheckpointHook::Impl {
       } else {
         append_begun(commit);
         if (job.staged) job.staged->wait_ready();
-        WrittenFile w =
-            write_durably(job.path, produce, *files, [&](const WrittenFile& written) {
-              mine.bytes = static_cast<int64_t>(written.bytes);
-              mine.sha256 = written.sha256;
-              exchange();
-              prepare_replacement(job.path, written, commit);
-            });
+        WrittenFile w = write_durably(job.path, produce, *files, [&](const WrittenFile& written) {
+          mine.bytes = static_cast<int64_t>(written.bytes);
+          mine.sha256 = written.sha256;
+          exchange();
+          prepare_replacement(job.path, written, commit);
+        });
         job.staged.reset();
         commit.front().bytes = static_cast<int64_t>(w.bytes);
         commit.front().digest = w.sha256;
@@ -1165,8 +1182,8 @@ struct CheckpointHook::Impl {
             labeled = true;
           }
         }
-        coord->broadcast(
-            pack(nlohmann::json{{"ok", false}, {"error", message}, {"code", static_cast<int>(code)}}));
+        coord->broadcast(pack(
+            nlohmann::json{{"ok", false}, {"error", message}, {"code", static_cast<int>(code)}}));
       } catch (const std::exception&) {
         // The exchange itself failed (a rank died; the group is broken now): the others see that
         // on their own.
@@ -1401,9 +1418,10 @@ CheckpointHook::~CheckpointHook() {
   // leaves the job: no other rank waits for its next exchange.
   if (impl_->coord && !impl_->run_ended) {
     try {
-      impl_->coord->leave(fmt::format("rank {}: its CheckpointHook was destroyed before the run's "
-                                      "end (after_run)",
-                                      impl_->rank));
+      impl_->coord->leave(
+          fmt::format("rank {}: its CheckpointHook was destroyed before the run's "
+                      "end (after_run)",
+                      impl_->rank));
     } catch (const std::exception&) {
     }
   }
@@ -1464,8 +1482,8 @@ std::optional<std::string> CheckpointHook::resume(Runner& runner, bool resume,
     } else if (resume) {
       rp.source = "auto";
       // Newest committed regular checkpoint whose bytes still match the ledger (docs/behaviour.md:
-      // resume). Each candidate is loaded and hashed in one read of the file (the SHA-256 on a second
-      // thread); a load whose digest is not the committed one is discarded.
+      // resume). Each candidate is loaded and hashed in one read of the file (the SHA-256 on a
+      // second thread); a load whose digest is not the committed one is discarded.
       for (auto it = m.state.regular_order.rbegin(); it != m.state.regular_order.rend(); ++it) {
         auto live = m.state.live.find(*it);
         if (live == m.state.live.end()) continue;
@@ -1510,8 +1528,9 @@ std::optional<std::string> CheckpointHook::resume(Runner& runner, bool resume,
         }
         rp.rejected += (rp.rejected.empty() ? "" : "; ") + *it + ": " + why;
         m.corrupt_on_resume.push_back({*it, why});
-        m.emit(LogLevel::kWarning,
-               fmt::format("checkpoint {} does not verify ({}); trying the previous one", *it, why));
+        m.emit(
+            LogLevel::kWarning,
+            fmt::format("checkpoint {} does not verify ({}); trying the previous one", *it, why));
       }
       if (path.empty()) {
         m.emit(LogLevel::kInfo, "Did not find last_checkpoint to be resumed.");
@@ -1615,15 +1634,8 @@ void CheckpointHook::after_train_iter(Runner& runner, int64_t /*batch_idx*/) {
     Impl& m = *impl_;
     m.begin_stage();
     if (m.cfg.options.by_epoch) return;
-    const HookConfig& o = m.cfg.options;
-    const int64_t I = runner.iter();
-    const int64_t d = I + 1 - o.save_begin;
-    bool due = o.interval > 0 && d >= 0 && d % o.interval == 0;
-    bool last = o.save_last && I + 1 == runner.max_iters();
-    if (!due && !last) return;
-    m.emit(LogLevel::kInfo, fmt::format("Saving checkpoint at {} iterations", I + 1));
-    m.save_regular(runner, I + 1, runner.epoch(), I + 1);
-    m.check_error();
+    const int64_t n = runner.iter() + 1;
+    m.save_if_due(runner, n, runner.max_iters(), "iterations", runner.epoch(), n);
   });
 }
 
@@ -1632,15 +1644,8 @@ void CheckpointHook::after_train_epoch(Runner& runner) {
     Impl& m = *impl_;
     m.begin_stage();
     if (!m.cfg.options.by_epoch) return;
-    const HookConfig& o = m.cfg.options;
-    const int64_t E = runner.epoch();
-    const int64_t d = E + 1 - o.save_begin;
-    bool due = o.interval > 0 && d >= 0 && d % o.interval == 0;
-    bool last = o.save_last && E + 1 == runner.max_epochs();
-    if (!due && !last) return;
-    m.emit(LogLevel::kInfo, fmt::format("Saving checkpoint at {} epochs", E + 1));
-    m.save_regular(runner, E + 1, E + 1, runner.iter());
-    m.check_error();
+    const int64_t n = runner.epoch() + 1;
+    m.save_if_due(runner, n, runner.max_epochs(), "epochs", n, runner.iter());
   });
 }
 

@@ -33,9 +33,9 @@ struct Coordinator::Impl {
   int rank = 0;
   int size = 1;
   std::chrono::milliseconds write_timeout{0};
-  int64_t meets = 0;    // meetings so far (meet, gather with wait_for_all; the same on every rank)
-  bool left = false;    // leave() was called
-  std::string broken;   // the first failure
+  int64_t meets = 0;   // meetings so far (meet, gather with wait_for_all; the same on every rank)
+  bool left = false;   // leave() was called
+  std::string broken;  // the first failure
 
   // Every call starts here: a group that failed once is not used again.
   void check_usable() const {
@@ -114,7 +114,8 @@ struct Coordinator::Impl {
     }
     ++meets;
     if (value.empty() || value[0] != 'A') {
-      fail("rank " + std::to_string(rank) + ": a rank left the job before this checkpoint exchange");
+      fail("rank " + std::to_string(rank) +
+           ": a rank left the job before this checkpoint exchange");
     }
   }
 };
@@ -179,10 +180,9 @@ Coordinator::Coordinator(const c10::intrusive_ptr<c10d::ProcessGroup>& job,
   try {
     // The k-th hook this rank joins on this store gets the prefix "ckptledger/<k>/": every rank
     // counts its own joins, so two hooks of one job (or a hook joined again) never share keys.
-    const int64_t k =
-        store->add("ckptledger/joins/" + std::to_string(impl_->rank), 1) - 1;
-    impl_->store = c10::make_intrusive<c10d::PrefixStore>(
-        "ckptledger/" + std::to_string(k), own_connection(store, timeout));
+    const int64_t k = store->add("ckptledger/joins/" + std::to_string(impl_->rank), 1) - 1;
+    impl_->store = c10::make_intrusive<c10d::PrefixStore>("ckptledger/" + std::to_string(k),
+                                                          own_connection(store, timeout));
     impl_->group = c10::make_intrusive<c10d::ProcessGroupGloo>(
         c10::make_intrusive<c10d::PrefixStore>("gloo", impl_->store), impl_->rank, impl_->size,
         options);

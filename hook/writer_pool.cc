@@ -76,13 +76,13 @@ struct WriterPool::Impl {
       std::lock_guard<std::mutex> lock(mu);
       ++pending;
     }
-    boost::asio::post(*strand, [this, job = std::move(job), on_error = std::move(on_error),
-                                collective] {
-      lower_priority();
-      run(job, on_error, collective);
-      std::lock_guard<std::mutex> lock(mu);
-      if (--pending == 0) idle.notify_all();
-    });
+    boost::asio::post(*strand,
+                      [this, job = std::move(job), on_error = std::move(on_error), collective] {
+                        lower_priority();
+                        run(job, on_error, collective);
+                        std::lock_guard<std::mutex> lock(mu);
+                        if (--pending == 0) idle.notify_all();
+                      });
   }
 };
 

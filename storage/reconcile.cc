@@ -288,7 +288,8 @@ ReconcilePlan plan_reconcile(const HookState& state, const ReconcileScope& scope
   // with them); any other part file is an orphan. A save rolled forward lists its own parts in
   // place of those of the file it replaced, and a file its commit prunes lists none.
   std::set<std::string> live_parts, rolled_paths;
-  for (const auto& [path, parts] : state.retired_parts) live_parts.insert(parts.begin(), parts.end());
+  for (const auto& [path, parts] : state.retired_parts)
+    live_parts.insert(parts.begin(), parts.end());
   for (const Finding& f : rolled) {
     rolled_paths.insert(f.path);
     const auto sp = from_detail<SavePayload>(f.commit.front().detail, 0);

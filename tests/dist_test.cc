@@ -26,8 +26,8 @@
 #include <vector>
 
 #include <gmock/gmock.h>
-#include <sqlite3.h>
 #include <gtest/gtest.h>
+#include <sqlite3.h>
 #include <torch/torch.h>
 #include <torch/csrc/distributed/c10d/HashStore.hpp>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
@@ -141,7 +141,8 @@ class RecordingFileSystem : public FileSystem {
 
   int open(const char* path, int flags, mode_t mode) override {
     const bool writes = (flags & (O_WRONLY | O_RDWR | O_CREAT)) != 0;
-    if (writes && !slow_target.empty() && std::string(path).find(slow_target) != std::string::npos) {
+    if (writes && !slow_target.empty() &&
+        std::string(path).find(slow_target) != std::string::npos) {
       bool first = false;
       {
         std::lock_guard<std::mutex> lock(mu_);
@@ -414,6 +415,18 @@ class DistTest : public ::testing::Test {
 
   // A run of `world` ranks to `iters` iterations (validation every 2). Each rank's runner, hub and
   // state after the run are kept.
+  // A job of 2 ranks, 4 iterations (a save every 2), a 1.5 s exchange timeout; rank `slow_rank`
+  // writes through `slow` (the filesystem seam).
+  Outcome run_with_slow_rank(const HookConfig& cfg, int slow_rank, RecordingFileSystem& slow) {
+    runners_.clear();
+    return run_ranks(2, [&](RankJob& job) {
+      CheckpointHook hook(cfg, {}, job.rank == slow_rank ? &slow : nullptr);
+      hook.join(job.group, job.store, std::chrono::milliseconds(1500));
+      DistRunner runner(work_, job.rank, false);
+      IterLoop(runner, hook, 4, 100, [&](int64_t) { runner.step(); }).run();
+    });
+  }
+
   Outcome train(int world, const HookConfig& cfg, int64_t iters, bool resume = false,
                 std::vector<RecordingFileSystem*> seams = {}, bool own_shard = false) {
     runners_.clear();
@@ -1112,7 +1125,9 @@ TEST_F(DistTest, ARankZeroFailureAfterACommitReachesEveryRankWithItsReason) {
     o.on_stage = [&](Stage stage) {
       if (job.rank == 0 && stage == Stage::kAfterTrainIter && runner.iter() == 3) hook.wait_idle();
     };
-    IterLoop(runner, hook, 8, 100, [&](int64_t) { runner.step(); }, o).run();
+    IterLoop(
+        runner, hook, 8, 100, [&](int64_t) { runner.step(); }, o)
+        .run();
   });
   for (int r = 0; r < 2; ++r) {
     SCOPED_TRACE("rank " + std::to_string(r));
@@ -1179,15 +1194,7 @@ TEST_F(DistTest, ARankZeroWriteSlowerThanTheExchangeTimeoutStillCommits) {
   RecordingFileSystem zero;
   zero.slow_target = "iter_2.pth";
   zero.slow = std::chrono::milliseconds(4000);
-  runners_.clear();
-  const Outcome out = run_ranks(2, [&](RankJob& job) {
-    CheckpointHook hook(config("main", R"({"save_best": null})"), {},
-                        job.rank == 0 ? &zero : nullptr);
-    hook.join(job.group, job.store, std::chrono::milliseconds(1500));
-    DistRunner runner(work_, job.rank, false);
-    IterLoop loop(runner, hook, 4, 100, [&](int64_t) { runner.step(); });
-    loop.run();
-  });
+  const Outcome out = run_with_slow_rank(config("main", R"({"save_best": null})"), 0, zero);
   ASSERT_TRUE(out.ok()) << out.all();
   ASSERT_TRUE(zero.slowed()) << "the slow write did not happen";
   const HookState s = replayed(ledger());
@@ -1201,15 +1208,7 @@ TEST_F(DistTest, ARankOneWriteSlowerThanTheExchangeTimeoutStillCommits) {
   RecordingFileSystem one;
   one.slow_target = "iter_2.part1";  // rank 1's part of iter_2.pth
   one.slow = std::chrono::milliseconds(4000);
-  runners_.clear();
-  const Outcome out = run_ranks(2, [&](RankJob& job) {
-    CheckpointHook hook(config("spread", R"({"save_best": null})"), {},
-                        job.rank == 1 ? &one : nullptr);
-    hook.join(job.group, job.store, std::chrono::milliseconds(1500));
-    DistRunner runner(work_, job.rank, false);
-    IterLoop loop(runner, hook, 4, 100, [&](int64_t) { runner.step(); });
-    loop.run();
-  });
+  const Outcome out = run_with_slow_rank(config("spread", R"({"save_best": null})"), 1, one);
   ASSERT_TRUE(out.ok()) << out.all();
   ASSERT_TRUE(one.slowed()) << "the slow write did not happen";
   const HookState s = replayed(ledger());
@@ -1250,14 +1249,8 @@ TEST_F(DistTest, ARankZeroPublishSlowerThanTheExchangeTimeoutStillEndsTheRun) {
   RecordingFileSystem zero;
   zero.slow_target = "iter_4-";  // the published copy of iter_4.pth
   zero.slow = std::chrono::milliseconds(3000);
-  const Outcome out = run_ranks(2, [&](RankJob& job) {
-    CheckpointHook hook(
-        config("main", R"({"save_best": null, "published_keys": ["meta", "state_dict"]})"), {},
-        job.rank == 0 ? &zero : nullptr);
-    hook.join(job.group, job.store, std::chrono::milliseconds(1500));
-    DistRunner runner(work_, job.rank, false);
-    IterLoop(runner, hook, 4, 100, [&](int64_t) { runner.step(); }).run();
-  });
+  const Outcome out = run_with_slow_rank(
+      config("main", R"({"save_best": null, "published_keys": ["meta", "state_dict"]})"), 0, zero);
   ASSERT_TRUE(out.ok()) << out.all();
   ASSERT_TRUE(zero.slowed()) << "the slow publish did not happen";
   size_t published = 0;
@@ -1297,10 +1290,12 @@ TEST_F(DistTest, TheHooksWaitInATcpStoreDoesNotHoldUpTheTrainingsUseOfIt) {
       std::this_thread::sleep_for(std::chrono::milliseconds(300));
       const auto t0 = std::chrono::steady_clock::now();
       store->set("training/heartbeat", std::vector<uint8_t>{1});
-      set_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
-                   .count();
+      set_ms =
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     };
-    IterLoop(runner, hook, 4, 100, [&](int64_t) { runner.step(); }, o).run();
+    IterLoop(
+        runner, hook, 4, 100, [&](int64_t) { runner.step(); }, o)
+        .run();
   });
   ASSERT_TRUE(out.ok()) << out.all();
   ASSERT_TRUE(zero.slowed());
@@ -1323,7 +1318,9 @@ TEST_F(DistTest, AHookDestroyedBeforeTheRunsEndReleasesTheRanksWaitingForIt) {
       if (job.rank == 0 && stage == Stage::kAfterTrainIter && runner.iter() == 3)
         throw std::runtime_error("the data loader of rank 0 broke");
     };
-    IterLoop(runner, hook, 8, 100, [&](int64_t) { runner.step(); }, o).run();
+    IterLoop(
+        runner, hook, 8, 100, [&](int64_t) { runner.step(); }, o)
+        .run();
   });
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
